@@ -1,0 +1,197 @@
+"""Command line: `latentbeam {train,score,stream,decode,generate,demo}` (also `python -m latentbeam`).
+
+Flags a subcommand does not know are passed to Beam's PipelineOptions, so
+`--runner DataflowRunner --project P --temp_location gs://... --setup_file ./setup.py`
+works unchanged on `score`, `stream` and `decode`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+log = logging.getLogger("latentbeam")
+
+BEAM_COMMANDS = ("score", "stream", "decode")
+
+
+def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-columns", default="",
+                   help="comma-separated input columns copied to the output unchanged")
+    p.add_argument("--per-feature-errors", action="store_true",
+                   help="add `feature_errors`: per-feature squared error (normalized space)")
+    p.add_argument("--reconstruction", action="store_true",
+                   help="add `reconstruction`: X-hat in input units")
+    p.add_argument("--batch-rows", type=int, default=8192,
+                   help="rows per Arrow record batch read from each file (default 8192)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentbeam",
+        description="Keras autoencoder anomaly scoring for Apache Beam.")
+    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an autoencoder and write a model bundle")
+    p.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.latent_dim=2 (repeatable)")
+    p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
+
+    p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--input", required=True,
+                   help="Parquet glob, or tfds:NAME/SPLIT (with --data-dir)")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir for --input tfds:...")
+    p.add_argument("--output", required=True, help="output directory for scored Parquet")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty output directory")
+    _add_scoring_flags(p)
+
+    p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)")
+    p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
+    p.add_argument("--watch", default=None, help="glob watched for new Parquet files")
+    p.add_argument("--pubsub-subscription", default=None,
+                   help="projects/P/subscriptions/S: JSON messages with the feature fields")
+    p.add_argument("--output", required=True, help="output directory for windowed Parquet")
+    p.add_argument("--window-seconds", type=float, default=60.0)
+    p.add_argument("--poll-seconds", type=float, default=5.0)
+    p.add_argument("--stop-after-seconds", type=float, default=None,
+                   help="end the job cleanly after this long (tests, bounded backfills)")
+    p.add_argument("--timestamp-column", default=None,
+                   help="event-time column (default: processing time)")
+    p.add_argument("--allowed-lateness-seconds", type=float, default=0.0)
+    p.add_argument("--adaptive-threshold", action="store_true",
+                   help="add adaptive_threshold / is_anomaly_adaptive columns")
+    _add_scoring_flags(p)
+
+    p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--input", required=True, help="Parquet glob with a `latent` column")
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--key-columns", default="")
+
+    p = sub.add_parser("generate", help="sample the latent space and decode to new rows")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--output", required=True, help="output directory (one Parquet file)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="run the embedded digits example end to end")
+    p.add_argument("--workdir", default="build/demo")
+    return parser
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and args.command not in BEAM_COMMANDS:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_tensorflow()
+    try:
+        return COMMANDS[args.command](args, beam_args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # User errors: one clear line, no traceback (use --log-level DEBUG for it).
+        log.debug("failed", exc_info=True)
+        print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args, beam_args: List[str]) -> int:
+    from latentbeam.config import load_config
+    from latentbeam.model import train
+
+    config = load_config(args.config, args.overrides)
+    bundle = train(config, args.output)
+    print(summarize_bundle(bundle.info))
+    return 0
+
+
+def summarize_bundle(info) -> str:
+    t = info.training
+    losses = t.get("losses", {})
+    lines = [
+        f"bundle:          {info.path}",
+        f"model_version:   {info.model_version}",
+        f"features:        {len(info.features)} ({info.n_inputs} inputs) -> latent_dim {info.latent_dim}",
+        f"rows:            {t.get('rows')} {t.get('rows_by_split')} (skipped {t.get('rows_skipped')})",
+        f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})",
+        f"loss:            {losses.get('loss', [float('nan')])[-1]:.5f} (train, last epoch)",
+    ]
+    if "val_loss" in losses:
+        lines.append(f"val_loss:        {min(losses['val_loss']):.5f} (best)")
+    th = info.threshold
+    lines.append(f"threshold:       {th.threshold:.6g} ({th.method}, value={th.value})")
+    cal = info.calibration
+    if cal.get("quantiles"):
+        q = cal["quantiles"]
+        lines.append(f"calibration:     {cal['rows']} rows, error p50 {q['0.5']:.4g}, "
+                     f"p99 {q['0.99']:.4g}, flagged {cal['flagged_fraction']:.2%}")
+    if "roc_auc" in cal:
+        lines.append(f"calibration AUC: {cal['roc_auc']:.4f} (label column)")
+    return "\n".join(lines)
+
+
+def _pipeline_command(module: str, function: str):
+    def run(args, beam_args):
+        import importlib
+        return getattr(importlib.import_module(module), function)(args, beam_args)
+    return run
+
+
+def cmd_generate(args, beam_args: List[str]) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from latentbeam import fs
+    from latentbeam.model import decode, load_bundle, sample_latent
+
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
+    bundle = load_bundle(args.bundle)
+    z = sample_latent(bundle, args.num_samples, args.seed)
+    x = decode(bundle, z)
+    cols = {"sample": pa.array(np.arange(len(z), dtype=np.int64)),
+            "latent": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), z.shape[1])}
+    offset = 0
+    for f in bundle.info.features:
+        block = x[:, offset:offset + f.size]
+        offset += f.size
+        cols[f.name] = (pa.array(block[:, 0]) if not f.shape else
+                        pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), f.size))
+    table = pa.table(cols).replace_schema_metadata(
+        {"latentbeam.model_version": bundle.info.model_version})
+    fs.makedirs(args.output)
+    path = fs.join(args.output, "generated-00000-of-00001.parquet")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    fs.write_bytes(path, sink.getvalue().to_pybytes())
+    print(f"wrote {len(z)} samples to {path}")
+    return 0
+
+
+def cmd_demo(args, beam_args: List[str]) -> int:
+    from latentbeam.demo import run_demo
+    return run_demo(args.workdir)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "score": _pipeline_command("latentbeam.pipeline.batch", "run_score_command"),
+    "decode": _pipeline_command("latentbeam.pipeline.batch", "run_decode_command"),
+    "stream": _pipeline_command("latentbeam.pipeline.streaming", "run_stream_command"),
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+}

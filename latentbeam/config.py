@@ -1,0 +1,263 @@
+"""Training configuration: frozen dataclasses loaded from YAML with `--set` overrides.
+
+A config that gives only `data` trains well: every other key has a default chosen
+for detection quality. Unknown keys and wrong types are rejected with the list of
+valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+DATA_SOURCES = ("parquet", "tfds")
+MODEL_KINDS = ("dense", "conv2d")
+THRESHOLD_METHODS = ("quantile", "contamination", "mad", "mean_std", "f1")
+# Default `threshold.value` per method (quantile level, anomaly fraction, k for MAD,
+# k for the standard deviation; f1 takes no value).
+DEFAULT_THRESHOLD_VALUES = {
+    "quantile": 0.99,
+    "contamination": 0.01,
+    "mad": 3.5,
+    "mean_std": 3.0,
+    "f1": None,
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "parquet"  # parquet | tfds
+    path: Optional[str] = None  # parquet: glob, local or any Beam filesystem
+    name: Optional[str] = None  # tfds: dataset name
+    split: str = "train"  # tfds: split, sub-splits allowed (train[:80%])
+    data_dir: Optional[str] = None  # tfds: prepared data directory; never downloads
+    features: Optional[Tuple[str, ...]] = None  # default: every numeric column
+    label: Optional[str] = None  # calibration/evaluation only, never trained on
+    key_columns: Tuple[str, ...] = ()  # identifiers, never trained on
+    batch_rows: int = 8192  # Arrow record batch size when streaming Parquet
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "dense"  # dense | conv2d (conv2d needs one image-shaped feature)
+    latent_dim: Optional[int] = None  # default: min(8, max(2, n_inputs // 4))
+    hidden_units: Tuple[int, ...] = (64, 32)  # dense encoder widths; decoder mirrors
+    conv_filters: Tuple[int, ...] = (16, 32)  # conv2d encoder filters (stride 2 each)
+    activation: str = "relu"
+    dropout: float = 0.0  # dropout rate after each hidden layer
+    l2: float = 0.0  # L2 kernel regularization factor
+    batch_norm: bool = False  # batch normalization after each hidden layer
+    variational: bool = False  # VAE: Gaussian latent, KL term, sampling in training
+    kl_weight: float = 1.0  # weight of the KL term relative to the reconstruction loss
+    noise_stddev: float = 0.0  # denoising AE: Gaussian input noise (normalized units)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # Adam
+    validation_fraction: float = 0.1  # rows held out for early stopping
+    patience: int = 5  # early stopping patience in epochs; best weights restored
+    seed: int = 0  # same seed -> identical weights on CPU
+    shuffle_buffer: int = 16384  # rows; bounds memory when streaming Parquet
+    tensorboard_dir: Optional[str] = None
+    verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    method: str = "quantile"  # quantile | contamination | mad | mean_std | f1
+    value: Optional[float] = None  # default per method, see DEFAULT_THRESHOLD_VALUES
+    calibration_fraction: float = 0.1  # rows never trained on, used to set the threshold
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def threshold_value(self) -> Optional[float]:
+        if self.threshold.value is not None:
+            return self.threshold.value
+        return DEFAULT_THRESHOLD_VALUES[self.threshold.method]
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the annotation `tp`, converting lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin in (tuple, Tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"`{where}` expects a list, received: {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"`{where}` expects true or false, received: {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"`{where}` expects an integer, received: {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"`{where}` expects a number, received: {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"`{where}` expects a string, received: {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at `{where}`")
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"`{prefix or 'config'}` expects a mapping, received: {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"in `{prefix}`" if prefix else "at the top level"
+        valid = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
+        raise ValueError(
+            f"Unknown config key(s) {where}: {', '.join(map(str, unknown))}. "
+            f"Valid keys: {valid}.")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name] or {}, key)
+        else:
+            kwargs[name] = _coerce(raw[name], tp, key)
+    return cls(**kwargs)
+
+
+def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"Received an invalid value for `{key}`, expected one of {', '.join(choices)}. "
+            f"Received: {key}={value!r}")
+
+
+def validate(config: Config) -> Config:
+    """Checks cross-field rules; returns the config unchanged or raises ValueError."""
+    d, m, t, th = config.data, config.model, config.train, config.threshold
+    _check_choice(d.source, DATA_SOURCES, "data.source")
+    _check_choice(m.kind, MODEL_KINDS, "model.kind")
+    _check_choice(th.method, THRESHOLD_METHODS, "threshold.method")
+    if d.source == "parquet" and not d.path:
+        raise ValueError("`data.source: parquet` needs `data.path`, a glob of Parquet files "
+                         "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
+    if d.source == "tfds" and not d.name:
+        raise ValueError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
+    if m.latent_dim is not None and m.latent_dim < 1:
+        raise ValueError(f"Received an invalid value for `model.latent_dim`, expected a "
+                         f"positive integer. Received: model.latent_dim={m.latent_dim}")
+    for key, units in (("model.hidden_units", m.hidden_units),
+                       ("model.conv_filters", m.conv_filters)):
+        if any(u < 1 for u in units):
+            raise ValueError(f"Received an invalid value for `{key}`, expected positive "
+                             f"integers. Received: {key}={list(units)}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ValueError(f"`model.dropout` must be in [0, 1). Received: {m.dropout}")
+    for key, v in (("model.l2", m.l2), ("model.noise_stddev", m.noise_stddev),
+                   ("model.kl_weight", m.kl_weight)):
+        if v < 0:
+            raise ValueError(f"`{key}` must be >= 0. Received: {v}")
+    if t.epochs < 1 or t.batch_size < 1 or t.patience < 0 or t.learning_rate <= 0:
+        raise ValueError("`train.epochs` and `train.batch_size` must be >= 1, "
+                         "`train.patience` >= 0 and `train.learning_rate` > 0.")
+    for key, v in (("train.validation_fraction", t.validation_fraction),
+                   ("threshold.calibration_fraction", th.calibration_fraction)):
+        if not 0.0 < v < 0.5:
+            raise ValueError(f"`{key}` must be in (0, 0.5). Received: {v}")
+    value = config.threshold_value()
+    if th.method in ("quantile",) and not 0.0 < value < 1.0:
+        raise ValueError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")
+    if th.method == "contamination" and not 0.0 < value < 0.5:
+        raise ValueError("`threshold.value` for contamination is the expected anomaly "
+                         f"fraction in (0, 0.5). Received: {value}")
+    if th.method in ("mad", "mean_std") and value <= 0:
+        raise ValueError(f"`threshold.value` for {th.method} is k > 0. Received: {value}")
+    if th.method == "f1" and not d.label:
+        raise ValueError("`threshold.method: f1` needs `data.label`, the column that marks "
+                         "known anomalies in the calibration rows.")
+    return config
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """Turns ["model.latent_dim=2", ...] into a nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value (e.g. model.latent_dim=2). Received: {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: `{part}` is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return nested
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    merged = _merge(dict(raw or {}), parse_overrides(overrides))
+    return validate(_build(Config, merged, ""))
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Loads a YAML config file (local or Beam filesystem) and applies `--set` overrides.
+
+    Raises:
+      ValueError: unknown keys, invalid values or unreadable YAML, naming the file.
+    """
+    from latentbeam import fs
+
+    text = fs.read_bytes(path).decode("utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
+    try:
+        return from_dict(raw, overrides)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from e

@@ -1,0 +1,70 @@
+"""File access through Beam FileSystems: local paths, gs://, s3:// and any registered scheme.
+
+One place for path handling so training, bundles and pipelines accept the same paths.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    if is_local(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+def open_read(path: str):
+    """A seekable binary file object (what pyarrow.parquet.ParquetFile needs)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def match(pattern: str) -> List[str]:
+    """Paths matching a glob, sorted, 0-byte files included (callers decide)."""
+    results = FileSystems.match([pattern])[0].metadata_list
+    return sorted(m.path for m in results)
+
+
+def match_with_sizes(pattern: str) -> List[tuple]:
+    results = FileSystems.match([pattern])[0].metadata_list
+    return sorted((m.path, m.size_in_bytes) for m in results)
+
+
+def makedirs(path: str) -> None:
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+    else:
+        try:
+            FileSystems.mkdirs(path)
+        except IOError:
+            pass  # object stores have no directories; an existing prefix is fine
+
+
+def list_dir(path: str) -> List[str]:
+    """Every file below `path` (recursive on object stores, one level locally)."""
+    if is_local(path):
+        if not os.path.isdir(path):
+            return []
+        return sorted(os.path.join(path, n) for n in os.listdir(path))
+    return match(join(path, "**"))

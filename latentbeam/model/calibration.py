@@ -1,0 +1,107 @@
+"""Threshold calibration on reconstruction errors of rows the model never trained on."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from latentbeam.model.bundle import Threshold
+
+# Error quantiles stored in bundle.json (and used by reports / drift checks).
+QUANTILE_LEVELS = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
+# Scale that makes the MAD a consistent estimator of the standard deviation (normal data).
+MAD_SCALE = 1.4826
+
+
+def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
+                  labels: Optional[np.ndarray] = None) -> Threshold:
+    """Chooses the reconstruction-error threshold.
+
+    Args:
+      errors: (n,) reconstruction errors of the calibration rows.
+      method: quantile (value = level), contamination (value = expected anomaly
+        fraction), mad (median + value * MAD), mean_std (mean + value * std) or f1
+        (threshold maximizing F1 against `labels`).
+      value: the method's parameter.
+      labels: (n,) 1 for known anomalies, 0 otherwise; needed by f1.
+
+    Returns:
+      A Threshold; `parameters` records the statistics it was derived from.
+
+    Raises:
+      ValueError: no errors, or f1 without labels of both classes.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size == 0:
+        raise ValueError("Cannot calibrate a threshold on 0 calibration rows.")
+    params: Dict[str, float] = {}
+    if method == "quantile":
+        t = float(np.quantile(errors, value))
+    elif method == "contamination":
+        t = float(np.quantile(errors, 1.0 - value))
+    elif method == "mad":
+        median = float(np.median(errors))
+        mad = float(np.median(np.abs(errors - median))) * MAD_SCALE
+        params = {"median": median, "mad": mad}
+        t = median + value * mad
+    elif method == "mean_std":
+        mean, std = float(errors.mean()), float(errors.std())
+        params = {"mean": mean, "std": std}
+        t = mean + value * std
+    elif method == "f1":
+        t, params = _best_f1(errors, labels)
+    else:
+        raise ValueError(f"Unknown threshold method {method!r}; expected quantile, "
+                         f"contamination, mad, mean_std or f1.")
+    # A threshold must be positive for anomaly_score = error / threshold to be defined.
+    t = max(t, float(np.finfo(np.float32).tiny))
+    return Threshold(method=method, value=value, threshold=t, parameters=params)
+
+
+def _best_f1(errors: np.ndarray, labels: Optional[np.ndarray]):
+    from sklearn.metrics import precision_recall_curve
+
+    if labels is None:
+        raise ValueError("threshold method f1 needs labels (set `data.label`).")
+    if not is_binary(labels):
+        raise ValueError("threshold method f1 needs a 0/1 label column (1 = anomaly); the "
+                         f"label has values {np.unique(labels)[:10].tolist()}.")
+    y = np.asarray(labels).astype(int)
+    if y.min() == y.max():
+        raise ValueError("threshold method f1 needs both normal and anomalous rows in the "
+                         f"calibration split; it has only label {int(y[0])}. Use quantile or "
+                         "contamination, or give more labelled anomalies.")
+    precision, recall, cuts = precision_recall_curve(y, errors)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = int(np.argmax(f1))
+    cut = float(cuts[best])
+    # precision_recall_curve flags error >= cut; we flag error > threshold, so place the
+    # threshold halfway to the next lower error.
+    below = errors[errors < cut]
+    t = 0.5 * (cut + float(below.max())) if below.size else cut * 0.5
+    return t, {"f1": float(f1[best]), "precision": float(precision[best]),
+               "recall": float(recall[best])}
+
+
+def is_binary(labels) -> bool:
+    return bool(np.isin(np.unique(np.asarray(labels)), (0, 1)).all())
+
+
+def calibration_summary(errors: np.ndarray, labels: Optional[np.ndarray],
+                        threshold: float) -> dict:
+    """Error quantiles of the calibration split (+ label metrics when labels exist)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    out = {
+        "rows": int(errors.size),
+        "quantiles": {str(q): float(np.quantile(errors, q)) for q in QUANTILE_LEVELS},
+        "mean": float(errors.mean()), "max": float(errors.max()),
+        "flagged_fraction": float((errors > threshold).mean()),
+    }
+    if labels is not None and is_binary(labels):
+        y = np.asarray(labels).astype(int)
+        out["label_positive_fraction"] = float(y.mean())
+        if 0 < y.sum() < len(y):
+            from sklearn.metrics import average_precision_score, roc_auc_score
+            out["roc_auc"] = float(roc_auc_score(y, errors))
+            out["average_precision"] = float(average_precision_score(y, errors))
+    return out

@@ -1,0 +1,299 @@
+"""Training data sources: a Parquet glob or a prepared TFDS split, streamed in chunks.
+
+Both sources yield `(matrix, labels)` chunks: a (rows, n_inputs) float32 matrix in
+feature order and, when a label is configured, a (rows,) float32 label vector. They
+can be iterated any number of times (once per epoch) with bounded memory: Parquet is
+read one Arrow record batch at a time, TFDS one batch of examples at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latentbeam import fs
+from latentbeam.config import DataConfig
+from latentbeam.model.features import Feature, SchemaMismatch, infer_features, to_matrix
+
+log = logging.getLogger(__name__)
+
+Chunk = Tuple[np.ndarray, Optional[np.ndarray]]
+
+
+@dataclass
+class SkipCounter:
+    """Rows a source could not use, by reason (reported in the bundle, never silent)."""
+    by_reason: Dict[str, int] = field(default_factory=dict)
+    examples: List[str] = field(default_factory=list)
+
+    def add(self, source: str, row: int, reason: str, detail: str) -> None:
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{source} row {row}: {reason}: {detail}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+
+class ParquetSource:
+    """Rows of a Parquet glob (local or any Beam filesystem) as float32 chunks.
+
+    Args:
+      pattern: glob of Parquet files.
+      features: feature names in order; default every numeric or numeric-list column
+        except `label` and `key_columns`.
+      label: optional label column (kept apart from the features).
+      key_columns: identifier columns, never used as features.
+      batch_rows: rows per Arrow record batch read.
+    """
+
+    def __init__(self, pattern: str, *, features: Optional[Sequence[str]] = None,
+                 label: Optional[str] = None, key_columns: Sequence[str] = (),
+                 batch_rows: int = 8192):
+        self.pattern = pattern
+        self.label = label
+        self.batch_rows = batch_rows
+        self.files = [p for p, size in fs.match_with_sizes(pattern) if size > 0]
+        if not self.files:
+            raise ValueError(f"No non-empty Parquet files match {pattern!r}. Check `data.path` "
+                             f"(a glob such as data/*.parquet or gs://bucket/prefix/*.parquet).")
+        first = self.files[0]
+        with fs.open_read(first) as f:
+            pf = pq.ParquetFile(f)
+            sample = next(pf.iter_batches(batch_size=1024), None)
+            if sample is None:
+                sample = pf.schema_arrow.empty_table()
+        exclude = set(key_columns) | ({label} if label else set())
+        if label and label not in sample.schema.names:
+            raise ValueError(f"Label column {label!r} not found in {first}. "
+                             f"Available columns: {', '.join(sample.schema.names)}.")
+        self.features: List[Feature] = infer_features(sample, include=features, exclude=exclude,
+                                                      source=first)
+        self.skipped = SkipCounter()
+
+    def describe(self) -> str:
+        return f"parquet:{self.pattern} ({len(self.files)} files)"
+
+    def chunks(self) -> Iterator[Chunk]:
+        columns = [f.name for f in self.features] + ([self.label] if self.label else [])
+        self.skipped = SkipCounter()
+        for path in self.files:
+            with fs.open_read(path) as f:
+                try:
+                    pf = pq.ParquetFile(f)
+                    batches = pf.iter_batches(batch_size=self.batch_rows, columns=columns)
+                except (pa.ArrowException, OSError) as e:
+                    raise ValueError(f"Cannot read Parquet file {path}: {e}. Remove or repair "
+                                     f"it, or narrow `data.path`.") from e
+                offset = 0
+                for batch in batches:
+                    try:
+                        conv = to_matrix(batch, self.features)
+                    except SchemaMismatch as e:
+                        raise ValueError(f"{path}: {e}. All training files must share the "
+                                         f"feature columns of {self.files[0]}.") from e
+                    for row, reason, detail in conv.faults:
+                        self.skipped.add(path, offset + row, reason, detail)
+                    labels = None
+                    if self.label:
+                        col = batch.column(batch.schema.get_field_index(self.label))
+                        labels = col.cast(pa.float32()).fill_null(0).to_numpy(
+                            zero_copy_only=False)[conv.valid]
+                    offset += batch.num_rows
+                    if len(conv.valid):
+                        yield conv.matrix, labels
+
+
+_TFDS_HELP = ("Prepare it on a connected machine with `tfds build {name} --data_dir DIR` "
+              "(or `tfds.builder('{name}', data_dir=DIR).download_and_prepare()`) and copy "
+              "DIR here, or write your own data with "
+              "`tfds.dataset_builders.store_as_tfds_dataset`. latentbeam never downloads.")
+
+
+def load_tfds_builder(name: str, data_dir: Optional[str]):
+    """A prepared TFDS builder from `data_dir`; never downloads.
+
+    Raises:
+      ValueError: the dataset is not prepared, naming where it looked and how to fix it.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
+    where = data_dir or tfds.core.constants.DATA_DIR
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types (DatasetNotFoundError, ...)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"TFDS dataset {name!r} was not found in data_dir {where!r} "
+                         f"({first_line}). "
+                         + _TFDS_HELP.format(name=name.split('/')[0].split(':')[0])) from e
+    if not builder.is_prepared():
+        raise ValueError(f"TFDS dataset {name!r} is not prepared in data_dir {where!r} "
+                         f"(looked in {builder.data_dir}). "
+                         + _TFDS_HELP.format(name=name.split('/')[0].split(':')[0]))
+    return builder
+
+
+def tfds_features(builder, *, include: Optional[Sequence[str]] = None,
+                  exclude: Sequence[str] = ()) -> List[Feature]:
+    """Numeric TFDS features (tensors, images, class labels excluded) as Feature specs."""
+    import tensorflow_datasets as tfds
+
+    info = builder.info.features
+    names = list(include) if include else [k for k in info.keys() if k not in set(exclude)]
+    out = []
+    for name in names:
+        if name not in info:
+            raise ValueError(f"Feature {name!r} not in TFDS dataset {builder.name!r}. "
+                             f"Available: {', '.join(info.keys())}.")
+        feat = info[name]
+        dtype = np.dtype(feat.np_dtype) if hasattr(feat, "np_dtype") else np.dtype(feat.dtype.as_numpy_dtype)
+        shape = tuple(int(s) for s in (feat.shape or ()))
+        if isinstance(feat, tfds.features.ClassLabel) and not include:
+            continue
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or any(s is None or s < 0 for s in shape):
+            if include:
+                raise ValueError(f"TFDS feature {name!r} has dtype {dtype} and shape {shape}; "
+                                 f"expected a fixed-shape numeric feature.")
+            continue
+        out.append(Feature(name, dtype.name, shape))
+    if not out:
+        raise ValueError(f"No fixed-shape numeric features in TFDS dataset {builder.name!r}. "
+                         f"Set `data.features`.")
+    return out
+
+
+class TfdsSource:
+    """Examples of a prepared TFDS split (sub-splits allowed) as float32 chunks."""
+
+    def __init__(self, name: str, split: str = "train", *, data_dir: Optional[str] = None,
+                 features: Optional[Sequence[str]] = None, label: Optional[str] = None,
+                 batch_rows: int = 8192):
+        self.name, self.split, self.label, self.batch_rows = name, split, label, batch_rows
+        self.builder = load_tfds_builder(name, data_dir)
+        self.features = tfds_features(self.builder, include=features,
+                                      exclude=[label] if label else [])
+        if label and label not in self.builder.info.features:
+            raise ValueError(f"Label {label!r} not in TFDS dataset {name!r}. "
+                             f"Available: {', '.join(self.builder.info.features.keys())}.")
+        self.skipped = SkipCounter()
+
+    def describe(self) -> str:
+        return f"tfds:{self.name}/{self.split} ({self.builder.data_dir})"
+
+    def chunks(self) -> Iterator[Chunk]:
+        import tensorflow_datasets as tfds
+
+        self.skipped = SkipCounter()
+        ds = self.builder.as_dataset(split=self.split, shuffle_files=False,
+                                     batch_size=self.batch_rows)
+        offset = 0
+        for batch in tfds.as_numpy(ds):
+            blocks = [np.asarray(batch[f.name], dtype=np.float32).reshape(-1, f.size)
+                      for f in self.features]
+            matrix = np.concatenate(blocks, axis=1)
+            finite = np.isfinite(matrix).all(axis=1)
+            for row in np.flatnonzero(~finite):
+                self.skipped.add(self.describe(), offset + int(row), "not_finite", "NaN or inf value")
+            labels = None
+            if self.label:
+                labels = np.asarray(batch[self.label], dtype=np.float32)[finite]
+            offset += len(matrix)
+            yield np.ascontiguousarray(matrix[finite]), labels
+
+
+def make_source(cfg: DataConfig):
+    if cfg.source == "tfds":
+        return TfdsSource(cfg.name, cfg.split, data_dir=cfg.data_dir, features=cfg.features,
+                          label=cfg.label, batch_rows=cfg.batch_rows)
+    return ParquetSource(cfg.path, features=cfg.features, label=cfg.label,
+                         key_columns=cfg.key_columns, batch_rows=cfg.batch_rows)
+
+
+# Row -> split assignment. A low-discrepancy sequence over the row index gives exact
+# fractions in every stretch of rows (sorted data still spreads evenly) and is stable:
+# the same row always lands in the same split, epoch after epoch and run after run.
+_PHI = (np.sqrt(5.0) - 1.0) / 2.0
+SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_CALIBRATION = 0, 1, 2
+
+
+def assign_splits(start: int, n: int, validation_fraction: float,
+                  calibration_fraction: float) -> np.ndarray:
+    """(n,) split codes for rows start..start+n-1 of the source."""
+    u = np.mod((np.arange(start, start + n, dtype=np.float64) + 1.0) * _PHI, 1.0)
+    out = np.full(n, SPLIT_TRAIN, dtype=np.int8)
+    out[u < calibration_fraction + validation_fraction] = SPLIT_VALIDATION
+    out[u < calibration_fraction] = SPLIT_CALIBRATION
+    return out
+
+
+def split_chunks(source, split: int, validation_fraction: float,
+                 calibration_fraction: float) -> Iterator[Chunk]:
+    """The chunks of `source` restricted to one split."""
+    start = 0
+    for matrix, labels in source.chunks():
+        codes = assign_splits(start, len(matrix), validation_fraction, calibration_fraction)
+        start += len(matrix)
+        keep = codes == split
+        if keep.any():
+            yield matrix[keep], (labels[keep] if labels is not None else None)
+
+
+@dataclass
+class DataStats:
+    rows: int  # usable rows read
+    rows_by_split: Dict[str, int]
+    mean: np.ndarray  # (n_inputs,) over training rows
+    variance: np.ndarray  # (n_inputs,) over training rows, zeros replaced by 1
+    constant_inputs: int  # inputs with zero variance in training rows
+    fingerprint: str  # sha256 of every usable row (features and labels) in order
+
+
+def scan(source, validation_fraction: float, calibration_fraction: float) -> DataStats:
+    """One pass: row counts per split, normalization statistics, data fingerprint."""
+    digest = hashlib.sha256()
+    total = 0
+    counts = np.zeros(3, dtype=np.int64)
+    s1 = s2 = None
+    shift = None
+    for matrix, labels in source.chunks():
+        digest.update(np.ascontiguousarray(matrix).tobytes())
+        if labels is not None:
+            digest.update(labels.tobytes())
+        codes = assign_splits(total, len(matrix), validation_fraction, calibration_fraction)
+        total += len(matrix)
+        counts += np.bincount(codes, minlength=3)
+        train = matrix[codes == SPLIT_TRAIN].astype(np.float64)
+        if not len(train):
+            continue
+        if shift is None:
+            # Shifted sums keep the variance accurate for large-offset features.
+            shift = train[0].copy()
+            s1 = np.zeros(matrix.shape[1])
+            s2 = np.zeros(matrix.shape[1])
+        d = train - shift
+        s1 += d.sum(axis=0)
+        s2 += (d * d).sum(axis=0)
+    n_train = int(counts[SPLIT_TRAIN])
+    if n_train < 2 or counts[SPLIT_CALIBRATION] < 1:
+        raise ValueError(f"Too few usable rows in {source.describe()}: {total} read, "
+                         f"{n_train} for training, {int(counts[SPLIT_CALIBRATION])} for threshold "
+                         f"calibration. Provide more data (at least ~20 rows).")
+    mean_d = s1 / n_train
+    variance = np.maximum(s2 / n_train - mean_d ** 2, 0.0)
+    mean = shift + mean_d
+    constant = variance <= 1e-12 * np.maximum(1.0, mean ** 2)
+    variance = np.where(constant, 1.0, variance)
+    return DataStats(
+        rows=total,
+        rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),
+                       "calibration": int(counts[SPLIT_CALIBRATION])},
+        mean=mean.astype(np.float32), variance=variance.astype(np.float32),
+        constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest())

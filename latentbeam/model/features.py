@@ -1,0 +1,288 @@
+"""Feature specs and the Arrow -> float32 matrix conversion shared by training and scoring.
+
+Columnar and vectorized: a record batch becomes one (rows, n_inputs) float32 matrix in
+bundle feature order. Rows that cannot be scored (nulls, NaN/inf, non-numeric text,
+lists of the wrong length) are reported as faults with a reason code, never dropped
+silently.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Dead-letter reason codes (short, stable; documented in the README).
+REASON_NULL = "null_value"
+REASON_NOT_FINITE = "not_finite"
+REASON_NON_NUMERIC = "non_numeric"
+REASON_WRONG_LENGTH = "wrong_length"
+REASON_MISSING_COLUMN = "missing_column"
+REASON_UNREADABLE = "unreadable_file"
+REASON_MODEL_ERROR = "model_error"
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str  # column name (Parquet) or feature key (TFDS)
+    dtype: str  # Arrow/numpy value type seen at training, e.g. "float64", "uint8"
+    shape: Tuple[int, ...] = ()  # () scalar; (n,) list; (h, w) or (h, w, c) image
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Feature":
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(s) for s in d["shape"]))
+
+
+def n_inputs(features: Sequence[Feature]) -> int:
+    return sum(f.size for f in features)
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+        or pa.types.is_decimal(t)
+
+
+def _dtype_name(t: pa.DataType) -> str:
+    if pa.types.is_decimal(t):
+        return "float64"
+    return np.dtype(t.to_pandas_dtype()).name
+
+
+def _list_value_type(t: pa.DataType) -> Optional[pa.DataType]:
+    """Innermost value type of a (nested) list type, or None for non-lists."""
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        return None
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return t
+
+
+def infer_features(batch: pa.RecordBatch | pa.Table, *, include: Optional[Sequence[str]] = None,
+                   exclude: Sequence[str] = (), source: str = "") -> List[Feature]:
+    """Feature specs from a sample batch: numeric columns and numeric list columns.
+
+    Args:
+      batch: a sample of the data (the first record batch is enough for fixed-size
+        lists; variable lists take their length from the first non-null row).
+      include: explicit feature names in order; default every numeric column.
+      exclude: columns never used as features (label, keys).
+      source: file name used in error messages.
+
+    Raises:
+      ValueError: a named feature is missing or not numeric, or nothing is usable.
+    """
+    schema = batch.schema
+    names = list(include) if include else [n for n in schema.names if n not in set(exclude)]
+    features = []
+    for name in names:
+        if name not in schema.names:
+            raise ValueError(
+                f"Feature column {name!r} not found in {source or 'the data'}. "
+                f"Available columns: {', '.join(schema.names)}.")
+        t = schema.field(name).type
+        column = batch.column(schema.get_field_index(name))
+        if _is_numeric(t):
+            features.append(Feature(name, _dtype_name(t), ()))
+            continue
+        inner = _list_value_type(t)
+        if inner is not None and _is_numeric(inner):
+            shape = _list_shape(t, column)
+            if shape is None:
+                raise ValueError(f"List column {name!r} in {source or 'the data'} has no non-null "
+                                 f"row to take its length from; list features need a fixed length.")
+            features.append(Feature(name, _dtype_name(inner), shape))
+            continue
+        if include:
+            raise ValueError(
+                f"Feature column {name!r} in {source or 'the data'} has type {t}, expected a "
+                f"number or a list of numbers. Remove it from `data.features` or convert it.")
+    if not features:
+        raise ValueError(f"No numeric feature columns in {source or 'the data'} "
+                         f"(columns: {', '.join(schema.names)}). Set `data.features`.")
+    return features
+
+
+def _list_shape(t: pa.DataType, column) -> Optional[Tuple[int, ...]]:
+    """Shape of a list feature: fixed sizes from the type, else the first non-null row."""
+    shape = []
+    while pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size)
+        t = t.value_type
+    if _is_numeric(t):
+        return tuple(shape)
+    for value in column.to_pylist():
+        if value is not None:
+            return np.asarray(value, dtype=np.float64).shape
+    return None
+
+
+@dataclass
+class Conversion:
+    """Result of converting one record batch to the model's input matrix."""
+    matrix: np.ndarray  # (n_valid, n_inputs) float32, valid rows only, in batch order
+    valid: np.ndarray  # (n_valid,) int64 row indices into the batch
+    faults: List[Tuple[int, str, str]]  # (row index, reason code, detail), one per bad row
+
+
+class SchemaMismatch(ValueError):
+    """A whole batch cannot be used (e.g. a feature column is missing)."""
+
+    reason = REASON_MISSING_COLUMN
+
+
+def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]]) -> np.ndarray:
+    """(n, feature.size) float64 values for one column; marks bad rows in `bad`."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    name = feature.name
+    if feature.shape == ():
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            values = np.full(n, np.nan)
+            for i, s in enumerate(column.to_pylist()):
+                if s is None:
+                    bad.setdefault(i, (REASON_NULL, f"column {name!r} is null"))
+                    continue
+                try:
+                    values[i] = float(s)
+                except ValueError:
+                    bad.setdefault(i, (REASON_NON_NUMERIC, f"column {name!r} value {s!r} is not a number"))
+            return values.reshape(n, 1)
+        if not _is_numeric(t):
+            raise SchemaMismatch(f"column {name!r} has type {t}, expected a number")
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        if column.null_count:
+            for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
+                bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
+            values = np.where(np.isnan(values), np.nan, values)
+        return values.reshape(n, 1)
+    inner = _list_value_type(t)
+    if inner is None or not _is_numeric(inner):
+        raise SchemaMismatch(f"column {name!r} has type {t}, expected a list of {feature.size} numbers")
+    # Flatten nested lists down to the values, tracking the row each value came from.
+    flat = column
+    row_of = None
+    while not _is_numeric(flat.type):
+        parents = pc.list_parent_indices(flat).to_numpy(zero_copy_only=False).astype(np.int64)
+        row_of = parents if row_of is None else row_of[parents]
+        flat = pc.list_flatten(flat)
+    lengths = np.bincount(row_of, minlength=n) if row_of is not None else np.ones(n, np.int64)
+    row_null = column.is_null().to_numpy(zero_copy_only=False)
+    values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    value_null = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else None
+    out = np.full((n, feature.size), np.nan)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    ok_len = lengths == feature.size
+    for i in np.flatnonzero(row_null):
+        bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
+    for i in np.flatnonzero(~ok_len & ~row_null):
+        bad.setdefault(int(i), (REASON_WRONG_LENGTH,
+                                f"column {name!r} has {int(lengths[i])} values, expected {feature.size}"))
+    good = np.flatnonzero(ok_len & ~row_null)
+    if len(good):
+        if len(good) == n and ok_len.all():
+            out = values.reshape(n, feature.size)
+        else:
+            idx = starts[good][:, None] + np.arange(feature.size)[None, :]
+            out[good] = values[idx]
+        if value_null is not None:
+            null_rows = good[value_null[starts[good][:, None] + np.arange(feature.size)].any(axis=1)]
+            for i in null_rows:
+                bad.setdefault(int(i), (REASON_NULL, f"column {name!r} has a null element"))
+    return out
+
+
+def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Conversion:
+    """Converts a record batch to the float32 model input, separating bad rows.
+
+    Args:
+      batch: Arrow record batch or table with (at least) the feature columns.
+      features: bundle feature specs, in model order.
+
+    Returns:
+      Conversion with the (n_valid, n_inputs) float32 matrix of good rows.
+
+    Raises:
+      SchemaMismatch: a feature column is missing or has an unusable type; the
+        message names the column and what was expected.
+    """
+    n = batch.num_rows
+    names = batch.schema.names
+    bad: Dict[int, Tuple[str, str]] = {}
+    blocks = []
+    for f in features:
+        if f.name not in names:
+            raise SchemaMismatch(
+                f"feature column {f.name!r} is missing (columns present: {', '.join(names)})")
+        blocks.append(_column_to_array(batch.column(names.index(f.name)), f, n, bad))
+    matrix = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        for i in np.flatnonzero(~finite.all(axis=1)):
+            if int(i) in bad:
+                continue
+            col = int(np.flatnonzero(~finite[i])[0])
+            fname, offset = _locate(features, col)
+            bad[int(i)] = (REASON_NOT_FINITE,
+                           f"column {fname!r}{offset} is {matrix[i, col]!r}")
+    if bad:
+        valid = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
+        matrix = matrix[valid]
+    else:
+        valid = np.arange(n, dtype=np.int64)
+    faults = [(i, r, d) for i, (r, d) in sorted(bad.items())]
+    return Conversion(np.ascontiguousarray(matrix, dtype=np.float32), valid, faults)
+
+
+def _locate(features: Sequence[Feature], col: int) -> Tuple[str, str]:
+    for f in features:
+        if col < f.size:
+            return f.name, (f"[{col}]" if f.shape else "")
+        col -= f.size
+    return "?", ""
+
+
+def row_payload(batch: pa.RecordBatch | pa.Table, row: int) -> str:
+    """The original row as JSON (NaN/inf written as strings, bytes as hex)."""
+    record = batch.slice(row, 1).to_pylist()[0]
+    return json.dumps(record, default=_json_default, allow_nan=False, sort_keys=False,
+                      ensure_ascii=False) if not _has_nonfinite(record) else \
+        json.dumps(_clean(record), default=_json_default, ensure_ascii=False)
+
+
+def _has_nonfinite(obj) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_has_nonfinite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_nonfinite(v) for v in obj)
+    return False
+
+
+def _clean(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _json_default(obj):
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return str(obj)

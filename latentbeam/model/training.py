@@ -1,0 +1,205 @@
+"""Training: stream the data into tf.data, fit the autoencoder, calibrate, write the bundle."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+
+from latentbeam.config import Config
+from latentbeam.model import data as data_mod
+from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
+from latentbeam.model.bundle import Bundle, BundleInfo, save_bundle
+from latentbeam.model.calibration import calibration_summary, fit_threshold
+from latentbeam.model.features import n_inputs
+
+log = logging.getLogger(__name__)
+
+
+def set_seed(seed: int) -> None:
+    """Same seed -> identical weights on CPU (op determinism is required for that)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def shuffled_batches(chunks: Iterator, batch_size: int, buffer_rows: int,
+                     rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Re-batches a stream of chunks into shuffled batches with bounded memory.
+
+    Rows are shuffled within windows of about `buffer_rows` rows; the only partial
+    batch is the last one.
+    """
+    pending = []
+    held = 0
+    for matrix, _ in chunks:
+        pending.append(matrix)
+        held += len(matrix)
+        if held < buffer_rows:
+            continue
+        block = np.concatenate(pending)
+        block = block[rng.permutation(len(block))]
+        cut = (len(block) // batch_size) * batch_size
+        for s in range(0, cut, batch_size):
+            yield block[s:s + batch_size]
+        pending, held = [block[cut:]], len(block) - cut
+    if held:
+        block = np.concatenate(pending)
+        block = block[rng.permutation(len(block))]
+        for s in range(0, len(block), batch_size):
+            yield block[s:s + batch_size]
+
+
+def _batches(chunks: Iterator, batch_size: int) -> Iterator[np.ndarray]:
+    """Fixed-size batches from a chunk stream, in order."""
+    pending, held = [], 0
+    for matrix, _ in chunks:
+        pending.append(matrix)
+        held += len(matrix)
+        if held >= batch_size:
+            block = np.concatenate(pending)
+            cut = (len(block) // batch_size) * batch_size
+            for s in range(0, cut, batch_size):
+                yield block[s:s + batch_size]
+            pending, held = [block[cut:]], len(block) - cut
+    if held:
+        yield np.concatenate(pending)
+
+
+def make_dataset(generator_fn, width: int):
+    """A tf.data.Dataset over a Python batch generator (re-invoked at each iteration)."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_generator(
+        generator_fn, output_signature=tf.TensorSpec((None, width), tf.float32)
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundle:
+    """Trains an autoencoder as configured and writes a bundle to `output`.
+
+    Args:
+      config: a validated Config.
+      output: bundle directory (local or remote); None keeps the bundle in memory only.
+      source: a data source object (defaults to the one `config.data` describes).
+
+    Returns:
+      The trained Bundle (model in memory, metadata as written to bundle.json).
+    """
+    import keras
+
+    t0 = time.time()
+    dc, mc, tc, thc = config.data, config.model, config.train, config.threshold
+    set_seed(tc.seed)
+    source = source or data_mod.make_source(dc)
+    vf, cf = tc.validation_fraction, thc.calibration_fraction
+    log.info("Scanning %s", source.describe())
+    stats = data_mod.scan(source, vf, cf)
+    if source.skipped.total:
+        log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
+                    source.skipped.by_reason, source.skipped.examples[:2])
+    width = n_inputs(source.features)
+    image_feature_shape = None
+    if mc.kind == "conv2d":
+        if len(source.features) != 1:
+            raise ValueError(f"`model.kind: conv2d` needs exactly one image feature; got "
+                             f"{[f.name for f in source.features]}. Set `data.features`.")
+        image_feature_shape = image_shape(source.features[0].shape)
+    model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,
+                              image_feature_shape=image_feature_shape, seed=tc.seed)
+    model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
+
+    epoch = {"n": 0}
+
+    def train_gen():
+        rng = np.random.default_rng([tc.seed, epoch["n"]])
+        epoch["n"] += 1
+        chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, vf, cf)
+        yield from shuffled_batches(chunks, tc.batch_size, tc.shuffle_buffer, rng)
+
+    def val_gen():
+        yield from _batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, vf, cf),
+                            val_batch)
+
+    callbacks = []
+    n_val = stats.rows_by_split["validation"]
+    val_batch = max(tc.batch_size, 1024)
+    if n_val:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=tc.patience, restore_best_weights=True))
+    if tc.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tc.tensorboard_dir))
+    # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
+    # explicit step counts gives whole passes per epoch and a progress bar with a total.
+    history = model.fit(
+        make_dataset(train_gen, width).repeat(),
+        steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
+        validation_data=make_dataset(val_gen, width).repeat() if n_val else None,
+        validation_steps=math.ceil(n_val / val_batch) if n_val else None,
+        epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose)
+
+    # Calibrate on rows the model never trained on, through the scoring core.
+    from latentbeam.model.scoring import score
+
+    provisional = Bundle(_provisional_info(source.features, mc.latent_dim or default_latent_dim(width)), model)
+    errors, labels, latents = [], [], []
+    for matrix, lab in data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf):
+        s = score(provisional, matrix, threshold=1.0)
+        errors.append(s.reconstruction_error)
+        latents.append(s.latent)
+        if lab is not None:
+            labels.append(lab)
+    errors = np.concatenate(errors)
+    latents = np.concatenate(latents).astype(np.float64)
+    labels = np.concatenate(labels) if labels else None
+    threshold = fit_threshold(errors, thc.method, config.threshold_value(), labels)
+
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    best_epoch = int(np.argmin(hist["val_loss"])) + 1 if "val_loss" in hist else len(hist["loss"])
+    latent_dim = provisional.info.latent_dim
+    cov = np.cov(latents, rowvar=False).reshape(latent_dim, latent_dim) if len(latents) > 1 \
+        else np.eye(latent_dim)
+    meta = {
+        "features": [f.to_json() for f in source.features],
+        "latent_dim": latent_dim,
+        "threshold": threshold.to_json(),
+        "variational": mc.variational,
+        "calibration": calibration_summary(errors, labels, threshold.threshold),
+        "latent_stats": {"mean": latents.mean(axis=0).tolist(), "cov": cov.tolist()},
+        "training": {
+            "source": source.describe(),
+            "rows": stats.rows,
+            "rows_by_split": stats.rows_by_split,
+            "rows_skipped": source.skipped.total,
+            "rows_skipped_by_reason": dict(source.skipped.by_reason),
+            "constant_inputs": stats.constant_inputs,
+            "epochs": len(hist["loss"]),
+            "best_epoch": best_epoch,
+            "losses": hist,
+            "seed": tc.seed,
+            "data_fingerprint": stats.fingerprint,
+            "seconds": round(time.time() - t0, 3),
+            "config": config.to_dict(),
+        },
+    }
+    if output:
+        info = save_bundle(model, output, meta)
+    else:
+        info = _provisional_info(source.features, latent_dim, threshold)
+    log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
+             threshold.threshold, threshold.method, output)
+    return Bundle(info, model)
+
+
+def _provisional_info(features, latent_dim: int, threshold=None) -> BundleInfo:
+    """Metadata for scoring with a model that has no bundle.json yet."""
+    from latentbeam.model.bundle import FORMAT_VERSION, Threshold
+
+    return BundleInfo(path="", format_version=FORMAT_VERSION, model_version="unsaved",
+                      features=list(features), latent_dim=latent_dim,
+                      threshold=threshold or Threshold("quantile", None, 1.0),
+                      calibration={}, training={}, versions={}, sha256="0" * 64)

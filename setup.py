@@ -1,0 +1,28 @@
+"""Distribution `latentbeam`: Keras autoencoder anomaly scoring for Apache Beam."""
+from setuptools import find_packages, setup
+
+setup(
+    name="latentbeam",
+    version="0.1.0",
+    description="Keras autoencoder training and Apache Beam batch/streaming anomaly scoring",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["latentbeam", "latentbeam.*"]),
+    install_requires=[
+        "tensorflow>=2.18,<2.22",
+        "keras>=3.6,<4",
+        "apache-beam>=2.60,<3",
+        "pyarrow>=16,<26",
+        "tensorflow-datasets>=4.9.7,<5",
+        # tensorflow-datasets 4.9.x imports it but does not declare it.
+        "importlib_resources>=6",
+        "numpy>=1.26,<3",
+        "PyYAML>=6,<7",
+        "scikit-learn>=1.4,<2",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4"],
+    },
+    entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
+)
