@@ -1,0 +1,178 @@
+"""Arrow in, Arrow out: the scoring core applied to one record batch (no Beam here).
+
+Every Beam path (the `Score` transform, the `latentbeam score` job, streaming) and the
+benchmarks call `score_record_batch`; the output schema and the dead-letter schema are
+defined once, here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from latentbeam.model.features import (REASON_MISSING_COLUMN, SchemaMismatch, row_payload,
+                                       to_matrix)
+from latentbeam.model.scoring import Scores, score
+
+# Output column names (the scored-output contract in the README).
+COL_LATENT = "latent"
+COL_ERROR = "reconstruction_error"
+COL_SCORE = "anomaly_score"
+COL_FLAG = "is_anomaly"
+COL_MODEL_VERSION = "model_version"
+COL_FEATURE_ERRORS = "feature_errors"
+COL_RECONSTRUCTION = "reconstruction"
+
+# Parquet key-value metadata written on every scored file.
+META_MODEL_VERSION = b"latentbeam.model_version"
+META_THRESHOLD = b"latentbeam.threshold"
+META_THRESHOLD_METHOD = b"latentbeam.threshold_method"
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),  # input file (or "pubsub", ...)
+    pa.field("row", pa.int64()),  # row index in the source; null for a whole-file fault
+    pa.field("reason", pa.string(), nullable=False),  # short code, see features.REASON_*
+    pa.field("detail", pa.string()),  # human-readable message
+    pa.field("payload", pa.string()),  # original row as JSON; null for a whole-file fault
+])
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    key_columns: Tuple[str, ...] = ()  # input columns passed through unchanged
+    per_feature_errors: bool = False  # add `feature_errors`
+    reconstruction: bool = False  # add `reconstruction` (input units)
+
+
+def float_list_array(matrix: np.ndarray) -> pa.ListArray:
+    """(n, k) float32 matrix -> list<float32> array (one list of k per row), zero-copy values."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, k = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+
+
+def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of scored output: key columns, then the scoring columns."""
+    fields = list(key_fields) + [
+        pa.field(COL_LATENT, pa.list_(pa.float32())),
+        pa.field(COL_ERROR, pa.float32()),
+        pa.field(COL_SCORE, pa.float32()),
+        pa.field(COL_FLAG, pa.bool_()),
+        pa.field(COL_MODEL_VERSION, pa.string()),
+    ]
+    if opts.per_feature_errors:
+        fields.append(pa.field(COL_FEATURE_ERRORS, pa.list_(pa.float32())))
+    if opts.reconstruction:
+        fields.append(pa.field(COL_RECONSTRUCTION, pa.list_(pa.float32())))
+    return pa.schema(fields, metadata=output_metadata(info))
+
+
+def output_metadata(info) -> Dict[bytes, bytes]:
+    return {META_MODEL_VERSION: info.model_version.encode(),
+            META_THRESHOLD: repr(info.threshold.threshold).encode(),
+            META_THRESHOLD_METHOD: info.threshold.method.encode()}
+
+
+def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
+                    keys: Optional[pa.RecordBatch] = None) -> pa.RecordBatch:
+    """Builds the scored output batch from Scores (and the key columns of the same rows)."""
+    n = len(scores)
+    key_fields = list(keys.schema) if keys is not None else []
+    columns: List[Any] = list(keys.columns) if keys is not None else []
+    columns += [
+        float_list_array(scores.latent),
+        pa.array(scores.reconstruction_error, type=pa.float32()),
+        pa.array(scores.anomaly_score, type=pa.float32()),
+        pa.array(scores.is_anomaly, type=pa.bool_()),
+        pa.array([info.model_version] * n, type=pa.string()),
+    ]
+    if opts.per_feature_errors:
+        columns.append(float_list_array(scores.feature_errors))
+    if opts.reconstruction:
+        columns.append(float_list_array(scores.reconstruction))
+    return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
+
+
+def dead_letter(source: str, row: Optional[int], reason: str, detail: str,
+                payload: Optional[str] = None) -> Dict[str, Any]:
+    return {"source": source, "row": row, "reason": reason, "detail": detail, "payload": payload}
+
+
+def dead_letters_to_batch(records: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(list(records), schema=DEAD_LETTER_SCHEMA)
+
+
+def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str = "",
+                       row_offset: int = 0, opts: ScoringOptions = ScoringOptions()
+                       ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
+    """Scores one record batch.
+
+    Args:
+      bundle: a loaded Bundle.
+      batch: input rows with the bundle's feature columns (and any key columns).
+      source: where the rows came from (file path), for dead letters.
+      row_offset: index of the batch's first row within `source`.
+      opts: key columns and optional output columns.
+
+    Returns:
+      (scored batch of the good rows in input order or None if none were good,
+       dead-letter records for the bad rows).
+
+    Raises:
+      SchemaMismatch: a feature or key column is missing / unusable for the whole
+        batch (callers turn this into one whole-file dead letter).
+    """
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+            pa.RecordBatch.from_pylist([], schema=batch.schema)
+    missing = [k for k in opts.key_columns if k not in batch.schema.names]
+    if missing:
+        raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
+                             f"(columns present: {', '.join(batch.schema.names)})")
+    conv = to_matrix(batch, bundle.info.features)
+    letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
+               for row, reason, detail in conv.faults]
+    if not len(conv.valid):
+        return None, letters
+    scores = score(bundle, conv.matrix)
+    keys = None
+    if opts.key_columns:
+        keys = batch.select(list(opts.key_columns))
+        if len(conv.valid) != batch.num_rows:
+            keys = keys.take(pa.array(conv.valid))
+    return scores_to_batch(bundle.info, scores, opts, keys), letters
+
+
+def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
+    return dead_letter(source, None, reason, f"{type(error).__name__}: {error}", None)
+
+
+__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
+           "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "ScoringOptions",
+           "REASON_MISSING_COLUMN", "dead_letter", "dead_letters_to_batch", "float_list_array",
+           "output_schema", "score_record_batch", "scores_to_batch", "whole_file_dead_letter"]
+
+
+def score_parquet_file(bundle, path: str, *, opts: ScoringOptions = ScoringOptions(),
+                       batch_rows: int = 8192):
+    """Streams one Parquet file through `score_record_batch`.
+
+    Yields:
+      (row_offset, rows_in_batch, scored batch or None, dead-letter records) per
+      record batch, in file order.
+
+    Raises:
+      io.UnreadableFile: the file cannot be read or decoded (possibly after some
+        batches were yielded: callers needing all-or-nothing discard them).
+      SchemaMismatch: a feature or key column is missing in this file.
+    """
+    from latentbeam.pipeline.io import iter_file_batches
+
+    # Whole rows are read (not just feature columns): dead letters carry the original row.
+    for offset, batch in iter_file_batches(path, batch_rows=batch_rows):
+        scored, letters = score_record_batch(bundle, batch, source=path, row_offset=offset,
+                                             opts=opts)
+        yield offset, batch.num_rows, scored, letters

@@ -1,0 +1,57 @@
+"""Shared fixtures: small real data (scikit-learn digits) and one tiny trained bundle."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from latentbeam.config import from_dict
+from latentbeam.demo import digits_table, write_digits_parquet
+
+# Settings that train in about a second on 2 cores; the numbers are still real.
+TINY_OVERRIDES = ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
+                  "train.verbose=0", "train.seed=0"]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> str:
+    """Directory with the 1797 digits rows as 2 Parquet files (id, label, pixel_00..63)."""
+    d = str(tmp_path_factory.mktemp("digits"))
+    write_digits_parquet(d, files=2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def digits_glob(digits_dir) -> str:
+    return os.path.join(digits_dir, "*.parquet")
+
+
+@pytest.fixture(scope="session")
+def digits_matrix() -> np.ndarray:
+    t = digits_table()
+    return np.stack([t.column(f"pixel_{i:02d}").to_numpy() for i in range(64)], axis=1)
+
+
+def tiny_config(glob: str, *extra: str):
+    return from_dict({"data": {"path": glob, "label": "label", "key_columns": ["id"]}},
+                     TINY_OVERRIDES + list(extra))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory, digits_glob) -> str:
+    """A bundle trained once per session on the digits (latent_dim 2)."""
+    from latentbeam.model import train
+
+    out = str(tmp_path_factory.mktemp("bundle") / "tiny")
+    train(tiny_config(digits_glob), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundle_dir):
+    from latentbeam.model import load_bundle
+
+    return load_bundle(tiny_bundle_dir)
