@@ -7,6 +7,7 @@ valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,11 +59,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 50
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
     batch_size: int = 64
     learning_rate: float = 1e-3  # Adam
     validation_fraction: float = 0.1  # rows held out for early stopping
-    patience: int = 5  # early stopping patience in epochs; best weights restored
+    patience: int = 10  # early stopping patience in epochs; best weights restored
     seed: int = 0  # same seed -> identical weights on CPU
     shuffle_buffer: int = 16384  # rows; bounds memory when streaming Parquet
     tensorboard_dir: Optional[str] = None
@@ -212,6 +213,23 @@ def validate(config: Config) -> Config:
     return config
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 (no dot) as a number, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where `learning_rate: 1e-3` is the string "1e-3".
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict:
     """Turns ["model.latent_dim=2", ...] into a nested dict (values parsed as YAML)."""
     nested: dict = {}
@@ -225,7 +243,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: `{part}` is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        node[parts[-1]] = _yaml_load(text) if text.strip() else None
     return nested
 
 
@@ -240,6 +258,9 @@ def _merge(base: dict, extra: Mapping) -> dict:
 
 
 def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    if raw is not None and not isinstance(raw, Mapping):
+        raise TypeError(f"The config expects a mapping of sections (data, model, train, "
+                        f"threshold), received: {raw!r}")
     merged = _merge(dict(raw or {}), parse_overrides(overrides))
     return validate(_build(Config, merged, ""))
 
@@ -254,7 +275,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
 
     text = fs.read_bytes(path).decode("utf-8")
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _yaml_load(text) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
     try:

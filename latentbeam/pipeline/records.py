@@ -176,3 +176,85 @@ def score_parquet_file(bundle, path: str, *, opts: ScoringOptions = ScoringOptio
         scored, letters = score_record_batch(bundle, batch, source=path, row_offset=offset,
                                              opts=opts)
         yield offset, batch.num_rows, scored, letters
+
+
+# --- Decoding and the row path (dicts / beam.Row), shared by the Beam transforms,
+# --- the RunInference model handler and the `latentbeam decode` job.
+
+def decode_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str = "",
+                        row_offset: int = 0, key_columns: Sequence[str] = ()
+                        ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
+    """Decodes the `latent` column of one record batch back to features in input units.
+
+    Output columns: the key columns, then one column per bundle feature in bundle
+    order: float32 for scalar features, list<float32> (flattened, `Feature.size`
+    values) for list and image features.
+
+    Returns:
+      (decoded batch of the good rows in input order or None, dead-letter records
+       for rows whose latent is null, non-finite or of the wrong length).
+
+    Raises:
+      SchemaMismatch: the `latent` column or a key column is missing.
+    """
+    from latentbeam.model.features import Feature
+    from latentbeam.model.scoring import decode
+
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+            pa.RecordBatch.from_pylist([], schema=batch.schema)
+    missing = [k for k in key_columns if k not in batch.schema.names]
+    if missing:
+        raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
+                             f"(columns present: {', '.join(batch.schema.names)})")
+    info = bundle.info
+    conv = to_matrix(batch, [Feature(COL_LATENT, "float32", (info.latent_dim,))])
+    letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
+               for row, reason, detail in conv.faults]
+    if not len(conv.valid):
+        return None, letters
+    x = decode(bundle, conv.matrix)
+    keys = batch.select(list(key_columns)) if key_columns else None
+    if keys is not None and len(conv.valid) != batch.num_rows:
+        keys = keys.take(pa.array(conv.valid))
+    fields = list(keys.schema) if keys is not None else []
+    columns: List[Any] = list(keys.columns) if keys is not None else []
+    offset = 0
+    for f in info.features:
+        block = x[:, offset:offset + f.size]
+        offset += f.size
+        if f.shape:
+            fields.append(pa.field(f.name, pa.list_(pa.float32())))
+            columns.append(float_list_array(block))
+        else:
+            fields.append(pa.field(f.name, pa.float32()))
+            columns.append(pa.array(np.ascontiguousarray(block[:, 0]), type=pa.float32()))
+    fields.append(pa.field(COL_MODEL_VERSION, pa.string()))
+    columns.append(pa.array([info.model_version] * len(x), type=pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, metadata=output_metadata(info))), letters
+
+
+def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
+    """Python rows (dicts) -> one record batch, column by column.
+
+    A column whose values Arrow cannot unify (e.g. numbers mixed with text) is kept as
+    text, so `to_matrix` reports the offending rows as `non_numeric` instead of the
+    whole batch failing.
+    """
+    names: Dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            names.setdefault(k, None)
+    arrays, fields = [], []
+    for name in names:
+        values = [r.get(name) for r in rows]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arr = pa.array([None if v is None else (v if isinstance(v, str) else repr(v))
+                            for v in values], type=pa.string())
+        if pa.types.is_null(arr.type):
+            arr = arr.cast(pa.float64())
+        arrays.append(arr)
+        fields.append(pa.field(name, arr.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
