@@ -68,6 +68,14 @@ def _list_value_type(t: pa.DataType) -> Optional[pa.DataType]:
     return t
 
 
+def _list_depth(t: pa.DataType) -> int:
+    depth = 0
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        depth += 1
+        t = t.value_type
+    return depth
+
+
 def infer_features(batch: pa.RecordBatch | pa.Table, *, include: Optional[Sequence[str]] = None,
                    exclude: Sequence[str] = (), source: str = "") -> List[Feature]:
     """Feature specs from a sample batch: numeric columns and numeric list columns.
@@ -173,7 +181,17 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
     # Flatten nested lists down to the values, tracking the row each value came from.
     flat = column
     row_of = None
+    # Nested lists as deep as the feature shape must match it level by level: a ragged
+    # [[1, 2, 3], [4]] has the 4 values of a 2x2 image but not its shape.
+    check_levels = len(feature.shape) > 1 and _list_depth(t) == len(feature.shape)
+    ragged = np.zeros(n, dtype=bool)
+    depth = 0
     while not _is_numeric(flat.type):
+        if check_levels:
+            lens = pc.list_value_length(flat).fill_null(feature.shape[depth])
+            off = np.flatnonzero(lens.to_numpy(zero_copy_only=False) != feature.shape[depth])
+            ragged[off if row_of is None else row_of[off]] = True
+        depth += 1
         parents = pc.list_parent_indices(flat).to_numpy(zero_copy_only=False).astype(np.int64)
         row_of = parents if row_of is None else row_of[parents]
         flat = pc.list_flatten(flat)
@@ -190,7 +208,10 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
     for i in np.flatnonzero(~ok_len & ~row_null):
         bad.setdefault(int(i), (REASON_WRONG_LENGTH,
                                 f"column {name!r} has {int(lengths[i])} values, expected {feature.size}"))
-    good = np.flatnonzero(ok_len & ~row_null)
+    for i in np.flatnonzero(ragged & ok_len & ~row_null):
+        bad.setdefault(int(i), (REASON_WRONG_LENGTH,
+                                f"column {name!r} does not have shape {feature.shape}"))
+    good = np.flatnonzero(ok_len & ~row_null & ~ragged)
     if len(good):
         if len(good) == n and ok_len.all():
             out = values.reshape(n, feature.size)
@@ -236,7 +257,7 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
             col = int(np.flatnonzero(~finite[i])[0])
             fname, offset = _locate(features, col)
             bad[int(i)] = (REASON_NOT_FINITE,
-                           f"column {fname!r}{offset} is {matrix[i, col]!r}")
+                           f"column {fname!r}{offset} is {float(matrix[i, col])!r}")
     if bad:
         valid = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
         matrix = matrix[valid]
