@@ -1,0 +1,172 @@
+"""Training sources: a Parquet glob and a prepared TFDS split, streamed in chunks."""
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.datasets import load_digits
+
+from latentbeam.config import from_dict
+from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
+from latentbeam.model import data as data_mod
+from latentbeam.model.data import ParquetSource, TfdsSource, make_source
+from latentbeam.model.features import Feature
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory) -> str:
+    return write_digits_tfds(str(tmp_path_factory.mktemp("tfds")))
+
+
+@pytest.fixture(scope="module")
+def table_glob(tmp_path_factory):
+    """1000 rows in 3 files of different sizes: id, y, two scalars and a 3-list."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    table = pa.table({
+        "id": np.arange(n), "y": (rng.random(n) < 0.1).astype(np.int64),
+        "a": x[:, 0], "b": x[:, 1].astype(np.float64),
+        "v": pa.FixedSizeListArray.from_arrays(pa.array(x[:, 2:].ravel()), 3),
+    })
+    d = tmp_path_factory.mktemp("table")
+    for i, (s, e) in enumerate([(0, 100), (100, 650), (650, 1000)]):
+        pq.write_table(table.slice(s, e - s), str(d / f"part-{i}.parquet"), row_group_size=200)
+    (d / "empty.parquet").write_bytes(b"")  # 0-byte files are skipped, not fatal
+    return str(d / "*.parquet"), x, table.column("y").to_numpy()
+
+
+def collect(source):
+    chunks = list(source.chunks())
+    matrix = np.concatenate([m for m, _ in chunks])
+    labels = None if chunks[0][1] is None else np.concatenate([lab for _, lab in chunks])
+    return chunks, matrix, labels
+
+
+def test_parquet_glob_streams_chunks_that_concatenate_to_the_data(table_glob):
+    pattern, x, y = table_glob
+    source = ParquetSource(pattern, label="y", key_columns=["id"], batch_rows=128)
+    assert len(source.files) == 3
+    assert source.features == [Feature("a", "float32"), Feature("b", "float64"),
+                               Feature("v", "float32", (3,))]
+    chunks, matrix, labels = collect(source)
+    assert max(len(m) for m, _ in chunks) == 128
+    assert len(chunks) > 3
+    assert all(m.dtype == np.float32 and m.flags.c_contiguous for m, _ in chunks)
+    np.testing.assert_array_equal(matrix, x)
+    np.testing.assert_array_equal(labels, y.astype(np.float32))
+    assert source.skipped.total == 0
+    # A second pass (the next epoch) gives the same rows.
+    np.testing.assert_array_equal(collect(source)[1], x)
+
+
+def test_explicit_features_select_and_order_columns(table_glob):
+    pattern, x, _ = table_glob
+    source = ParquetSource(pattern, features=["v", "a"])
+    _, matrix, labels = collect(source)
+    assert labels is None
+    np.testing.assert_array_equal(matrix, np.concatenate([x[:, 2:], x[:, :1]], axis=1))
+
+
+def test_bad_rows_are_counted_and_skipped(tmp_path):
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0]}), str(tmp_path / "0.parquet"))
+    pq.write_table(pa.table({"a": [4.0, float("nan"), None, 7.0]}), str(tmp_path / "1.parquet"))
+    source = ParquetSource(str(tmp_path / "*.parquet"))
+    _, matrix, _ = collect(source)
+    assert matrix.ravel().tolist() == [1, 2, 3, 4, 7]
+    assert source.skipped.by_reason == {"not_finite": 1, "null_value": 1}
+    assert source.skipped.examples == [
+        f"{tmp_path / '1.parquet'} row 1: not_finite: column 'a' is nan",
+        f"{tmp_path / '1.parquet'} row 2: null_value: column 'a' is null"]
+
+
+def test_empty_glob_missing_label_and_mismatched_files_are_errors(tmp_path, table_glob):
+    with pytest.raises(ValueError, match=r"No non-empty Parquet files match '.*nothing-\*.parquet'. "
+                                         r"Check `data.path`"):
+        ParquetSource(str(tmp_path / "nothing-*.parquet"))
+    pattern, _, _ = table_glob
+    with pytest.raises(ValueError, match=r"Label column 'is_fraud' not found in .*part-0.parquet. "
+                                         r"Available columns: id, y, a, b, v."):
+        ParquetSource(pattern, label="is_fraud")
+    pq.write_table(pa.table({"a": [1.0, 2.0]}), str(tmp_path / "0.parquet"))
+    pq.write_table(pa.table({"b": [1.0, 2.0]}), str(tmp_path / "1.parquet"))
+    source = ParquetSource(str(tmp_path / "*.parquet"))
+    with pytest.raises(ValueError, match=r"1.parquet: .*All training files must share the feature "
+                                         r"columns of .*0.parquet"):
+        collect(source)
+
+
+def test_tfds_split_and_sub_split_equal_the_digits(tfds_dir):
+    images = load_digits().images.astype(np.float32).reshape(-1, 64)
+    source = TfdsSource(DIGITS_TFDS_NAME, "train", data_dir=tfds_dir, label="label",
+                        batch_rows=512)
+    assert source.features == [Feature("image", "float32", (8, 8))]
+    chunks, matrix, labels = collect(source)
+    assert [len(m) for m, _ in chunks] == [512, 512, 476]
+    np.testing.assert_array_equal(matrix, images[:1500])
+    np.testing.assert_array_equal(labels, load_digits().target[:1500])
+
+    half = TfdsSource(DIGITS_TFDS_NAME, "train[:50%]", data_dir=tfds_dir)
+    _, matrix, labels = collect(half)
+    assert labels is None
+    np.testing.assert_array_equal(matrix, images[:750])
+    _, matrix, _ = collect(TfdsSource(DIGITS_TFDS_NAME, "test", data_dir=tfds_dir))
+    np.testing.assert_array_equal(matrix, images[1500:])
+
+
+def test_make_source_follows_the_config(tfds_dir, digits_glob):
+    config = from_dict({"data": {"source": "tfds", "name": DIGITS_TFDS_NAME,
+                                 "split": "train[:10%]", "data_dir": tfds_dir}})
+    source = make_source(config.data)
+    assert isinstance(source, TfdsSource)
+    assert sum(len(m) for m, _ in source.chunks()) == 150
+    source = make_source(from_dict({"data": {"path": digits_glob, "label": "label",
+                                             "key_columns": ["id"]}}).data)
+    assert isinstance(source, ParquetSource)
+    assert [f.name for f in source.features] == [f"pixel_{i:02d}" for i in range(64)]
+
+
+def test_tfds_not_prepared_names_the_data_dir_and_the_fix(tmp_path):
+    empty = str(tmp_path / "no_data_here")
+    with pytest.raises(ValueError) as e:
+        TfdsSource(DIGITS_TFDS_NAME, data_dir=empty)
+    message = str(e.value)
+    assert f"data_dir {empty!r}" in message
+    assert f"`tfds build {DIGITS_TFDS_NAME} --data_dir DIR`" in message
+    assert "never downloads" in message
+    assert not os.path.exists(os.path.join(empty, "downloads"))
+
+
+def test_tfds_unknown_feature_is_an_error(tfds_dir):
+    with pytest.raises(ValueError, match=r"Feature 'pixels' not in TFDS dataset 'latentbeam_digits'. "
+                                         r"Available: image, label."):
+        TfdsSource(DIGITS_TFDS_NAME, data_dir=tfds_dir, features=["pixels"])
+
+
+def test_splits_have_the_configured_fractions_and_are_stable(digits_glob, digits_matrix):
+    codes = data_mod.assign_splits(0, 1797, 0.2, 0.05)
+    counts = np.bincount(codes, minlength=3)
+    assert abs(counts[data_mod.SPLIT_VALIDATION] - 0.2 * 1797) <= 2
+    assert abs(counts[data_mod.SPLIT_CALIBRATION] - 0.05 * 1797) <= 2
+    # Any stretch of rows gets the same fractions (sorted data still spreads evenly).
+    for start in (0, 500, 1000):
+        window = np.bincount(codes[start:start + 400], minlength=3)
+        assert abs(window[data_mod.SPLIT_VALIDATION] - 80) <= 2
+        assert abs(window[data_mod.SPLIT_CALIBRATION] - 20) <= 2
+    # Chunked assignment equals whole assignment.
+    np.testing.assert_array_equal(
+        np.concatenate([data_mod.assign_splits(0, 700, 0.2, 0.05),
+                        data_mod.assign_splits(700, 1097, 0.2, 0.05)]), codes)
+
+    source = ParquetSource(digits_glob, label="label", key_columns=["id"], batch_rows=300)
+    stats = data_mod.scan(source, 0.2, 0.05)
+    assert stats.rows == 1797
+    assert stats.rows_by_split == {"train": int(counts[0]), "validation": int(counts[1]),
+                                   "calibration": int(counts[2])}
+    train = digits_matrix[codes == data_mod.SPLIT_TRAIN].astype(np.float64)
+    np.testing.assert_allclose(stats.mean, train.mean(axis=0), rtol=1e-5, atol=1e-6)
+    var = train.var(axis=0)
+    assert stats.constant_inputs == int((var == 0).sum()) > 0
+    np.testing.assert_allclose(stats.variance, np.where(var == 0, 1.0, var), rtol=1e-4)
+    assert stats.fingerprint == data_mod.scan(source, 0.2, 0.05).fingerprint
