@@ -25,7 +25,7 @@ def test_yaml_with_only_data_gets_the_documented_defaults(tmp_path):
     assert config.data == DataConfig(path="t/*.parquet", label="y", key_columns=("id",))
     assert config.model == ModelConfig()
     assert config.model.hidden_units == (64, 32)
-    assert config.train.epochs == 50 and config.train.patience == 5
+    assert config.train.epochs == 100 and config.train.patience == 10
     assert config.threshold.method == "quantile"
     assert config.threshold_value() == 0.99
 
