@@ -1,0 +1,99 @@
+"""Beam metrics of scoring (namespace "latentbeam"), updated once per record batch.
+
+Counters: rows_read, rows_scored, rows_dead_lettered, anomalies, files_dead_lettered
+(the `latentbeam score` job: a whole input file that could not be read; its rows are
+not counted as read), batches_dead_lettered (the transforms: a whole Arrow element
+without the needed columns). Invariant: rows_read = rows_scored + rows_dead_lettered.
+Distribution: reconstruction_error_micros, the reconstruction error of every scored
+row in millionths (Beam distributions hold integers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from latentbeam.pipeline.records import COL_ERROR, COL_FLAG
+
+NAMESPACE = "latentbeam"
+ROWS_READ = "rows_read"
+ROWS_SCORED = "rows_scored"
+ROWS_DEAD_LETTERED = "rows_dead_lettered"
+ANOMALIES = "anomalies"
+FILES_DEAD_LETTERED = "files_dead_lettered"
+BATCHES_DEAD_LETTERED = "batches_dead_lettered"
+ERROR_DISTRIBUTION = "reconstruction_error_micros"
+ERROR_SCALE = 1_000_000  # reconstruction_error_micros = round(error * ERROR_SCALE)
+
+COUNTERS = (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES, FILES_DEAD_LETTERED,
+            BATCHES_DEAD_LETTERED)
+
+
+class ScoringMetrics:
+    """The counters and the error distribution; create one per DoFn in `setup()`."""
+
+    def __init__(self):
+        self._counters = {name: Metrics.counter(NAMESPACE, name) for name in COUNTERS}
+        self._errors = Metrics.distribution(NAMESPACE, ERROR_DISTRIBUTION)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        if n:
+            self._counters[name].inc(int(n))
+
+    def record_scored(self, batch: Optional[pa.RecordBatch]) -> None:
+        """Counts a scored output batch: rows, anomalies and the error distribution."""
+        if batch is None or not batch.num_rows:
+            return
+        self.inc(ROWS_SCORED, batch.num_rows)
+        names = batch.schema.names
+        if COL_FLAG in names:
+            self.inc(ANOMALIES, int(np.count_nonzero(
+                batch.column(names.index(COL_FLAG)).to_numpy(zero_copy_only=False))))
+        if COL_ERROR in names:
+            self.record_errors(batch.column(names.index(COL_ERROR)).to_numpy(zero_copy_only=False))
+
+    def record_errors(self, errors: np.ndarray) -> None:
+        """Adds reconstruction errors (float) to the distribution, in millionths."""
+        update = self._errors.update
+        for v in np.rint(np.asarray(errors, np.float64) * ERROR_SCALE).astype(np.int64).tolist():
+            update(v)
+
+
+@dataclass(frozen=True)
+class ErrorDistribution:
+    count: int  # scored rows
+    mean: float  # mean reconstruction error
+    min: float
+    max: float
+
+
+def query_metrics(result) -> Dict[str, object]:
+    """The "latentbeam" counters (and error distribution) of a finished PipelineResult.
+
+    Committed values where the runner supports them, attempted values otherwise.
+    Counters that were never incremented read 0.
+    """
+    out: Dict[str, object] = {name: 0 for name in COUNTERS}
+    res = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+
+    def value(r):
+        try:
+            v = r.committed
+        except Exception:  # runners without committed metrics raise on access
+            v = None
+        return r.attempted if v is None else v
+
+    for r in res.get("counters", []):
+        out[r.key.metric.name] = out.get(r.key.metric.name, 0) + int(value(r))
+    for r in res.get("distributions", []):
+        if r.key.metric.name == ERROR_DISTRIBUTION:
+            d = value(r)
+            if d is not None and d.count:
+                out[ERROR_DISTRIBUTION] = ErrorDistribution(
+                    count=int(d.count), mean=d.sum / d.count / ERROR_SCALE,
+                    min=d.min / ERROR_SCALE, max=d.max / ERROR_SCALE)
+    return out
