@@ -1,0 +1,270 @@
+"""Public Beam transforms: `Encode`, `Decode` and `Score` over a model bundle.
+
+Each accepts a PCollection of
+
+* Arrow record batches or tables (the fast path: one model call per element, output
+  one `pyarrow.RecordBatch` per element with the scored-output schema), or
+* rows: dicts or `beam.Row` (batched with `BatchElements` and converted to one Arrow
+  batch per model call; output one dict, or `beam.Row`, per good input row).
+
+Both paths run `records.score_record_batch` / `records.decode_record_batch`, so they
+give the same numbers. The bundle is loaded once per worker process in `setup()`
+(`io.shared_bundle`) and shared by the DoFn instances of every thread; the transform
+objects hold only the bundle path and plain values.
+
+Rows that cannot be used (null, NaN/inf, non-numeric, wrong list length, missing
+column) never stop the pipeline: they go to a dead-letter output of dicts with the
+`records.DEAD_LETTER_SCHEMA` fields, returned by `.with_dead_letters()` and counted in
+the "latentbeam" Beam metrics.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import pyarrow as pa
+
+from latentbeam.model import load_bundle_info
+from latentbeam.model.features import SchemaMismatch, row_payload
+from latentbeam.pipeline import io
+from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
+                                         ScoringMetrics)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, ScoringOptions,
+                                         dead_letter, decode_record_batch, rows_to_record_batch,
+                                         score_record_batch)
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_TAG = "dead_letter"
+MODE_SCORE, MODE_ENCODE, MODE_DECODE = "score", "encode", "decode"
+DEFAULT_MAX_BATCH_ROWS = 8192
+_ARROW_TYPES = (pa.RecordBatch, pa.Table)
+
+
+def _element_rows(element: Any) -> int:
+    """Weight of an element for BatchElements: its row count (Arrow) or 1 (a row)."""
+    return max(1, element.num_rows) if isinstance(element, _ARROW_TYPES) else 1
+
+
+def _as_dict(row: Any) -> Dict[str, Any]:
+    if isinstance(row, dict):
+        return row
+    if hasattr(row, "_asdict"):  # beam.Row and NamedTuples
+        return dict(row._asdict())
+    raise TypeError(f"Expected a dict, a beam.Row or an Arrow record batch/table as element. "
+                    f"Received: {type(row).__name__}.")
+
+
+def _payload(row: Dict[str, Any]) -> str:
+    return row_payload(rows_to_record_batch([row]), 0)
+
+
+class _BundleDoFn(beam.DoFn):
+    """Applies one bundle operation to lists of elements (from BatchElements)."""
+
+    def __init__(self, bundle_path: str, mode: str, opts: ScoringOptions, source: str):
+        self._bundle_path = bundle_path
+        self._mode = mode
+        self._opts = opts
+        self._source = source
+        self._bundle = None
+        self._metrics = None
+
+    def setup(self):
+        self._bundle = io.shared_bundle(self._bundle_path)
+        self._metrics = ScoringMetrics()
+
+    def _apply(self, batch: pa.RecordBatch, row_offset: int = 0
+               ) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
+        if self._mode == MODE_DECODE:
+            return decode_record_batch(self._bundle, batch, source=self._source,
+                                       row_offset=row_offset, key_columns=self._opts.key_columns)
+        scored, letters = score_record_batch(self._bundle, batch, source=self._source,
+                                             row_offset=row_offset, opts=self._opts)
+        if scored is not None:
+            self._metrics.record_scored(scored)
+            if self._mode == MODE_ENCODE:
+                scored = scored.select(list(self._opts.key_columns) + [COL_LATENT,
+                                                                       COL_MODEL_VERSION])
+        return scored, letters
+
+    def _count(self, read: int, letters: int) -> None:
+        self._metrics.inc(ROWS_READ, read)
+        self._metrics.inc(ROWS_DEAD_LETTERED, letters)
+        if self._mode == MODE_DECODE:
+            # Decoded rows have no error/flag: rows_scored counts them as processed.
+            self._metrics.inc("rows_scored", read - letters)
+
+    def process(self, elements: Sequence[Any]):
+        rows: List[Any] = []
+        for element in elements:
+            if isinstance(element, _ARROW_TYPES):
+                yield from self._process_rows(rows)
+                rows = []
+                yield from self._process_arrow(element)
+            else:
+                rows.append(element)
+        yield from self._process_rows(rows)
+
+    def _process_arrow(self, element):
+        try:
+            out, letters = self._apply(element.combine_chunks().to_batches()[0]
+                                       if isinstance(element, pa.Table) and element.num_rows
+                                       else element)
+        except SchemaMismatch as e:
+            self._metrics.inc(BATCHES_DEAD_LETTERED)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+                self._source, None, e.reason, f"{type(e).__name__}: {e}", None))
+            return
+        self._count(element.num_rows, len(letters))
+        for letter in letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+        if out is not None:
+            yield out
+
+    def _process_rows(self, rows: List[Any]):
+        if not rows:
+            return
+        dicts = [_as_dict(r) for r in rows]
+        try:
+            results = self._rows_batch(dicts)
+        except SchemaMismatch:
+            # Some row lacks a column or has an unusable type: find which, row by row.
+            results = []
+            for i, d in enumerate(dicts):
+                try:
+                    results.extend(self._rows_batch([d], row_offset=i))
+                except SchemaMismatch as e:
+                    results.append((i, None, dead_letter(self._source, i, e.reason,
+                                                         str(e), _payload(d))))
+        letters = sum(1 for _, out, _ in results if out is None)
+        self._count(len(rows), letters)
+        for i, out, letter in results:
+            if out is None:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+            elif isinstance(rows[i], dict):
+                yield out
+            else:
+                yield beam.Row(**out)
+
+    def _rows_batch(self, dicts: List[Dict[str, Any]], row_offset: int = 0
+                    ) -> List[Tuple[int, Optional[dict], Optional[dict]]]:
+        """(row index, output dict or None, dead letter or None) per row, in order."""
+        out, letters = self._apply(rows_to_record_batch(dicts), row_offset)
+        bad = {letter["row"]: letter for letter in letters}
+        for i, letter in bad.items():
+            # The batch may hold a column as text; the payload shows the row as given.
+            letter["payload"] = _payload(dicts[i - row_offset])
+        good = iter(out.to_pylist() if out is not None else [])
+        return [(i, None, bad[i]) if i in bad else (i, next(good), None)
+                for i in range(row_offset, row_offset + len(dicts))]
+
+
+class _BundleTransform(beam.PTransform):
+    _mode = MODE_SCORE
+    _step = "Score"
+
+    def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = "",
+                 _opts: Optional[ScoringOptions] = None):
+        super().__init__()
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be a positive integer. Received: "
+                             f"max_batch_rows={max_batch_rows}")
+        # Reads bundle.json only: fails fast on a wrong path, never loads the model here.
+        self._info = load_bundle_info(bundle_path)
+        self._bundle_path = bundle_path
+        self._opts = _opts or ScoringOptions(key_columns=tuple(key_columns))
+        self._max_batch_rows = int(max_batch_rows)
+        self._source = source or bundle_path
+        self._dead_letters = False
+
+    def with_dead_letters(self) -> "_BundleTransform":
+        """Makes the transform return `(output, dead_letters)` instead of `output`."""
+        self._dead_letters = True
+        return self
+
+    def expand(self, pcoll):
+        results = (
+            pcoll
+            | "Batch rows" >> beam.BatchElements(
+                min_batch_size=min(256, self._max_batch_rows),
+                max_batch_size=self._max_batch_rows, element_size_fn=_element_rows)
+            | self._step >> beam.ParDo(_BundleDoFn(
+                self._bundle_path, self._mode, self._opts, self._source)
+            ).with_outputs(DEAD_LETTER_TAG, main="output"))
+        if self._dead_letters:
+            return results.output, results[DEAD_LETTER_TAG]
+        return results.output
+
+
+class Score(_BundleTransform):
+    """Scores rows with a bundle: latent, reconstruction error, anomaly score and flag.
+
+    Output columns (fields for the row path): the key columns, `latent`,
+    `reconstruction_error`, `anomaly_score`, `is_anomaly`, `model_version`, and
+    optionally `feature_errors` and `reconstruction` (see the README's output schema).
+
+    Example::
+
+        with beam.Pipeline() as p:
+            scored, dead = (
+                p | beam.Create(table.to_batches(max_chunksize=8192))
+                  | Score("gs://models/digits", key_columns=["id"]).with_dead_letters())
+            scored | beam.Map(lambda b: b.column("anomaly_score"))
+
+    Args:
+      bundle_path: bundle directory (local, gs://, s3://).
+      key_columns: input columns copied to the output unchanged.
+      per_feature_errors: add `feature_errors` (per-input squared error).
+      reconstruction: add `reconstruction` (X-hat in input units).
+      max_batch_rows: rows per model call on the row path.
+      source: `source` of dead letters (default: the bundle path).
+    """
+    _mode = MODE_SCORE
+    _step = "Score"
+
+    def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
+                 per_feature_errors: bool = False, reconstruction: bool = False,
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
+        super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
+                         _opts=ScoringOptions(key_columns=tuple(key_columns),
+                                              per_feature_errors=per_feature_errors,
+                                              reconstruction=reconstruction))
+
+
+class Encode(_BundleTransform):
+    """Encodes rows to latent codes: the key columns, `latent` and `model_version`.
+
+    Example::
+
+        codes = (p | beam.Create([{"id": 1, "pixel_00": 0.0, ...}])
+                   | Encode("bundle/", key_columns=["id"]))
+        # -> {"id": 1, "latent": [0.12, -1.3], "model_version": "4f0c..."}
+
+    Args: as `Score` (without the optional output columns).
+    """
+    _mode = MODE_ENCODE
+    _step = "Encode"
+
+
+class Decode(_BundleTransform):
+    """Decodes latent codes (a `latent` list column / field) to features in input units.
+
+    Output: the key columns, one column per bundle feature (float32, or a flat
+    list<float32> for list/image features) and `model_version`.
+
+    Example::
+
+        rows = (p | beam.Create([{"id": 1, "latent": [0.1, -0.4]}])
+                  | Decode("bundle/", key_columns=["id"]))
+        # -> {"id": 1, "pixel_00": 0.02, ..., "model_version": "4f0c..."}
+
+    Args: as `Encode`.
+    """
+    _mode = MODE_DECODE
+    _step = "Decode"
+
+
+__all__ = ["DEAD_LETTER_TAG", "Decode", "Encode", "Score"]
