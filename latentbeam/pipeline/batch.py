@@ -1,0 +1,465 @@
+"""The `latentbeam score` and `latentbeam decode` batch jobs.
+
+Pipeline: the sorted list of input files -> Reshuffle (spread files over workers) ->
+one DoFn call per file that streams `records.score_parquet_file` batches into ONE
+Parquet file in a job-private temporary directory `OUT/.tmp-<job id>/`. Output names
+come from the file's index in the sorted match (`part-00003.parquet`) and the content
+is in file order, so scoring the same input twice gives byte-identical files, and
+memory stays at about one record batch however large a file is.
+
+Faults: bad rows go to `OUT/dead_letter/part-NNNNN.parquet` (same index as the input
+file). A file that cannot be read, or lacks a needed column, loses its partial output
+and becomes ONE dead letter (row null); its rows do not count as read
+(`files_dead_lettered` counts it). So rows_read = rows_scored + rows_dead_lettered.
+
+Commit: only after the pipeline succeeds are the temporary files moved to their final
+names; `_SUCCESS` (JSON: counts, model_version, threshold, files) is written last. A
+failed job removes its temporary directory and leaves no final-looking output. A
+non-empty output directory is refused unless `overwrite`, which replaces its contents
+at commit time, so old shards never mix with new ones.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from latentbeam import fs
+from latentbeam.model import load_bundle_info
+from latentbeam.model.features import REASON_UNREADABLE, SchemaMismatch
+from latentbeam.pipeline import io
+from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
+                                         ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
+                                         ScoringMetrics, query_metrics)
+from latentbeam.pipeline.options import pipeline_options
+from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, ScoringOptions,
+                                         dead_letters_to_batch, decode_record_batch,
+                                         score_parquet_file, score_record_batch,
+                                         whole_file_dead_letter)
+
+log = logging.getLogger(__name__)
+
+TFDS_PREFIX = "tfds:"
+SUCCESS_FILE = "_SUCCESS"
+DEAD_LETTER_DIR = "dead_letter"
+STATS_DIR = "_stats"
+TMP_PREFIX = ".tmp-"
+MODE_SCORE, MODE_DECODE = "score", "decode"
+
+
+def part_name(index: int) -> str:
+    """Output file name of the input file at `index` of the sorted match."""
+    return f"part-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a finished job wrote; counts come from the per-file records of the job."""
+    output: str  # output directory
+    model_version: str
+    files_read: int  # input files (a TFDS split counts as one)
+    rows_read: int  # rows of readable files
+    rows_scored: int  # rows written to the output (decoded rows for `decode`)
+    rows_dead_lettered: int  # rows in OUT/dead_letter (row faults)
+    files_dead_lettered: int  # whole files in OUT/dead_letter (unreadable, missing column)
+    anomalies: int  # scored rows with is_anomaly
+    files: List[str]  # output Parquet files, sorted
+    dead_letter_files: List[str]  # dead-letter Parquet files, sorted
+    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics
+    result: Any = field(default=None, repr=False, compare=False)  # the PipelineResult
+
+    def to_json(self) -> dict:
+        return {"model_version": self.model_version, "files_read": self.files_read,
+                "rows_read": self.rows_read, "rows_scored": self.rows_scored,
+                "rows_dead_lettered": self.rows_dead_lettered,
+                "files_dead_lettered": self.files_dead_lettered, "anomalies": self.anomalies,
+                "files": [_basename(p) for p in self.files],
+                "dead_letter_files": [f"{DEAD_LETTER_DIR}/{_basename(p)}"
+                                      for p in self.dead_letter_files]}
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
+    """The job's sources: the sorted files matching `pattern`, or one `tfds:NAME/SPLIT`.
+
+    Raises:
+      ValueError: nothing matches, or the TFDS dataset is not prepared in data_dir.
+    """
+    if pattern.startswith(TFDS_PREFIX):
+        name, split = _parse_tfds(pattern)
+        from latentbeam.model.data import load_tfds_builder
+
+        builder = load_tfds_builder(name, data_dir)
+        base = split.split("[")[0]
+        if base not in builder.info.splits:
+            raise ValueError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
+                             f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
+        return [pattern]
+    files = [p for p in fs.match(pattern) if _basename(p) != SUCCESS_FILE]
+    if not files:
+        raise ValueError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
+                         f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
+    return files
+
+
+def _parse_tfds(source: str) -> Tuple[str, str]:
+    spec = source[len(TFDS_PREFIX):]
+    if "/" not in spec.rstrip("/"):
+        raise ValueError(f"Expected --input tfds:NAME/SPLIT (e.g. tfds:mnist/test). "
+                         f"Received: {source!r}")
+    name, split = spec.rsplit("/", 1)
+    return name, split
+
+
+def tfds_batches(source: str, data_dir: Optional[str], batch_rows: int
+                 ) -> Iterator[Tuple[int, pa.RecordBatch]]:
+    """(row offset, record batch) of a TFDS split, in the split's stored order.
+
+    Scalar features become columns; tensors (images, vectors) become flat lists.
+    """
+    import tensorflow_datasets as tfds
+    from latentbeam.model.data import load_tfds_builder
+
+    name, split = _parse_tfds(source)
+    builder = load_tfds_builder(name, data_dir)
+    ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=batch_rows)
+    offset = 0
+    for examples in tfds.as_numpy(ds):
+        batch = _examples_to_batch(examples)
+        yield offset, batch
+        offset += batch.num_rows
+
+
+def _examples_to_batch(examples: Dict[str, Any]) -> pa.RecordBatch:
+    columns: Dict[str, pa.Array] = {}
+    _add_columns(columns, examples, "")
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _add_columns(columns: Dict[str, pa.Array], examples: Dict[str, Any], prefix: str) -> None:
+    for key, value in examples.items():
+        if isinstance(value, dict):  # nested FeaturesDict: "outer/inner" columns
+            _add_columns(columns, value, f"{prefix}{key}/")
+            continue
+        arr = np.asarray(value)
+        if arr.ndim <= 1:
+            columns[prefix + key] = pa.array(arr)
+            continue
+        flat = np.ascontiguousarray(arr.reshape(len(arr), -1))
+        n, k = flat.shape
+        columns[prefix + key] = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)), pa.array(flat.reshape(-1)))
+
+
+# --------------------------------------------------------------------------- the DoFn
+
+class _LazyParquetWriter:
+    """A Parquet file (any Beam filesystem) opened at the first batch written."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = None
+        self._writer = None
+
+    @property
+    def opened(self) -> bool:
+        return self._writer is not None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._file = FileSystems.create(self.path,
+                                            compression_type=CompressionTypes.UNCOMPRESSED)
+            self._writer = pq.ParquetWriter(self._file, batch.schema)
+        self._writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._writer = self._file = None
+
+    def discard(self) -> None:
+        """Closes and deletes what was written (a file that failed part way)."""
+        opened = self.opened
+        try:
+            self.close()
+        except (OSError, pa.ArrowException):
+            pass
+        if opened and FileSystems.exists(self.path):
+            FileSystems.delete([self.path])
+
+
+class _FileJobFn(beam.DoFn):
+    """Scores (or decodes) one input file into one temporary output file."""
+
+    def __init__(self, bundle_path: str, mode: str, opts: ScoringOptions, tmp_dir: str,
+                 batch_rows: int, data_dir: Optional[str]):
+        self._bundle_path = bundle_path
+        self._mode = mode
+        self._opts = opts
+        self._tmp_dir = tmp_dir
+        self._batch_rows = batch_rows
+        self._data_dir = data_dir
+        self._bundle = None
+        self._metrics = None
+
+    def setup(self):
+        self._bundle = io.shared_bundle(self._bundle_path)
+        self._metrics = ScoringMetrics()
+
+    def _batches(self, source: str):
+        """(row offset, rows, output batch or None, dead letters) per input batch."""
+        if self._mode == MODE_SCORE and not source.startswith(TFDS_PREFIX):
+            yield from score_parquet_file(self._bundle, source, opts=self._opts,
+                                          batch_rows=self._batch_rows)
+            return
+        if source.startswith(TFDS_PREFIX):
+            reader = tfds_batches(source, self._data_dir, self._batch_rows)
+        else:
+            reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
+        for offset, batch in reader:
+            if self._mode == MODE_DECODE:
+                out, letters = decode_record_batch(self._bundle, batch, source=source,
+                                                   row_offset=offset,
+                                                   key_columns=self._opts.key_columns)
+            else:
+                out, letters = score_record_batch(self._bundle, batch, source=source,
+                                                  row_offset=offset, opts=self._opts)
+            yield offset, batch.num_rows, out, letters
+
+    def process(self, element: Tuple[int, str]):
+        index, source = element
+        name = part_name(index)
+        out = _LazyParquetWriter(fs.join(self._tmp_dir, name))
+        dead = _LazyParquetWriter(fs.join(self._tmp_dir, DEAD_LETTER_DIR, name))
+        counts = dict.fromkeys((ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES,
+                                FILES_DEAD_LETTERED), 0)
+        errors: List[np.ndarray] = []
+        try:
+            for _, rows, batch, letters in self._batches(source):
+                counts[ROWS_READ] += rows
+                if batch is not None:
+                    out.write(batch)
+                    counts[ROWS_SCORED] += batch.num_rows
+                    if self._mode == MODE_SCORE:
+                        counts[ANOMALIES] += int(np.count_nonzero(
+                            batch.column(COL_FLAG).to_numpy(zero_copy_only=False)))
+                        errors.append(batch.column(COL_ERROR).to_numpy())
+                if letters:
+                    dead.write(dead_letters_to_batch(letters))
+                    counts[ROWS_DEAD_LETTERED] += len(letters)
+            out.close()
+            dead.close()
+        except (io.UnreadableFile, SchemaMismatch) as e:
+            # All or nothing per file: drop the partial output, keep one dead letter.
+            log.warning("Dead-lettering whole file %s: %s", source, e)
+            out.discard()
+            dead.discard()
+            reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
+            dead.write(dead_letters_to_batch([whole_file_dead_letter(source, e, reason)]))
+            dead.close()
+            counts = dict.fromkeys(counts, 0)
+            counts[FILES_DEAD_LETTERED] = 1
+            errors = []
+        # Metrics once per file: a file that fails part way adds nothing but its dead letter.
+        for key, value in counts.items():
+            self._metrics.inc(key, value)
+        if errors:
+            self._metrics.record_errors(np.concatenate(errors))
+        stats = {"index": index, "source": source, **counts,
+                 "output": name if counts[ROWS_SCORED] else None,
+                 "dead_letter": name if (counts[ROWS_DEAD_LETTERED] or
+                                         counts[FILES_DEAD_LETTERED]) else None}
+        fs.write_bytes(fs.join(self._tmp_dir, STATS_DIR, name + ".json"),
+                       json.dumps(stats).encode())
+        yield stats
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass(frozen=True)
+class FileJob:
+    """One run of `latentbeam score` or `latentbeam decode`."""
+    bundle: str  # bundle directory
+    input: str  # Parquet glob or tfds:NAME/SPLIT
+    output: str  # output directory
+    mode: str = MODE_SCORE  # score | decode
+    opts: ScoringOptions = ScoringOptions()  # key columns, optional output columns
+    data_dir: Optional[str] = None  # TFDS data_dir
+    overwrite: bool = False  # replace the contents of a non-empty output directory
+    batch_rows: int = 8192  # rows per record batch read
+
+
+def check_output_dir(output: str, overwrite: bool) -> List[str]:
+    """The current entries of `output`; refuses a non-empty one unless `overwrite`.
+
+    Raises:
+      ValueError: `output` holds files and `overwrite` is False.
+    """
+    entries = fs.list_dir(output)
+    if entries and not overwrite:
+        shown = ", ".join(_basename(e) for e in entries[:3])
+        raise ValueError(
+            f"Output directory {output} is not empty ({len(entries)} entries: {shown}"
+            f"{', ...' if len(entries) > 3 else ''}). Writing into it would mix old and new "
+            f"shards. Pass --overwrite to replace its contents, or choose an empty directory.")
+    return entries
+
+
+def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
+    """Runs the job to completion and commits its output (see the module docstring).
+
+    Raises:
+      ValueError: bad bundle, no input, non-empty output without overwrite, or
+        a job option the input cannot satisfy.
+    """
+    if job.batch_rows < 1:
+        raise ValueError(f"--batch-rows must be a positive integer. Received: {job.batch_rows}")
+    info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
+    sources = resolve_inputs(job.input, job.data_dir)
+    check_output_dir(job.output, job.overwrite)
+    tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    fs.makedirs(tmp_dir)
+    step = "Score files" if job.mode == MODE_SCORE else "Decode files"
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        _ = (pipeline
+             | "Input files" >> beam.Create(list(enumerate(sources)))
+             | "Spread files" >> beam.Reshuffle()
+             | step >> beam.ParDo(_FileJobFn(job.bundle, job.mode, job.opts, tmp_dir,
+                                             job.batch_rows, job.data_dir)))
+        result = pipeline.run()
+        result.wait_until_finish()
+        state = str(result.state)
+        if "DONE" not in state:
+            raise RuntimeError(f"Beam job ended in state {state}; nothing was committed to "
+                               f"{job.output}.")
+        summary = _commit(job, info, sources, tmp_dir, result)
+    except BaseException:
+        _delete_tree(tmp_dir)
+        raise
+    return summary
+
+
+def _delete_tree(path: str) -> None:
+    try:
+        if fs.is_local(path):
+            if FileSystems.exists(path):
+                FileSystems.delete([path])
+        else:
+            files = fs.match(fs.join(path, "**"))
+            if files:
+                FileSystems.delete(files)
+    except (IOError, OSError) as e:
+        log.warning("Could not remove temporary output %s: %s", path, e)
+
+
+def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result) -> JobSummary:
+    stats = [json.loads(fs.read_bytes(fs.join(tmp_dir, STATS_DIR, part_name(i) + ".json")))
+             for i in range(len(sources))]
+    # Old contents go first (commit marker first of all), then the new files move in.
+    old = [e for e in fs.list_dir(job.output) if not e.rstrip("/").startswith(tmp_dir.rstrip("/"))]
+    old.sort(key=lambda e: _basename(e) != SUCCESS_FILE)
+    for entry in old:
+        _delete_tree(entry)
+    dead_dir = fs.join(job.output, DEAD_LETTER_DIR)
+    files, dead_files, src, dst = [], [], [], []
+    for s in stats:
+        if s["output"]:
+            src.append(fs.join(tmp_dir, s["output"]))
+            dst.append(fs.join(job.output, s["output"]))
+            files.append(dst[-1])
+        if s["dead_letter"]:
+            src.append(fs.join(tmp_dir, DEAD_LETTER_DIR, s["dead_letter"]))
+            dst.append(fs.join(dead_dir, s["dead_letter"]))
+            dead_files.append(dst[-1])
+    if dead_files:
+        fs.makedirs(dead_dir)
+    if src:
+        FileSystems.rename(src, dst)
+    _delete_tree(tmp_dir)
+
+    totals = {k: sum(s[k] for s in stats) for k in
+              (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, FILES_DEAD_LETTERED, ANOMALIES)}
+    metrics = query_metrics(result)
+    if any(metrics.get(k) != v for k, v in totals.items()):
+        log.warning("Runner metrics %s differ from the job's per-file records %s (runners "
+                    "without metrics support report 0); the summary uses the records.",
+                    {k: metrics.get(k) for k in totals}, totals)
+    summary = JobSummary(output=job.output, model_version=info.model_version,
+                         files_read=len(sources), files=files, dead_letter_files=dead_files,
+                         metrics=metrics, result=result, **totals)
+    doc = {"job": job.mode, "input": job.input, **summary.to_json(),
+           "threshold": info.threshold.to_json()}
+    fs.write_bytes(fs.join(job.output, SUCCESS_FILE),
+                   (json.dumps(doc, indent=2) + "\n").encode())
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _key_columns(text: str) -> Tuple[str, ...]:
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
+def format_summary(summary: JobSummary, mode: str = MODE_SCORE) -> str:
+    verb = "scored" if mode == MODE_SCORE else "decoded"
+    lines = [
+        f"rows read:            {summary.rows_read}",
+        f"rows {verb}:{' ' * (16 - len(verb))}{summary.rows_scored}",
+        f"rows dead-lettered:   {summary.rows_dead_lettered}",
+        f"files dead-lettered:  {summary.files_dead_lettered}",
+    ]
+    if mode == MODE_SCORE:
+        lines.append(f"anomalies:            {summary.anomalies}")
+        dist = summary.metrics.get(ERROR_DISTRIBUTION)
+        if dist is not None:
+            lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
+                         f"max {dist.max:.6g}")
+    lines.append(f"output files:         {len(summary.files)} in {summary.output}")
+    lines += [f"  {p}" for p in summary.files]
+    if summary.dead_letter_files:
+        lines.append(f"dead-letter files:    {len(summary.dead_letter_files)}")
+        lines += [f"  {p}" for p in summary.dead_letter_files]
+    lines.append(f"model_version:        {summary.model_version}")
+    return "\n".join(lines)
+
+
+def run_score_command(args, beam_args: Sequence[str]) -> int:
+    """`latentbeam score`: prints the summary; returns the exit code."""
+    job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_SCORE,
+                  opts=ScoringOptions(key_columns=_key_columns(args.key_columns),
+                                      per_feature_errors=args.per_feature_errors,
+                                      reconstruction=args.reconstruction),
+                  data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
+    summary = run_file_job(job, beam_args)
+    print(format_summary(summary, MODE_SCORE))
+    return 0
+
+
+def run_decode_command(args, beam_args: Sequence[str]) -> int:
+    """`latentbeam decode`: prints the summary; returns the exit code."""
+    job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_DECODE,
+                  opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
+                  overwrite=args.overwrite)
+    summary = run_file_job(job, beam_args)
+    print(format_summary(summary, MODE_DECODE))
+    return 0
+
+
+__all__ = ["FileJob", "JobSummary", "check_output_dir", "format_summary", "part_name",
+           "resolve_inputs", "run_decode_command", "run_file_job", "run_score_command"]
