@@ -10,9 +10,6 @@ from typing import Optional
 
 import numpy as np
 
-from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
-                                            OUTPUT_RECONSTRUCTION)
-
 # Rows per model call: bounds TF memory for large inputs while keeping calls efficient.
 DEFAULT_CHUNK_ROWS = 8192
 
@@ -50,6 +47,11 @@ def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
     if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
         raise ValueError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
                          f"{bundle.info.feature_names}. Received shape {x.shape}.")
+    # Imported here, not at module level: `latentbeam.model` (and so load_bundle_info,
+    # used at pipeline construction time) must not pull in Keras/TensorFlow.
+    from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
+                                                OUTPUT_RECONSTRUCTION)
+
     forward = bundle.function("forward")
     parts = {OUTPUT_LATENT: [], OUTPUT_RECONSTRUCTION: [], OUTPUT_FEATURE_ERRORS: []}
     for start in range(0, max(len(x), 1), chunk_rows):
