@@ -1,0 +1,118 @@
+"""Threshold calibration on reconstruction errors, checked against hand-computed values."""
+import numpy as np
+import pytest
+
+from latentbeam.model import data as data_mod
+from latentbeam.model import score
+from latentbeam.model.calibration import (MAD_SCALE, QUANTILE_LEVELS, calibration_summary,
+                                          fit_threshold)
+
+ONE_TO_HUNDRED = np.arange(1, 101, dtype=np.float64)
+
+
+def test_quantile_is_numpy_linear_interpolation():
+    t = fit_threshold(ONE_TO_HUNDRED, "quantile", 0.99)
+    assert t.threshold == pytest.approx(99.01)  # 99 + 0.01 * (100 - 99)
+    assert (t.method, t.value, t.parameters) == ("quantile", 0.99, {})
+    assert fit_threshold(ONE_TO_HUNDRED, "quantile", 0.5).threshold == pytest.approx(50.5)
+
+
+def test_contamination_flags_the_expected_fraction():
+    t = fit_threshold(ONE_TO_HUNDRED, "contamination", 0.05)
+    assert t.threshold == pytest.approx(95.05)
+    assert int((ONE_TO_HUNDRED > t.threshold).sum()) == 5
+
+
+def test_mad_is_median_plus_k_scaled_mads():
+    t = fit_threshold(np.array([1.0, 2.0, 3.0, 4.0, 100.0]), "mad", 3.5)
+    # median 3, |e - 3| = [2, 1, 0, 1, 97] -> MAD 1 -> scaled 1.4826
+    assert t.parameters == pytest.approx({"median": 3.0, "mad": MAD_SCALE})
+    assert t.threshold == pytest.approx(3.0 + 3.5 * 1.4826)
+
+
+def test_mean_std_is_mean_plus_k_population_stds():
+    t = fit_threshold(np.array([2.0, 4, 4, 4, 5, 5, 7, 9]), "mean_std", 3.0)
+    assert t.parameters == pytest.approx({"mean": 5.0, "std": 2.0})
+    assert t.threshold == pytest.approx(11.0)
+
+
+def test_f1_with_separable_labels_puts_the_threshold_between_the_classes():
+    errors = np.arange(1, 11) / 10.0
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    t = fit_threshold(errors, "f1", None, labels)
+    assert t.threshold == pytest.approx(0.85)
+    assert t.parameters == pytest.approx({"f1": 1.0, "precision": 1.0, "recall": 1.0})
+    assert ((errors > t.threshold) == labels.astype(bool)).all()
+
+
+def test_f1_picks_the_best_cut_when_classes_overlap():
+    errors = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    labels = np.array([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    # Flagging >= 3 gives precision 3/4, recall 1, F1 6/7 (>= 5: 0.8, >= 2: 0.75).
+    t = fit_threshold(errors, "f1", None, labels)
+    assert t.threshold == pytest.approx(2.5)
+    assert t.parameters == pytest.approx({"f1": 6 / 7, "precision": 0.75, "recall": 1.0})
+
+
+@pytest.mark.parametrize("labels, message", [
+    (None, "threshold method f1 needs labels (set `data.label`)."),
+    (np.array([0, 1, 2, 1]),
+     "threshold method f1 needs a 0/1 label column (1 = anomaly); the label has values [0, 1, 2]."),
+    (np.zeros(4), "needs both normal and anomalous rows in the calibration split; it has only "
+                  "label 0."),
+    (np.ones(4), "it has only label 1."),
+])
+def test_f1_needs_binary_labels_of_both_classes(labels, message):
+    with pytest.raises(ValueError) as e:
+        fit_threshold(np.array([0.1, 0.2, 0.3, 0.4]), "f1", None, labels)
+    assert message in str(e.value)
+
+
+def test_other_errors_and_the_positive_floor():
+    with pytest.raises(ValueError, match="Cannot calibrate a threshold on 0 calibration rows."):
+        fit_threshold(np.array([]), "quantile", 0.99)
+    with pytest.raises(ValueError, match=r"Unknown threshold method 'iqr'; expected quantile"):
+        fit_threshold(ONE_TO_HUNDRED, "iqr", 1.5)
+    # All-zero errors (a perfect fit) still give a positive threshold: score = error / threshold.
+    t = fit_threshold(np.zeros(10), "quantile", 0.99)
+    assert t.threshold == np.finfo(np.float32).tiny
+
+
+def test_calibration_summary_quantiles_and_label_metrics():
+    s = calibration_summary(ONE_TO_HUNDRED, None, 90.0)
+    assert list(s["quantiles"]) == [str(q) for q in QUANTILE_LEVELS]
+    assert list(s["quantiles"]) == ["0.5", "0.75", "0.9", "0.95", "0.99", "0.995", "0.999"]
+    assert s["quantiles"] == pytest.approx({"0.5": 50.5, "0.75": 75.25, "0.9": 90.1, "0.95": 95.05,
+                                            "0.99": 99.01, "0.995": 99.505, "0.999": 99.901})
+    assert (s["rows"], s["mean"], s["max"]) == (100, 50.5, 100.0)
+    assert s["flagged_fraction"] == pytest.approx(0.10)
+    assert "roc_auc" not in s
+
+    labels = (ONE_TO_HUNDRED > 95).astype(np.float32)
+    s = calibration_summary(ONE_TO_HUNDRED, labels, 90.0)
+    assert s["label_positive_fraction"] == pytest.approx(0.05)
+    assert s["roc_auc"] == 1.0 and s["average_precision"] == 1.0
+    # Errors ranked against the labels: half the positives outrank every negative.
+    labels = np.zeros(100)
+    labels[[0, 99]] = 1
+    s = calibration_summary(ONE_TO_HUNDRED, labels, 90.0)
+    assert s["roc_auc"] == pytest.approx(0.5)
+    # Class labels (not 0/1) give no label metrics.
+    s = calibration_summary(ONE_TO_HUNDRED, np.arange(100) % 10, 90.0)
+    assert "label_positive_fraction" not in s and "roc_auc" not in s
+
+
+def test_trained_threshold_is_the_quantile_of_calibration_errors(tiny_bundle, digits_glob):
+    info = tiny_bundle.info
+    source = data_mod.make_source(data_mod.DataConfig(path=digits_glob, label="label",
+                                                      key_columns=("id",)))
+    rows = np.concatenate([m for m, _ in data_mod.split_chunks(
+        source, data_mod.SPLIT_CALIBRATION, 0.1, 0.1)])
+    assert len(rows) == info.calibration["rows"] == info.training["rows_by_split"]["calibration"]
+    errors = score(tiny_bundle, rows).reconstruction_error
+    assert info.threshold.method == "quantile" and info.threshold.value == 0.99
+    assert info.threshold.threshold == pytest.approx(float(np.quantile(errors, 0.99)), rel=1e-6)
+    expected = calibration_summary(errors, None, info.threshold.threshold)
+    assert info.calibration["quantiles"] == pytest.approx(expected["quantiles"], rel=1e-6)
+    assert info.calibration["flagged_fraction"] == pytest.approx(expected["flagged_fraction"])
+    assert info.calibration["flagged_fraction"] == pytest.approx(2 / len(rows))

@@ -1,0 +1,176 @@
+"""Training: reproducible, early stopping keeps the best epoch, every source and model kind."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny_config
+
+from latentbeam.config import from_dict
+from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
+from latentbeam.model import data as data_mod
+from latentbeam.model import load_bundle, load_bundle_info, score, train
+
+TINY = ["model.hidden_units=[16]", "train.verbose=0"]
+
+
+def weights_equal(a, b) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def split_rows(source, split, vf=0.1, cf=0.1):
+    return np.concatenate([m for m, _ in data_mod.split_chunks(source, split, vf, cf)])
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_bundle, digits_glob):
+    again = train(tiny_config(digits_glob))
+    assert weights_equal(again.model, tiny_bundle.model)
+    other = train(tiny_config(digits_glob, "train.seed=1"))
+    assert not weights_equal(other.model, tiny_bundle.model)
+    assert [w.shape for w in other.model.get_weights()] == \
+        [w.shape for w in tiny_bundle.model.get_weights()]
+
+
+def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):
+    info = tiny_bundle.info
+    t = info.training
+    codes = data_mod.assign_splits(0, 1797, 0.1, 0.1)
+    expected = np.bincount(codes, minlength=3)
+    assert t["rows"] == 1797
+    assert t["rows_by_split"] == {"train": int(expected[0]), "validation": int(expected[1]),
+                                  "calibration": int(expected[2])}
+    assert abs(t["rows_by_split"]["calibration"] - 179.7) <= 2
+    assert abs(t["rows_by_split"]["validation"] - 179.7) <= 2
+    assert info.calibration["rows"] == t["rows_by_split"]["calibration"]
+    assert t["rows_skipped"] == 0 and t["rows_skipped_by_reason"] == {}
+    assert t["epochs"] == 3 and len(t["losses"]["loss"]) == len(t["losses"]["val_loss"]) == 3
+    assert t["seed"] == 0
+    assert t["constant_inputs"] == 3  # digits pixels that are always 0 in the training rows
+    assert from_dict(t["config"]) == tiny_config(digits_glob)
+    assert t["data_fingerprint"] == data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data),
+                                                  0.1, 0.1).fingerprint
+    assert info.feature_names == [f"pixel_{i:02d}" for i in range(64)]
+    assert info.latent_dim == 2
+    assert set(info.versions) == {"latentbeam", "tensorflow", "keras", "apache-beam", "pyarrow"}
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path, digits_glob):
+    # A large learning rate makes the validation loss bounce, so the best epoch is not the last.
+    out = str(tmp_path / "bundle")
+    bundle = train(tiny_config(digits_glob, "train.learning_rate=0.05", "train.epochs=8",
+                               "train.patience=3"), out)
+    t = load_bundle_info(out).training
+    val_loss = t["losses"]["val_loss"]
+    assert t["epochs"] == len(val_loss) == len(t["losses"]["loss"]) < 8
+    assert t["best_epoch"] == int(np.argmin(val_loss)) + 1
+    assert t["best_epoch"] == t["epochs"] - 3  # stopped after `patience` epochs without progress
+    # The returned weights are those of the best epoch: their validation loss is the minimum.
+    source = data_mod.make_source(tiny_config(digits_glob).data)
+    val = split_rows(source, data_mod.SPLIT_VALIDATION)
+    assert len(val) == t["rows_by_split"]["validation"]
+    for model in (bundle, load_bundle(out)):
+        mean_error = float(score(model, val).reconstruction_error.mean())
+        assert mean_error == pytest.approx(min(val_loss), rel=1e-4)
+        assert mean_error != pytest.approx(val_loss[-1], rel=1e-3)
+
+
+def test_parquet_with_a_list_column_and_a_bad_row(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    z = rng.normal(size=(n, 2))
+    v = np.stack([z[:, 0], z[:, 1], z[:, 0] + z[:, 1], z[:, 0] - z[:, 1]], axis=1)
+    amount = 100.0 + 10.0 * z[:, 0]
+    amount[37] = np.nan
+    table = pa.table({"txn": np.arange(n), "amount": amount,
+                      "v": pa.array(v.astype(np.float32).tolist(), pa.list_(pa.float32()))})
+    pq.write_table(table.slice(0, 150), str(tmp_path / "a.parquet"))
+    pq.write_table(table.slice(150), str(tmp_path / "b.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "*.parquet"), "key_columns": ["txn"],
+                                 "batch_rows": 64}},
+                       TINY + ["train.epochs=2", "train.validation_fraction=0.2",
+                               "threshold.calibration_fraction=0.15",
+                               "threshold.method=contamination", "threshold.value=0.05"])
+    out = str(tmp_path / "bundle")
+    train(config, out)
+    info = load_bundle_info(out)
+    t = info.training
+    assert [f.to_json() for f in info.features] == [
+        {"name": "amount", "dtype": "float64", "shape": []},
+        {"name": "v", "dtype": "float32", "shape": [4]}]
+    assert info.latent_dim == 2  # default: min(8, max(2, 5 // 4))
+    assert t["rows"] == 399
+    assert t["rows_skipped"] == 1 and t["rows_skipped_by_reason"] == {"not_finite": 1}
+    expected = np.bincount(data_mod.assign_splits(0, 399, 0.2, 0.15), minlength=3)
+    assert t["rows_by_split"] == {"train": int(expected[0]), "validation": int(expected[1]),
+                                  "calibration": int(expected[2])}
+    assert abs(t["rows_by_split"]["validation"] - 0.2 * 399) <= 2
+    assert abs(t["rows_by_split"]["calibration"] - 0.15 * 399) <= 2
+    assert info.threshold.method == "contamination" and info.threshold.value == 0.05
+    x = np.concatenate([np.delete(amount, 37)[:, None], np.delete(v, 37, axis=0)], axis=1)
+    scores = score(load_bundle(out), x)
+    assert np.isfinite(scores.reconstruction_error).all()
+
+
+def test_conv2d_trains_on_a_non_square_image_list_column(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((240, 7, 5)).astype(np.float32)
+    pq.write_table(pa.table({"image": pa.array(images.tolist(), pa.list_(pa.list_(pa.float32())))}),
+                   str(tmp_path / "images.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "*.parquet")},
+                        "model": {"kind": "conv2d", "conv_filters": [4, 8], "latent_dim": 3}},
+                       ["train.epochs=1", "train.verbose=0"])
+    bundle = train(config)
+    assert [(f.name, f.shape) for f in bundle.info.features] == [("image", (7, 5))]
+    s = score(bundle, images.reshape(240, 35))
+    assert s.latent.shape == (240, 3) and s.reconstruction.shape == (240, 35)
+    assert np.isfinite(s.reconstruction_error).all()
+
+
+def test_conv2d_trains_from_a_tfds_sub_split(tmp_path):
+    data_dir = write_digits_tfds(str(tmp_path / "tfds"))
+    config = from_dict({"data": {"source": "tfds", "name": DIGITS_TFDS_NAME,
+                                 "split": "train[:50%]", "data_dir": data_dir,
+                                 "features": ["image"], "label": "label"},
+                        "model": {"kind": "conv2d", "conv_filters": [4, 8], "latent_dim": 4}},
+                       ["train.epochs=2", "train.verbose=0", "train.batch_size=128"])
+    out = str(tmp_path / "bundle")
+    train(config, out)
+    info = load_bundle_info(out)
+    assert [f.to_json() for f in info.features] == [
+        {"name": "image", "dtype": "float32", "shape": [8, 8]}]
+    assert info.training["rows"] == 750
+    assert info.training["source"].startswith(f"tfds:{DIGITS_TFDS_NAME}/train[:50%]")
+    assert info.training["epochs"] == 2
+    # The digit label is a class label, not 0/1, so no label metrics are derived from it.
+    assert "roc_auc" not in info.calibration
+    bundle = load_bundle(out)
+    assert bundle.model.get_layer("encoder").get_layer("enc_conv_1").filters == 8
+    from sklearn.datasets import load_digits
+    s = score(bundle, load_digits().images[:20].reshape(20, 64))
+    assert np.isfinite(s.reconstruction_error).all() and s.latent.shape == (20, 4)
+
+
+@pytest.mark.parametrize("overrides", [["model.variational=true", "model.kl_weight=0.1"],
+                                       ["model.noise_stddev=0.2", "model.dropout=0.1"]],
+                         ids=["vae", "denoising"])
+def test_vae_and_denoising_autoencoders_train_and_score_finite_errors(tmp_path, digits_glob,
+                                                                      digits_matrix, overrides):
+    out = str(tmp_path / "bundle")
+    train(tiny_config(digits_glob, "train.epochs=2", *overrides), out)
+    bundle = load_bundle(out)
+    assert bundle.info.variational is ("model.variational=true" in overrides)
+    assert np.isfinite(bundle.info.training["losses"]["loss"]).all()
+    a = score(bundle, digits_matrix[:200])
+    b = score(bundle, digits_matrix[:200])
+    assert np.isfinite(a.reconstruction_error).all() and a.latent.shape == (200, 2)
+    # Sampling, noise and dropout are training-only: scoring is deterministic.
+    np.testing.assert_array_equal(a.reconstruction_error, b.reconstruction_error)
+    assert bundle.info.threshold.threshold > 0
+
+
+def test_too_little_data_is_an_error(tmp_path):
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0]}),
+                   str(tmp_path / "t.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "*.parquet")}}, TINY)
+    with pytest.raises(ValueError, match=r"Too few usable rows in parquet:.*3 read"):
+        train(config)
