@@ -4,11 +4,25 @@ One place for path handling so training, bundles and pipelines accept the same p
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import List
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+
+def _import_beam_filesystems():
+    # Importing apache_beam logs that optional GCP clients (apitools, BigQuery storage)
+    # are absent; irrelevant here, and it buries the CLI's one-line error messages.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+    finally:
+        logging.disable(previous)
+    return CompressionTypes, FileSystems
+
+
+CompressionTypes, FileSystems = _import_beam_filesystems()
 
 
 def join(base: str, *parts: str) -> str:
