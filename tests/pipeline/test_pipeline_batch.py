@@ -1,0 +1,226 @@
+"""`latentbeam score` / `decode` jobs on the in-process runner: output, faults, commit."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from latentbeam.cli import main
+from latentbeam.demo import digits_table, pixel_columns
+from latentbeam.model import decode, score
+from latentbeam.pipeline.batch import FileJob, run_file_job
+from latentbeam.pipeline.records import ScoringOptions
+
+KEYS = ScoringOptions(key_columns=("id", "label"))
+
+
+def _matrix(table):
+    return np.stack([table.column(c).to_numpy() for c in pixel_columns()], axis=1)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_bundle_dir, digits_glob):
+    out = str(tmp_path_factory.mktemp("scored") / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out, opts=ScoringOptions(
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+    return out, summary
+
+
+def test_output_schema_numbers_metadata_and_success_file(scored, tiny_bundle):
+    out, summary = scored
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
+    table = pq.read_table([os.path.join(out, f"part-0000{i}.parquet") for i in range(2)])
+    f = {fl.name: fl.type for fl in table.schema}
+    assert list(f) == ["id", "label", "latent", "reconstruction_error", "anomaly_score",
+                       "is_anomaly", "model_version", "feature_errors", "reconstruction"]
+    assert (f["id"], f["latent"], f["reconstruction_error"], f["is_anomaly"]) == (
+        pa.int64(), pa.list_(pa.float32()), pa.float32(), pa.bool_())
+    digits = digits_table()
+    assert table.column("id").to_pylist() == list(range(1797))  # file order kept
+    assert table.column("label").to_pylist() == digits.column("label").to_pylist()
+    expected = score(tiny_bundle, _matrix(digits))
+    np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(),
+                               expected.reconstruction_error, rtol=1e-6)
+    assert table.column("is_anomaly").to_pylist() == expected.is_anomaly.tolist()
+    assert len(table.column("latent")[0]) == tiny_bundle.info.latent_dim
+    meta = pq.read_metadata(os.path.join(out, "part-00000.parquet")).metadata
+    assert meta[b"latentbeam.model_version"] == tiny_bundle.info.model_version.encode()
+    assert float(meta[b"latentbeam.threshold"]) == tiny_bundle.info.threshold.threshold
+
+    done = json.load(open(os.path.join(out, "_SUCCESS")))
+    n_anom = int(expected.is_anomaly.sum())
+    assert (done["rows_read"], done["rows_scored"], done["rows_dead_lettered"],
+            done["files_dead_lettered"], done["anomalies"]) == (1797, 1797, 0, 0, n_anom)
+    assert done["files"] == ["part-00000.parquet", "part-00001.parquet"]
+    assert done["model_version"] == tiny_bundle.info.model_version
+    m = summary.metrics
+    assert (m["rows_read"], m["rows_scored"], m["rows_dead_lettered"], m["anomalies"]) == (
+        1797, 1797, 0, n_anom)
+    assert m["reconstruction_error_micros"].count == 1797
+    assert m["reconstruction_error_micros"].max == pytest.approx(
+        float(expected.reconstruction_error.max()), rel=1e-5)
+
+
+def test_pyarrow_pandas_and_duckdb_read_the_same_rows(scored):
+    out, _ = scored
+    glob = os.path.join(out, "*.parquet")
+    cols = ["id", "label", "reconstruction_error", "anomaly_score", "is_anomaly"]
+    a = pq.read_table(out, columns=cols).to_pandas()  # a directory: _SUCCESS is skipped
+    b = pd.read_parquet(out, columns=cols)
+    c = duckdb.sql(f"SELECT {', '.join(cols)} FROM read_parquet('{glob}') ORDER BY id").df()
+    latent = duckdb.sql(f"SELECT latent FROM read_parquet('{glob}') ORDER BY id").fetchall()
+    for frame in (a, b, c):
+        frame.sort_values("id", inplace=True, ignore_index=True)
+    assert len(a) == len(b) == len(c) == 1797
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    pd.testing.assert_frame_equal(a, c, check_dtype=False)
+    assert latent[0][0] == pytest.approx(pq.read_table(out).sort_by("id").column("latent")[0]
+                                         .as_py())
+
+
+def test_rerun_is_byte_identical_and_output_is_never_mixed(tmp_path, scored, tiny_bundle_dir,
+                                                           digits_glob):
+    first, _ = scored
+    again = str(tmp_path / "again")
+    run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=ScoringOptions(
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+    for name in ("part-00000.parquet", "part-00001.parquet", "_SUCCESS"):
+        assert filecmp.cmp(os.path.join(first, name), os.path.join(again, name), shallow=False)
+
+    with pytest.raises(ValueError, match=r"is not empty \(3 entries.*Pass --overwrite"):
+        run_file_job(FileJob(tiny_bundle_dir, digits_glob, again))
+    with open(os.path.join(again, "part-00007.parquet"), "wb") as f:
+        f.write(b"stale shard of an older run")
+    os.makedirs(os.path.join(again, "dead_letter"))
+    open(os.path.join(again, "dead_letter", "part-00003.parquet"), "wb").close()
+    summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=KEYS,
+                                   overwrite=True))
+    assert sorted(os.listdir(again)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_table(again).schema.names[-1] == "model_version"
+    assert summary.rows_scored == 1797
+
+
+def test_corrupt_empty_and_bad_rows(tmp_path, faulty_dir, tiny_bundle_dir, tiny_bundle):
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, os.path.join(faulty_dir, "*.parquet"), out,
+                                   opts=KEYS))
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "dead_letter", "part-00000.parquet",
+                                       "part-00001.parquet", "part-00003.parquet"]
+    assert sorted(os.listdir(os.path.join(out, "dead_letter"))) == [
+        "part-00002.parquet", "part-00003.parquet", "part-00004.parquet"]
+    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    by_source = {}
+    for d in dead:
+        by_source.setdefault(os.path.basename(d["source"]), []).append(d)
+    corrupt, = by_source["d-02-corrupt.parquet"]
+    empty, = by_source["d-04-empty.parquet"]
+    for whole in (corrupt, empty):
+        assert (whole["row"], whole["reason"], whole["payload"]) == (None, "unreadable_file", None)
+        assert "UnreadableFile" in whole["detail"]
+    rows = sorted(by_source["d-03-bad-rows.parquet"], key=lambda d: d["row"])
+    assert [(d["row"], d["reason"]) for d in rows] == [
+        (2, "null_value"), (5, "not_finite"), (7, "not_finite")]
+    assert [json.loads(d["payload"])["id"] for d in rows] == [2, 5, 7]
+    assert "pixel_05" in rows[0]["detail"]
+
+    bad_rows = pq.read_table(os.path.join(out, "part-00003.parquet"))
+    assert bad_rows.column("id").to_pylist() == [0, 1, 3, 4, 6, 8, 9]
+    expected = score(tiny_bundle, _matrix(digits_table().take([0, 1, 3, 4, 6, 8, 9])))
+    np.testing.assert_allclose(bad_rows.column("anomaly_score").to_numpy(),
+                               expected.anomaly_score, rtol=1e-6)
+
+    # Whole-file faults read 0 rows: read = scored + dead-lettered holds exactly.
+    assert (summary.rows_read, summary.rows_scored, summary.rows_dead_lettered,
+            summary.files_dead_lettered) == (1807, 1804, 3, 2)
+    m = summary.metrics
+    assert (m["rows_read"], m["rows_scored"], m["rows_dead_lettered"],
+            m["files_dead_lettered"]) == (1807, 1804, 3, 2)
+    assert m["rows_read"] == m["rows_scored"] + m["rows_dead_lettered"]
+    done = json.load(open(os.path.join(out, "_SUCCESS")))
+    assert done["dead_letter_files"] == [f"dead_letter/part-0000{i}.parquet" for i in (2, 3, 4)]
+
+
+def test_missing_key_column_dead_letters_the_file(tmp_path, tiny_bundle_dir, digits_glob):
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out,
+                                   opts=ScoringOptions(key_columns=("customer",))))
+    assert (summary.rows_read, summary.files_dead_lettered, summary.files) == (0, 2, [])
+    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    assert [d["reason"] for d in dead] == ["missing_column"] * 2
+    assert "'customer'" in dead[0]["detail"]
+
+
+def test_failed_job_leaves_no_output(tmp_path, tiny_bundle_dir, digits_glob):
+    broken = str(tmp_path / "broken")
+    shutil.copytree(tiny_bundle_dir, broken)
+    with open(os.path.join(broken, "model.keras"), "ab") as f:
+        f.write(b"tampered")  # sha256 no longer matches: workers refuse to load it
+    out = str(tmp_path / "out")
+    with pytest.raises(Exception, match="does not match bundle.json"):
+        run_file_job(FileJob(broken, digits_glob, out))
+    assert os.listdir(out) == []
+
+
+def test_tfds_split_input(tmp_path_factory, tmp_path):
+    from latentbeam.config import from_dict
+    from latentbeam.demo import write_digits_tfds
+    from latentbeam.model import load_bundle, train
+
+    data_dir = write_digits_tfds(str(tmp_path_factory.mktemp("tfds")))
+    bundle_dir = str(tmp_path / "tfds-bundle")
+    train(from_dict({"data": {"source": "tfds", "name": "latentbeam_digits", "split": "train",
+                              "data_dir": data_dir, "label": "label"}},
+                    ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=2",
+                     "train.verbose=0"]), bundle_dir)
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(bundle_dir, "tfds:latentbeam_digits/test", out,
+                                   data_dir=data_dir,
+                                   opts=ScoringOptions(key_columns=("label",))))
+    assert (summary.rows_read, summary.rows_scored, summary.files_read) == (297, 297, 1)
+    table = pq.read_table(os.path.join(out, "part-00000.parquet"))
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    assert table.column("label").to_pylist() == d.target[1500:].tolist()
+    expected = score(load_bundle(bundle_dir), d.images[1500:].reshape(-1, 64).astype(np.float32))
+    np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(),
+                               expected.reconstruction_error, rtol=1e-6)
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        run_file_job(FileJob(bundle_dir, "tfds:latentbeam_digits/validation", str(tmp_path / "x"),
+                             data_dir=data_dir))
+
+
+def test_decode_job_reconstructs_features(tmp_path, scored, tiny_bundle_dir, tiny_bundle):
+    src, _ = scored
+    out = str(tmp_path / "decoded")
+    summary = run_file_job(FileJob(tiny_bundle_dir, os.path.join(src, "part-*.parquet"), out,
+                                   mode="decode", opts=ScoringOptions(key_columns=("id",))))
+    assert (summary.rows_read, summary.rows_scored, summary.rows_dead_lettered) == (1797, 1797, 0)
+    table = pq.read_table(out).sort_by("id")
+    assert table.schema.names == ["id"] + pixel_columns() + ["model_version"]
+    latent = np.array(pq.read_table(src).sort_by("id").column("latent").to_pylist(), np.float32)
+    want = decode(tiny_bundle, latent)
+    np.testing.assert_allclose(_matrix(table), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_score_prints_the_summary_and_refuses_a_full_directory(tmp_path, capsys,
+                                                                    tiny_bundle_dir, digits_glob):
+    out = str(tmp_path / "cli")
+    args = ["score", "--bundle", tiny_bundle_dir, "--input", digits_glob, "--output", out,
+            "--key-columns", "id", "--direct_running_mode=in_memory"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "rows read:            1797" in printed
+    assert "rows dead-lettered:   0" in printed
+    assert "output files:         2 in" in printed and "part-00001.parquet" in printed
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err
+    assert main(args + ["--overwrite"]) == 0
