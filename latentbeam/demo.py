@@ -110,4 +110,24 @@ def run_demo(workdir: str) -> int:
     print(f"tfds:            {DIGITS_TFDS_NAME} (train/test) in {tfds_dir}")
     print(f"config:          {os.path.join(workdir, 'demo.yaml')}")
     print(summarize_bundle(bundle.info))
+    score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"),
+                           os.path.join(workdir, "scored"))
     return 0
+
+
+def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 10) -> None:
+    """Runs the `latentbeam score` job over the digits and prints the most anomalous rows."""
+    from latentbeam.pipeline.batch import FileJob, format_summary, run_file_job
+    from latentbeam.pipeline.records import ScoringOptions
+
+    summary = run_file_job(FileJob(bundle_dir, pattern, out, overwrite=True,
+                                   opts=ScoringOptions(key_columns=("id", "label"))))
+    print()
+    print(f"== Beam batch scoring (latentbeam score) -> {out} ==")
+    print(format_summary(summary))
+    table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score"])
+    rows = table.sort_by([("anomaly_score", "descending"), ("id", "ascending")]).slice(0, top)
+    print(f"\nmost anomalous {top} digits (anomaly_score > 1 is flagged):")
+    print(f"{'id':>6} {'label':>5} {'anomaly_score':>14}")
+    for r in rows.to_pylist():
+        print(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}")
