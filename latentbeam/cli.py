@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-lateness-seconds", type=float, default=0.0)
     p.add_argument("--adaptive-threshold", action="store_true",
                    help="add adaptive_threshold / is_anomaly_adaptive columns")
+    p.add_argument("--early-firing-seconds", type=float, default=None,
+                   help="also write a window's rows so far this often (processing time)")
+    p.add_argument("--bundle-poll-seconds", type=float, default=None,
+                   help="how often a watched --bundle location is re-checked (default: "
+                        "--poll-seconds)")
+    p.add_argument("--adaptive-quantile", type=float, default=0.5,
+                   help="level of the rolling error quantile; a calibration level of the "
+                        "bundle (default 0.5)")
+    p.add_argument("--adaptive-window-rows", type=int, default=1000,
+                   help="recent non-anomalous errors kept per key (default 1000)")
+    p.add_argument("--adaptive-warmup-rows", type=int, default=50,
+                   help="rows per key before the rolling threshold replaces the bundle's")
+    p.add_argument("--adaptive-key", default=None,
+                   help="input column: keep one adaptive threshold per value")
     _add_scoring_flags(p)
 
     p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)")

@@ -1,0 +1,203 @@
+"""Adaptive threshold for streams whose normal error level drifts (opt-in).
+
+The bundle's threshold was calibrated once, on the training data. On a stream whose
+normal reconstruction error slowly rises (sensor ageing, seasonal load), that fixed
+threshold flags more and more normal rows. The adaptive threshold follows the drift:
+
+    adaptive_threshold = rolling q-quantile of recent NON-anomalous errors
+                         * (bundle threshold / calibration q-quantile)
+
+The scale factor carries the calibrated shape (how far the threshold sits above the
+typical error) over to the current level, so with q = 0.5 (the default) the threshold
+tracks the rolling median. Rows flagged by the adaptive threshold never enter the
+window, so a burst of anomalies cannot drag the threshold up; the median is barely
+moved by leaving out the few rows above the threshold, so the window does not ratchet
+down either (a high q, e.g. 0.99, would: each exclusion trims the very tail it
+estimates). Until `warmup_rows` normal rows have been seen for a key, the bundle's
+threshold is used.
+
+State is per (model_version, key): errors of different models are not comparable, so
+a model hot-swap starts a fresh window (warm-up with the new bundle's threshold).
+
+`AdaptiveState` is plain Python/numpy (no Beam); `AdaptiveThresholds` wraps it in a
+stateful DoFn.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+from dataclasses import dataclass
+from typing import Deque, List, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from latentbeam.pipeline.records import COL_ERROR, COL_MODEL_VERSION
+
+COL_ADAPTIVE_THRESHOLD = "adaptive_threshold"
+COL_ADAPTIVE_FLAG = "is_anomaly_adaptive"
+ADAPTIVE_FIELDS = (pa.field(COL_ADAPTIVE_THRESHOLD, pa.float32()),
+                   pa.field(COL_ADAPTIVE_FLAG, pa.bool_()))
+# Key used when no --adaptive-key column is given: one window for the whole stream.
+ALL_ROWS = "*"
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    quantile: float = 0.5  # level of the rolling quantile; one of the calibration levels
+    window_rows: int = 1000  # recent non-anomalous errors kept per key
+    warmup_rows: int = 50  # normal rows needed before the rolling estimate is used
+    key_column: Optional[str] = None  # keep one window per value of this input column
+
+    def __post_init__(self):
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"Received an invalid adaptive quantile, expected a level in (0, 1). "
+                             f"Received: quantile={self.quantile}")
+        if self.window_rows < 1 or not 1 <= self.warmup_rows <= self.window_rows:
+            raise ValueError(
+                f"Expected 1 <= warmup_rows <= window_rows. Received: warmup_rows="
+                f"{self.warmup_rows}, window_rows={self.window_rows}")
+
+
+def adaptive_scale(info, quantile: float) -> float:
+    """bundle threshold / calibration error quantile at `quantile` (from bundle.json)."""
+    quantiles = (info.calibration or {}).get("quantiles") or {}
+    level = next((k for k in quantiles if abs(float(k) - quantile) < 1e-9), None)
+    if level is None:
+        raise ValueError(
+            f"Bundle {info.path} has no calibration error quantile at level {quantile} "
+            f"(available: {', '.join(sorted(quantiles)) or 'none'}). Pass "
+            f"--adaptive-quantile with one of the available levels.")
+    q = float(quantiles[level])
+    if not q > 0:
+        raise ValueError(f"Bundle {info.path}: calibration quantile {level} is {q}; expected a "
+                         f"positive error. Re-train the bundle on non-constant data.")
+    return float(info.threshold.threshold) / q
+
+
+class AdaptiveState:
+    """Rolling window of recent non-anomalous errors for one key.
+
+    Args:
+      config: quantile level, window length and warm-up.
+      scale: `adaptive_scale(bundle_info, config.quantile)`.
+      base_threshold: the bundle's threshold, used during warm-up.
+    """
+
+    def __init__(self, config: AdaptiveConfig, scale: float, base_threshold: float):
+        self.config = config
+        self.scale = float(scale)
+        self.base_threshold = float(base_threshold)
+        self._fifo: Deque[float] = collections.deque()
+        self._sorted: List[float] = []
+
+    def __len__(self) -> int:
+        return len(self._fifo)
+
+    def threshold(self) -> float:
+        if len(self._sorted) < self.config.warmup_rows:
+            return self.base_threshold
+        # numpy's default (linear) quantile on the sorted window.
+        pos = self.config.quantile * (len(self._sorted) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(self._sorted) - 1)
+        q = self._sorted[lo] + (self._sorted[hi] - self._sorted[lo]) * (pos - lo)
+        return q * self.scale
+
+    def update(self, errors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Scores `errors` in order; returns (threshold per row, flag per row).
+
+        Each row is compared with the threshold before it; only unflagged rows join
+        the window.
+        """
+        n = len(errors)
+        thresholds = np.empty(n, dtype=np.float32)
+        flags = np.empty(n, dtype=bool)
+        cap = self.config.window_rows
+        for i, e in enumerate(np.asarray(errors, dtype=np.float64).tolist()):
+            t = self.threshold()
+            thresholds[i] = t
+            flags[i] = flag = e > t
+            if not flag:
+                self._fifo.append(e)
+                bisect.insort(self._sorted, e)
+                if len(self._fifo) > cap:
+                    old = self._fifo.popleft()
+                    del self._sorted[bisect.bisect_left(self._sorted, old)]
+        return thresholds, flags
+
+
+def with_adaptive_columns(batch: pa.RecordBatch, thresholds: np.ndarray,
+                          flags: np.ndarray) -> pa.RecordBatch:
+    arrays = list(batch.columns) + [pa.array(thresholds, pa.float32()), pa.array(flags, pa.bool_())]
+    schema = pa.schema(list(batch.schema) + list(ADAPTIVE_FIELDS), metadata=batch.schema.metadata)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def split_by_key(batch: pa.RecordBatch, key_column: Optional[str]
+                 ) -> List[Tuple[str, pa.RecordBatch]]:
+    """[(state key, rows)]: one part per (model_version, key value), rows in input order."""
+    versions = batch.column(COL_MODEL_VERSION)
+    if key_column is None:
+        group = versions
+    else:
+        if key_column not in batch.schema.names:
+            raise ValueError(
+                f"Adaptive key column {key_column!r} is not in the scored output (columns: "
+                f"{', '.join(batch.schema.names)}). Add it to --key-columns.")
+        group = pc.binary_join_element_wise(
+            versions, pc.cast(pc.fill_null(pc.cast(batch.column(key_column), pa.string()),
+                                           "<null>"), pa.string()), "|")
+    uniques = pc.unique(group).to_pylist()
+    if len(uniques) == 1:
+        return [(uniques[0] if key_column is not None else f"{uniques[0]}|{ALL_ROWS}", batch)]
+    parts = []
+    for u in uniques:
+        part = batch.filter(pc.equal(group, u))
+        parts.append((u if key_column is not None else f"{u}|{ALL_ROWS}", part))
+    return parts
+
+
+class _AdaptiveDoFn(beam.DoFn):
+    """Per state key: rows in, same rows plus adaptive columns out (state updated in order)."""
+    STATE = ReadModifyWriteStateSpec("adaptive", PickleCoder())
+
+    def __init__(self, config: AdaptiveConfig):
+        self._config = config
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        from latentbeam.pipeline.streaming import Chunk
+
+        _, chunk = element
+        current = state.read()
+        if current is None or current.scale != chunk.adaptive_scale:
+            current = AdaptiveState(self._config, chunk.adaptive_scale, chunk.base_threshold)
+        thresholds, flags = current.update(chunk.batch.column(COL_ERROR).to_numpy())
+        state.write(current)
+        yield chunk._replace(batch=with_adaptive_columns(chunk.batch, thresholds, flags))
+
+
+class AdaptiveThresholds(beam.PTransform):
+    """Adds `adaptive_threshold` and `is_anomaly_adaptive` to scored chunks.
+
+    Input and output: `streaming.Chunk`s in the global window (state must outlive
+    output windows). Element timestamps are kept.
+
+    Example:
+      scored | "Adaptive threshold" >> AdaptiveThresholds(AdaptiveConfig(key_column="id"))
+    """
+
+    def __init__(self, config: AdaptiveConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, chunks):
+        key_column = self._config.key_column
+        return (chunks
+                | "Key by model and key" >> beam.FlatMap(
+                    lambda c: [(k, c._replace(batch=b)) for k, b in split_by_key(c.batch, key_column)])
+                | "Rolling quantile" >> beam.ParDo(_AdaptiveDoFn(self._config)))

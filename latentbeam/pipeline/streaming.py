@@ -1,0 +1,756 @@
+"""`latentbeam stream`: score Parquet files (or Pub/Sub JSON messages) as they land.
+
+Pipeline (file source):
+
+    MatchContinuously(--watch, every --poll-seconds, has_deduplication=False)
+      -> first sighting of each path (stateful, keyed by path; skips paths already in
+         the manifest)
+      -> score the whole file with the current bundle (records.score_record_batch)
+         -> scored chunks, timestamped with event time (--timestamp-column) or the
+            poll time that found the file
+         -> dead letters (bad rows, unreadable files, late rows), at the poll time
+      -> [adaptive threshold, stateful per key]
+      -> FixedWindows(--window-seconds), allowed lateness, trigger (see below)
+      -> fileio.WriteToFiles + ParquetChunkSink: OUT/*.parquet, OUT/dead_letter/*.parquet
+      -> footers of the written files -> per-source row accounting -> OUT/_manifest/
+
+Trigger: AfterWatermark(early=AfterProcessingTime(--early-firing-seconds) if given,
+late=AfterCount(1)), DISCARDING: a window's main file(s) are written when the
+watermark passes its end; every later firing (early or late) writes new files with the
+new rows only, so no row is written twice.
+
+Late rows (event time only): a row is late when its window's end plus the allowed
+lateness lies before the time it arrived (the poll that found its file, or the Pub/Sub
+message time). Late rows are written to the dead letters with reason `late_row`; they
+are never dropped silently. Rows within the allowed lateness of a window that has
+already fired are written in a late pane (an extra file for that window). Beam itself
+drops a row only if its window expired before the row reached the window step; that
+cannot happen to rows that pass the check above, because the watermark downstream of
+the scoring step is held below the arrival time until the row has been handed on.
+
+Manifest: OUT/_manifest/<hash of path>.json is written for a source file once every
+row of it has been moved into a final output or dead-letter file (counted from the
+footers of the written files). A restarted stream skips sources with a manifest entry.
+Guarantee: each source file is scored exactly once when the job stops cleanly (or by
+--stop-after-seconds) and is restarted; after a crash, files whose manifest entry was
+not yet written are scored again (at-least-once: their rows already written by the
+crashed run appear twice, with distinct file names carrying the run id).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+
+from latentbeam import fs
+from latentbeam.model.features import (REASON_NULL, REASON_UNREADABLE, SchemaMismatch,
+                                       row_payload)
+from latentbeam.pipeline.adaptive import (AdaptiveConfig, AdaptiveState, AdaptiveThresholds,
+                                          adaptive_scale, split_by_key, with_adaptive_columns)
+from latentbeam.pipeline.bundles import BundleResolver
+from latentbeam.pipeline.io import UnreadableFile, iter_file_batches
+from latentbeam.pipeline.records import (COL_ERROR, ScoringOptions, dead_letter, dead_letters_to_batch,
+                                         score_record_batch, whole_file_dead_letter)
+
+log = logging.getLogger(__name__)
+
+REASON_LATE = "late_row"  # event time's window (+ allowed lateness) closed before arrival
+REASON_BAD_TIMESTAMP = "bad_timestamp"  # timestamp column of an unusable type
+REASON_BAD_MESSAGE = "bad_message"  # Pub/Sub message that is not a JSON object (or list)
+
+DEAD_LETTER_DIR = "dead_letter"
+MANIFEST_DIR = "_manifest"
+TEMP_DIR = "_temp"
+META_SOURCES = b"latentbeam.sources"  # footer: JSON {source: rows in this file}
+META_MODEL_VERSIONS = b"latentbeam.model_versions"  # footer: JSON list of model versions
+
+DEAD = "dead_letters"
+ACCOUNT = "accounting"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    bundle: str  # bundle directory, or a watched location of bundle versions
+    output: str  # OUT: windowed Parquet, OUT/dead_letter/, OUT/_manifest/
+    watch: Optional[str] = None  # Parquet glob polled for new files
+    pubsub_subscription: Optional[str] = None  # projects/P/subscriptions/S
+    window_seconds: float = 60.0  # FixedWindows size
+    poll_seconds: float = 5.0  # watch interval
+    stop_after_seconds: Optional[float] = None  # end cleanly after this long
+    timestamp_column: Optional[str] = None  # event time; default: arrival (processing) time
+    allowed_lateness_seconds: float = 0.0  # rows this late still reach their window
+    early_firing_seconds: Optional[float] = None  # speculative panes this often (processing time)
+    bundle_poll_seconds: Optional[float] = None  # watched bundle re-check; default poll_seconds
+    batch_rows: int = 8192  # rows per record batch read from a file
+    scoring: ScoringOptions = ScoringOptions()
+    adaptive: Optional[AdaptiveConfig] = None  # None: no adaptive columns
+
+    def __post_init__(self):
+        if (self.watch is None) == (self.pubsub_subscription is None):
+            raise ValueError("Expected exactly one source: --watch GLOB or --pubsub-subscription "
+                             f"SUB. Received: watch={self.watch!r}, "
+                             f"pubsub_subscription={self.pubsub_subscription!r}")
+        for name in ("window_seconds", "poll_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0. Received: "
+                                 f"{getattr(self, name)}")
+        if self.allowed_lateness_seconds < 0:
+            raise ValueError(f"--allowed-lateness-seconds must be >= 0. Received: "
+                             f"{self.allowed_lateness_seconds}")
+        if self.stop_after_seconds is not None and not self.stop_after_seconds > 0:
+            raise ValueError(f"--stop-after-seconds must be > 0. Received: "
+                             f"{self.stop_after_seconds}")
+
+    @property
+    def source_name(self) -> str:
+        return self.watch or f"pubsub:{self.pubsub_subscription}"
+
+
+class Chunk(NamedTuple):
+    """Rows on their way to a Parquet file: where they came from, and Arrow data."""
+    source: str  # input file (or pubsub:SUBSCRIPTION)
+    batch: pa.RecordBatch  # scored rows (or dead-letter records)
+    adaptive_scale: float = 1.0  # adaptive.adaptive_scale of the scoring bundle
+    base_threshold: float = 0.0  # the scoring bundle's threshold
+
+
+# ---------------------------------------------------------------------------- event time
+
+def _micros(seconds: float) -> int:
+    return Duration.of(seconds).micros
+
+
+def event_micros(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """Event times as int64 epoch microseconds, with nulls as INT64 min.
+
+    Accepts Arrow timestamps (any unit; naive means UTC) and numbers (epoch seconds).
+
+    Raises:
+      SchemaMismatch: any other type (the whole file is dead-lettered).
+    """
+    t = column.type
+    if pa.types.is_timestamp(t):
+        us = pc.cast(column, pa.timestamp("us", tz=t.tz)).cast(pa.int64())
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        us = pc.cast(pc.round(pc.multiply(pc.cast(column, pa.float64()), 1e6)), pa.int64())
+    else:
+        raise SchemaMismatch(f"timestamp column {name!r} has type {t}; expected a timestamp or "
+                             f"epoch seconds (number)")
+    return pc.fill_null(us, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+
+
+NULL_TIME = np.iinfo(np.int64).min
+
+
+def split_by_window(scored: pa.RecordBatch, times_us: np.ndarray, rows: np.ndarray, *,
+                    window_us: int, lateness_us: int, arrival_us: int
+                    ) -> Tuple[List[Tuple[int, pa.RecordBatch]], np.ndarray, np.ndarray]:
+    """Groups scored rows by their event-time window; finds null and late rows.
+
+    Args:
+      scored: scored rows (n).
+      times_us: (n,) event time per row, epoch micros, NULL_TIME for null.
+      rows: (n,) index of each row in its source.
+      window_us, lateness_us: FixedWindows size and allowed lateness.
+      arrival_us: when the rows arrived (poll / message time).
+
+    Returns:
+      ([(element timestamp micros, rows of one window)] in window order,
+       source indices of null-time rows, source indices of late rows).
+    """
+    null = times_us == NULL_TIME
+    start = times_us - np.mod(times_us, window_us)
+    late = ~null & (start + window_us + lateness_us < arrival_us)
+    keep = ~null & ~late
+    parts = []
+    for s in np.unique(start[keep]):
+        mask = keep & (start == s)
+        parts.append((int(times_us[mask].min()), scored.filter(pa.array(mask))))
+    return parts, rows[null], rows[late]
+
+
+# ---------------------------------------------------------------------------- file source
+
+def manifest_name(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32] + ".json"
+
+
+def manifest_path(output: str, source: str) -> str:
+    return fs.join(output, MANIFEST_DIR, manifest_name(source))
+
+
+def read_manifest(output: str) -> Dict[str, dict]:
+    """{source path: manifest entry} of every source already scored into `output`."""
+    entries = {}
+    for path in fs.match(fs.join(output, MANIFEST_DIR, "*.json")):
+        try:
+            entry = json.loads(fs.read_bytes(path))
+            entries[entry["source"]] = entry
+        except (ValueError, KeyError) as e:
+            log.warning("Ignoring unreadable manifest entry %s: %s", path, e)
+    return entries
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    if fs.is_local(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.write_bytes(path, data)  # object stores publish an object only when it is closed
+
+
+_SEEN: Dict[str, set] = {}
+_SEEN_LOCK = threading.Lock()
+
+
+def first_sighting(output: str, path: str) -> bool:
+    """True the first time this process sees `path` for `output` and it is not in the manifest.
+
+    Deduplication by path: later polls of the same file, and files a previous run
+    already recorded in OUT/_manifest/, are skipped.
+    """
+    with _SEEN_LOCK:
+        seen = _SEEN.setdefault(output, set())
+        if path in seen:
+            return False
+        seen.add(path)
+    if fs.exists(manifest_path(output, path)):
+        log.info("Skipping %s: already in the manifest of %s", path, output)
+        return False
+    return True
+
+
+def _parquet_bytes(batches: List[pa.RecordBatch], source: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    writer = None
+    versions = set()
+    for b in batches:
+        if writer is None:
+            writer = pq.ParquetWriter(sink, b.schema)
+        writer.write_batch(_conform(b, writer.schema, source))
+        if "model_version" in b.schema.names:
+            versions.update(pc.unique(b.column("model_version")).to_pylist())
+    writer.add_key_value_metadata({
+        META_SOURCES: json.dumps({source: sum(b.num_rows for b in batches)}).encode(),
+        META_MODEL_VERSIONS: json.dumps(sorted(versions)).encode()})
+    writer.close()
+    return sink.getvalue().to_pybytes()
+
+
+class _ScoreFileDoFn(beam.DoFn):
+    """New file path -> its scored rows and dead letters written as Parquet, then the manifest.
+
+    Runs fused with the poll (no shuffle in between), so a file's scores are readable
+    as soon as it is scored, on every runner. A file is read and scored completely
+    before anything is written: an unreadable tail turns the whole file into one dead
+    letter instead of a partial output. Output names are deterministic (window + hash
+    of the source path), so scoring a file again after a crash rewrites the same files
+    instead of adding duplicates.
+
+    Yields:
+      (source path, manifest entry) per newly scored file.
+    """
+
+    def __init__(self, cfg: StreamConfig):
+        self._cfg = cfg
+        self._resolver = None
+        self._adaptive: Dict[str, AdaptiveState] = {}
+
+    def setup(self):
+        self._resolver = BundleResolver(self._cfg.bundle,
+                                        self._cfg.bundle_poll_seconds or self._cfg.poll_seconds)
+
+    def process(self, path, arrival=beam.DoFn.TimestampParam):
+        cfg = self._cfg
+        if not first_sighting(cfg.output, path):
+            return
+        bundle = self._resolver.current()
+        parts: List[Tuple[Optional[int], pa.RecordBatch]] = []
+        letters: List[dict] = []
+        rows_read = 0
+        try:
+            for offset, batch in iter_file_batches(path, batch_rows=cfg.batch_rows):
+                rows_read += batch.num_rows
+                scored, bad = score_record_batch(bundle, batch, source=path, row_offset=offset,
+                                                 opts=cfg.scoring)
+                letters += bad
+                if scored is None:
+                    continue
+                if cfg.timestamp_column is None:
+                    parts.append((arrival.micros, scored))
+                    continue
+                parts += self._by_event_time(path, batch, scored, bad, offset, arrival, letters)
+        except UnreadableFile as e:
+            parts, letters = [], [whole_file_dead_letter(path, e, REASON_UNREADABLE)]
+        except SchemaMismatch as e:
+            parts, letters = [], [whole_file_dead_letter(path, e, e.reason)]
+        if cfg.adaptive is not None:
+            parts = [(ts, self._with_adaptive(bundle, b)) for ts, b in parts]
+        outputs = self._write(path, parts, letters, arrival)
+        entry = {"source": path, "rows": rows_read, "scored": sum(b.num_rows for _, b in parts),
+                 "dead_letters": len(letters), "model_version": bundle.info.model_version,
+                 "outputs": outputs, "arrival": arrival.to_utc_datetime().isoformat() + "Z",
+                 "completed_at": time.time()}
+        # Written last: a file is in the manifest only once all its rows are on disk.
+        _write_atomically(manifest_path(cfg.output, path), json.dumps(entry).encode())
+        yield path, entry
+
+    def _write(self, path, parts, letters, arrival) -> List[str]:
+        cfg = self._cfg
+        w = _micros(cfg.window_seconds)
+        tag = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
+        by_window: Dict[int, List[pa.RecordBatch]] = {}
+        for ts, batch in parts:
+            by_window.setdefault(ts - ts % w, []).append(batch)
+        outputs = []
+        for start, batches in sorted(by_window.items()):
+            name = f"scored-{_window_name(start, w)}-{tag}.parquet"
+            outputs.append(fs.join(cfg.output, name))
+            _write_atomically(outputs[-1], _parquet_bytes(batches, path))
+        if letters:
+            a = arrival.micros
+            name = f"dead_letter-{_window_name(a - a % w, w)}-{tag}.parquet"
+            outputs.append(fs.join(cfg.output, DEAD_LETTER_DIR, name))
+            _write_atomically(outputs[-1], _parquet_bytes([dead_letters_to_batch(letters)], path))
+        return outputs
+
+    def _with_adaptive(self, bundle, batch: pa.RecordBatch) -> pa.RecordBatch:
+        cfg = self._cfg.adaptive
+        out = []
+        for key, part in split_by_key(batch, cfg.key_column):
+            state = self._adaptive.get(key)
+            if state is None:
+                state = self._adaptive[key] = AdaptiveState(
+                    cfg, adaptive_scale(bundle.info, cfg.quantile),
+                    float(bundle.info.threshold.threshold))
+            out.append(with_adaptive_columns(part, *state.update(part.column(COL_ERROR).to_numpy())))
+        return out[0] if len(out) == 1 else pa.Table.from_batches(out).combine_chunks().to_batches()[0]
+
+    def _by_event_time(self, path, batch, scored, bad, offset, arrival, letters):
+        cfg = self._cfg
+        name = cfg.timestamp_column
+        if name not in batch.schema.names:
+            raise SchemaMismatch(f"timestamp column {name!r} missing (columns present: "
+                                 f"{', '.join(batch.schema.names)})")
+        mask = np.ones(batch.num_rows, dtype=bool)
+        mask[[d["row"] - offset for d in bad]] = False
+        valid = np.nonzero(mask)[0]
+        times = event_micros(batch.column(name), name)[valid]
+        parts, nulls, late = split_by_window(
+            scored, times, valid, window_us=_micros(cfg.window_seconds),
+            lateness_us=_micros(cfg.allowed_lateness_seconds), arrival_us=arrival.micros)
+        for i in nulls:
+            letters.append(dead_letter(path, offset + int(i), REASON_NULL,
+                                       f"timestamp column {name!r} is null",
+                                       row_payload(batch, int(i))))
+        for i in late:
+            letters.append(dead_letter(path, offset + int(i), REASON_LATE,
+                                       _late_detail(cfg, arrival), row_payload(batch, int(i))))
+        return parts
+
+
+def _window_name(start_us: int, window_us: int) -> str:
+    return f"{_window_stamp(Timestamp(micros=start_us))}-{_window_stamp(Timestamp(micros=start_us + window_us))}"
+
+
+def _late_detail(cfg: StreamConfig, arrival: Timestamp) -> str:
+    return (f"event-time window of {cfg.window_seconds:g}s plus allowed lateness "
+            f"{cfg.allowed_lateness_seconds:g}s had closed when the row arrived at "
+            f"{arrival.to_utc_datetime().isoformat()}Z")
+
+
+def _adaptive_params(cfg: StreamConfig, bundle) -> Tuple[float, float]:
+    if cfg.adaptive is None:
+        return 1.0, float(bundle.info.threshold.threshold)
+    return adaptive_scale(bundle.info, cfg.adaptive.quantile), float(bundle.info.threshold.threshold)
+
+
+# ---------------------------------------------------------------------------- Pub/Sub source
+
+def _parse_time(value: Any) -> Optional[int]:
+    """JSON timestamp value (epoch seconds, or ISO 8601 text) -> epoch micros."""
+    import datetime as dt
+
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(round(float(value) * 1e6)) if np.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        return Timestamp.from_utc_datetime(d.astimezone(dt.timezone.utc)).micros
+    return None
+
+
+class _ParseMessageDoFn(beam.DoFn):
+    """Pub/Sub payload (bytes) -> row dicts, at event time or the message time; bad -> DEAD.
+
+    A message holds one JSON object (one row) or a JSON list of objects.
+    """
+
+    def __init__(self, cfg: StreamConfig):
+        self._cfg = cfg
+
+    def process(self, message, arrival=beam.DoFn.TimestampParam):
+        cfg = self._cfg
+        source = cfg.source_name
+        data = getattr(message, "data", message)
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            yield _dead(source, REASON_BAD_MESSAGE, f"not JSON ({e})", text)
+            return
+        rows = doc if isinstance(doc, list) else [doc]
+        for row in rows:
+            if not isinstance(row, dict):
+                yield _dead(source, REASON_BAD_MESSAGE, "expected a JSON object per row",
+                            json.dumps(row))
+                continue
+            if cfg.timestamp_column is None:
+                yield row
+                continue
+            us = _parse_time(row.get(cfg.timestamp_column))
+            if us is None:
+                yield _dead(source, REASON_NULL, f"timestamp field {cfg.timestamp_column!r} is "
+                            f"missing or not epoch seconds / ISO 8601", json.dumps(row))
+                continue
+            w = _micros(cfg.window_seconds)
+            if us - us % w + w + _micros(cfg.allowed_lateness_seconds) < arrival.micros:
+                yield _dead(source, REASON_LATE, _late_detail(cfg, arrival), json.dumps(row))
+                continue
+            yield window.TimestampedValue(row, Timestamp(micros=us))
+
+
+def _dead(source: str, reason: str, detail: str, payload: Optional[str]):
+    return beam.pvalue.TaggedOutput(
+        DEAD, Chunk(source, dead_letters_to_batch([dead_letter(source, None, reason, detail,
+                                                               payload)])))
+
+
+class _ScoreRowsDoFn(beam.DoFn):
+    """A batch of row dicts (one window) -> one scored Chunk; bad rows -> DEAD."""
+
+    def __init__(self, cfg: StreamConfig):
+        self._cfg = cfg
+        self._resolver = None
+
+    def setup(self):
+        self._resolver = BundleResolver(self._cfg.bundle,
+                                        self._cfg.bundle_poll_seconds or self._cfg.poll_seconds)
+
+    def process(self, rows):
+        cfg = self._cfg
+        source = cfg.source_name
+        bundle = self._resolver.current()
+        scale, base = _adaptive_params(cfg, bundle)
+        try:
+            tables = [pa.Table.from_pylist(rows)]
+        except (pa.ArrowException, TypeError, ValueError):
+            tables = []  # mixed types across rows: score one by one to isolate the bad ones
+            for row in rows:
+                try:
+                    tables.append(pa.Table.from_pylist([row]))
+                except (pa.ArrowException, TypeError, ValueError) as e:
+                    yield _dead(source, REASON_BAD_MESSAGE, f"{type(e).__name__}: {e}",
+                                json.dumps(row, default=str))
+        letters: List[dict] = []
+        for table in tables:
+            try:
+                scored, bad = score_record_batch(bundle, table, source=source, opts=cfg.scoring)
+            except SchemaMismatch as e:
+                letters += [dead_letter(source, None, e.reason, str(e), json.dumps(r, default=str))
+                            for r in table.to_pylist()]
+                continue
+            letters += [dict(d, row=None) for d in bad]
+            if scored is not None:
+                yield Chunk(source, scored, scale, base)
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD, Chunk(source, dead_letters_to_batch(letters)))
+
+
+# ---------------------------------------------------------------------------- writing
+
+class ParquetChunkSink(fileio.FileSink):
+    """fileio sink writing Chunks' record batches to one Parquet file.
+
+    The file's schema is the first chunk's (later chunks are cast to it). The footer
+    records how many rows of each source the file holds (for the manifest) and every
+    model_version in it.
+    """
+
+    def __init__(self, schema: Optional[pa.Schema] = None):
+        self._schema = schema
+        self._fh = None
+        self._writer = None
+        self._sources: Counter = Counter()
+        self._versions: set = set()
+
+    def open(self, fh):
+        self._fh = fh
+        self._writer = None
+        self._sources = Counter()
+        self._versions = set()
+
+    def write(self, chunk: Chunk):
+        batch = chunk.batch
+        if self._writer is None:
+            schema = self._schema or batch.schema
+            self._writer = pq.ParquetWriter(_NoClose(self._fh), schema)
+        if batch.schema != self._writer.schema:
+            batch = _conform(batch, self._writer.schema, chunk.source)
+        self._writer.write_batch(batch)
+        self._sources[chunk.source] += batch.num_rows
+        if "model_version" in batch.schema.names:
+            self._versions.update(pc.unique(batch.column("model_version")).to_pylist())
+
+    def flush(self):
+        if self._writer is None:
+            return
+        self._writer.add_key_value_metadata({
+            META_SOURCES: json.dumps(dict(self._sources)).encode(),
+            META_MODEL_VERSIONS: json.dumps(sorted(self._versions)).encode()})
+        self._writer.close()
+        self._writer = None
+
+
+class _NoClose:
+    """File object wrapper: Beam closes the file handle after flush(), not pyarrow."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.closed = False
+
+    def write(self, data):
+        return self._fh.write(data)
+
+    def flush(self):
+        return self._fh.flush()
+
+    def close(self):
+        self.closed = True
+
+    def tell(self):
+        return self._fh.tell()
+
+    def writable(self):
+        return True
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, source: str) -> pa.RecordBatch:
+    if batch.schema.names != schema.names:
+        raise ValueError(
+            f"Rows from {source} have columns {batch.schema.names}, but the window's file was "
+            f"started with {schema.names}. Streams must keep one input schema per output "
+            f"directory (same --key-columns types).")
+    return batch.cast(schema) if not batch.schema.equals(schema, check_metadata=False) else \
+        pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+
+
+def _window_stamp(t: Timestamp) -> str:
+    return t.to_utc_datetime().strftime("%Y%m%dT%H%M%S") + (
+        f"{t.micros % 1_000_000:06d}" if t.micros % 1_000_000 else "")
+
+
+def file_naming(prefix: str, run_id: str):
+    """`PREFIX-START-END-RUN-TOKEN-SHARD.parquet`; TOKEN is unique per firing (late panes)."""
+    def _name(win, pane, shard_index, total_shards, compression, destination):
+        if isinstance(win, window.IntervalWindow):
+            span = f"{_window_stamp(win.start)}-{_window_stamp(win.end)}"
+        else:
+            span = "global"
+        return (f"{prefix}-{span}-{run_id}-{uuid.uuid4().hex[:8]}-"
+                f"{int(shard_index or 0):03d}-of-{int(total_shards or 1):03d}.parquet")
+    return _name
+
+
+class WriteWindowedParquet(beam.PTransform):
+    """Windows timestamped Chunks and writes each window's rows as Parquet files.
+
+    Returns the full paths of the files written (one element per file, in its window).
+
+    Example:
+      chunks | "Write scored" >> WriteWindowedParquet(out, window_seconds=60, run_id="r1")
+    """
+
+    def __init__(self, path: str, *, window_seconds: float, allowed_lateness_seconds: float = 0.0,
+                 early_firing_seconds: Optional[float] = None, run_id: str, prefix: str = "scored"):
+        super().__init__()
+        self._path = path
+        self._window = window_seconds
+        self._lateness = allowed_lateness_seconds
+        self._early = early_firing_seconds
+        self._run_id = run_id
+        self._prefix = prefix
+
+    def expand(self, chunks):
+        early = trigger.AfterProcessingTime(self._early) if self._early else None
+        path = self._path
+        return (chunks
+                | "Window" >> beam.WindowInto(
+                    window.FixedWindows(self._window),
+                    trigger=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                    allowed_lateness=Duration.of(self._lateness))
+                | "Write Parquet" >> fileio.WriteToFiles(
+                    path=path, file_naming=file_naming(self._prefix, self._run_id),
+                    sink=lambda dest: ParquetChunkSink(), shards=1,
+                    temp_directory=fs.join(path, TEMP_DIR, self._run_id))
+                | "Full path" >> beam.Map(lambda r: fs.join(path, r.file_name)))
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+@dataclass(frozen=True)
+class StreamOutputs:
+    scored: Any  # file source: PCollection[(source, manifest entry)]; Pub/Sub: scored file paths
+    dead_letter_files: Optional[Any] = None  # Pub/Sub: dead-letter file paths
+
+
+def build_stream(p: beam.Pipeline, cfg: StreamConfig, *, messages=None,
+                 run_id: Optional[str] = None, start: Optional[Timestamp] = None) -> StreamOutputs:
+    """Adds the streaming scoring job to `p`.
+
+    Args:
+      p: a streaming pipeline.
+      cfg: what to watch, how to window, where to write.
+      messages: for the Pub/Sub source, a PCollection of message payloads to use instead
+        of reading `cfg.pubsub_subscription` (tests feed a TestStream here).
+      run_id: tags the Pub/Sub path's output file names (default: time + random).
+      start: first poll time (default: now).
+    """
+    if cfg.watch is not None:
+        start = start or Timestamp.now()
+        stop = (start + Duration.of(cfg.stop_after_seconds) if cfg.stop_after_seconds
+                else MAX_TIMESTAMP)
+        output_prefix = cfg.output.rstrip("/") + "/"
+        scored = (
+            p
+            | "Poll" >> fileio.MatchContinuously(
+                cfg.watch, interval=cfg.poll_seconds, has_deduplication=False,
+                start_timestamp=start, stop_timestamp=stop)
+            | "Path" >> beam.Map(lambda m: m.path)
+            | "Not our output" >> beam.Filter(lambda path: not path.startswith(output_prefix))
+            | "Score and write" >> beam.ParDo(_ScoreFileDoFn(cfg)))
+        return StreamOutputs(scored)
+
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if messages is None:
+        from apache_beam.io.gcp.pubsub import ReadFromPubSub
+        messages = p | "Read Pub/Sub" >> ReadFromPubSub(subscription=cfg.pubsub_subscription)
+    parsed = messages | "Parse JSON" >> beam.ParDo(_ParseMessageDoFn(cfg)).with_outputs(
+        DEAD, main="rows")
+    scored_rows = (
+        parsed.rows
+        | "Window rows" >> beam.WindowInto(window.FixedWindows(cfg.window_seconds))
+        | "Batch rows" >> beam.BatchElements(min_batch_size=1, max_batch_size=cfg.batch_rows)
+        | "Score rows" >> beam.ParDo(_ScoreRowsDoFn(cfg)).with_outputs(DEAD, main="scored"))
+    scored = scored_rows.scored | "Back to global window" >> beam.WindowInto(window.GlobalWindows())
+    if cfg.adaptive is not None:
+        scored = scored | "Adaptive threshold" >> AdaptiveThresholds(cfg.adaptive)
+    write = dict(window_seconds=cfg.window_seconds,
+                 allowed_lateness_seconds=cfg.allowed_lateness_seconds,
+                 early_firing_seconds=cfg.early_firing_seconds, run_id=run_id)
+    scored_files = scored | "Write scored" >> WriteWindowedParquet(cfg.output, **write)
+    dead_files = ((parsed[DEAD], scored_rows[DEAD])
+                  | "All dead letters" >> beam.Flatten()
+                  | "Write dead letters" >> WriteWindowedParquet(
+                      fs.join(cfg.output, DEAD_LETTER_DIR), prefix="dead_letter", **write))
+    return StreamOutputs(scored_files, dead_files)
+
+
+def config_from_args(args) -> StreamConfig:
+    keys = tuple(k.strip() for k in (args.key_columns or "").split(",") if k.strip())
+    adaptive = None
+    if args.adaptive_threshold:
+        adaptive = AdaptiveConfig(quantile=args.adaptive_quantile,
+                                  window_rows=args.adaptive_window_rows,
+                                  warmup_rows=min(args.adaptive_warmup_rows,
+                                                  args.adaptive_window_rows),
+                                  key_column=args.adaptive_key)
+        if adaptive.key_column and adaptive.key_column not in keys:
+            keys = keys + (adaptive.key_column,)
+    return StreamConfig(
+        bundle=args.bundle, output=args.output, watch=args.watch,
+        pubsub_subscription=args.pubsub_subscription, window_seconds=args.window_seconds,
+        poll_seconds=args.poll_seconds, stop_after_seconds=args.stop_after_seconds,
+        timestamp_column=args.timestamp_column,
+        allowed_lateness_seconds=args.allowed_lateness_seconds,
+        early_firing_seconds=args.early_firing_seconds,
+        bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
+        scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
+                               reconstruction=args.reconstruction),
+        adaptive=adaptive)
+
+
+def pipeline_options(beam_args: List[str], cfg: StreamConfig):
+    """Streaming options; an in-process runner unless --runner is given.
+
+    Plain DirectRunner would first try to download Prism. The file source runs on
+    FnApiRunner: its polling SDF emits in real time and scoring is fused with it, so
+    files are written as they land (the BundleBasedDirectRunner cannot run
+    PeriodicImpulse: it rejects defer_remainder). The Pub/Sub source needs the
+    BundleBasedDirectRunner (the only local engine with a streaming Pub/Sub reader,
+    windows firing on the watermark, and TestStream).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    opts = PipelineOptions(list(beam_args))
+    std = opts.view_as(StandardOptions)
+    std.streaming = True
+    if not std.runner:
+        std.runner = "FnApiRunner" if cfg.watch is not None else "BundleBasedDirectRunner"
+    return opts
+
+
+def validate(cfg: StreamConfig) -> None:
+    """Cheap checks before the job starts (reads bundle.json only, never the model)."""
+    from latentbeam.model import load_bundle_info
+    from latentbeam.pipeline.bundles import is_watched, newest_bundle_dir
+
+    path = newest_bundle_dir(cfg.bundle) if is_watched(cfg.bundle) else cfg.bundle
+    if path is None:
+        raise ValueError(f"--bundle {cfg.bundle}: no bundle.json found there or in its "
+                         f"subdirectories. Expected a directory written by `latentbeam train`.")
+    info = load_bundle_info(path)
+    if cfg.adaptive is not None:
+        adaptive_scale(info, cfg.adaptive.quantile)
+
+
+def run_stream_command(args, beam_args: List[str]) -> int:
+    cfg = config_from_args(args)
+    validate(cfg)
+    fs.makedirs(cfg.output)
+    done = read_manifest(cfg.output) if cfg.watch else {}
+    log.info("Streaming %s -> %s (window %gs, poll %gs, %d sources already in the manifest)",
+             cfg.source_name, cfg.output, cfg.window_seconds, cfg.poll_seconds, len(done))
+    p = beam.Pipeline(options=pipeline_options(beam_args, cfg))
+    build_stream(p, cfg)
+    result = p.run()
+    result.wait_until_finish()
+    log.info("Stream ended: %s", result.state)
+    return 0

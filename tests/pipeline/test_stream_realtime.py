@@ -1,0 +1,121 @@
+"""`latentbeam stream` against a directory that files land in while it runs (real time)."""
+import json
+import os
+import shutil
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from latentbeam import cli
+from latentbeam.demo import digits_table
+from latentbeam.model import load_bundle_info
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _land(directory: str, name: str, table: pa.Table) -> None:
+    """Writes under a temporary name, then renames: the watcher never sees half a file."""
+    tmp = os.path.join(directory, f".{name}.tmp")
+    pq.write_table(table, tmp)
+    os.rename(tmp, os.path.join(directory, name))
+
+
+def _slice(start: int, n: int) -> pa.Table:
+    return digits_table().slice(start, n)
+
+
+def _read_all(out: str):
+    scored = [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".parquet")]
+    dl_dir = os.path.join(out, "dead_letter")
+    dead = [os.path.join(dl_dir, f) for f in sorted(os.listdir(dl_dir))] if os.path.isdir(dl_dir) else []
+    return ([pq.read_table(f) for f in scored], [pq.read_table(f) for f in dead])
+
+
+@pytest.fixture(scope="module")
+def second_bundle_dir(tmp_path_factory, digits_glob):
+    from latentbeam.config import from_dict
+    from latentbeam.model import train
+
+    out = str(tmp_path_factory.mktemp("bundle2") / "v2")
+    train(from_dict({"data": {"path": digits_glob, "label": "label", "key_columns": ["id"]}},
+                    ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
+                     "train.verbose=0", "train.seed=1"]), out)
+    return out
+
+
+def test_files_landing_while_streaming_are_scored_once_with_hot_swap(
+        tmp_path, tiny_bundle_dir, second_bundle_dir):
+    watch, out, models = tmp_path / "in", str(tmp_path / "out"), tmp_path / "models"
+    watch.mkdir()
+    shutil.copytree(tiny_bundle_dir, models / "v1")
+    v1 = load_bundle_info(tiny_bundle_dir).model_version
+    v2 = load_bundle_info(second_bundle_dir).model_version
+    assert v1 != v2
+    bad_rows = _slice(300, 20).to_pylist()
+    bad_rows[4]["pixel_10"] = None
+    landed = {}
+
+    def feed():
+        time.sleep(3.0)
+        for i in range(3):  # scored by v1
+            _land(str(watch), f"a{i}.parquet", _slice(i * 100, 100))
+            landed[f"a{i}"] = time.time()
+            time.sleep(0.4)
+        (watch / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+        shutil.copytree(second_bundle_dir, models / "v2")  # bundle.json lands last
+        os.utime(models / "v2" / "bundle.json")
+        time.sleep(2.5)  # > --bundle-poll-seconds
+        for i in range(3):  # scored by v2
+            _land(str(watch), f"b{i}.parquet", _slice(500 + i * 100, 100))
+            time.sleep(0.4)
+        _land(str(watch), "bad.parquet", pa.Table.from_pylist(bad_rows, schema=_slice(0, 1).schema))
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    rc = cli.main(["stream", "--bundle", str(models), "--watch", str(watch / "*.parquet"),
+                   "--output", out, "--window-seconds", "2", "--poll-seconds", "0.5",
+                   "--bundle-poll-seconds", "0.5", "--stop-after-seconds", "12",
+                   "--key-columns", "id"])
+    thread.join()
+    assert rc == 0
+
+    scored, dead = _read_all(out)  # every output file reads back
+    ids = [i for t in scored for i in t.column("id").to_pylist()]
+    expected = list(range(0, 300)) + list(range(500, 800)) + list(range(300, 320))
+    assert sorted(ids + [json.loads(r)["id"] for t in dead for r in t.column("payload").to_pylist()
+                         if r is not None]) == sorted(expected)
+    assert len(ids) == len(set(ids)) == 619
+    letters = pa.concat_tables(dead).to_pylist()
+    assert sorted((os.path.basename(d["source"]), d["row"], d["reason"]) for d in letters) == [
+        ("bad.parquet", 4, "null_value"), ("corrupt.parquet", None, "unreadable_file")]
+
+    versions = {}
+    for t in scored:
+        for i, v in zip(t.column("id").to_pylist(), t.column("model_version").to_pylist()):
+            versions[i] = v
+    assert {versions[i] for i in range(0, 300)} == {v1}
+    assert {versions[i] for i in range(500, 800)} == {v2}
+    assert all(t.schema.names == ["id", "latent", "reconstruction_error", "anomaly_score",
+                                  "is_anomaly", "model_version"] for t in scored)
+
+    manifest = [json.load(open(os.path.join(out, "_manifest", f)))
+                for f in os.listdir(os.path.join(out, "_manifest"))]
+    assert sorted(os.path.basename(m["source"]) for m in manifest) == [
+        "a0.parquet", "a1.parquet", "a2.parquet", "b0.parquet", "b1.parquet", "b2.parquet",
+        "bad.parquet", "corrupt.parquet"]
+    assert sum(m["rows"] for m in manifest) == 620
+    assert sum(m["scored"] for m in manifest) == 619
+
+    # Restart: scored files are skipped; only the new one is scored.
+    before = sorted(os.listdir(out))
+    _land(str(watch), "c0.parquet", _slice(900, 50))
+    assert cli.main(["stream", "--bundle", str(models), "--watch", str(watch / "*.parquet"),
+                     "--output", out, "--window-seconds", "2", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "2", "--key-columns", "id"]) == 0
+    new = sorted(set(os.listdir(out)) - set(before))
+    assert len(new) == 1
+    assert pq.read_table(os.path.join(out, new[0])).column("id").to_pylist() == list(range(900, 950))
+    assert len(os.listdir(os.path.join(out, "_manifest"))) == 9
