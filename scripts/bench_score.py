@@ -1,0 +1,303 @@
+"""Batch scoring throughput: `latentbeam score` vs a bare pyarrow loop vs row-per-element RunInference.
+
+Generates N synthetic rows x 64 float32 features (low-rank plus noise, with an `id`
+key) as Parquet files, trains a dense autoencoder 64-32-8 on a 50k-row sample, then
+scores with three paths, each in its own child process (wall time and that child's
+peak RSS, from os.wait4):
+
+  (a) beam      `latentbeam score` on the in-process runner (FnApiRunner, in_memory)
+  (b) bare      no Beam: pyarrow read -> the same scoring core (records.score_record_batch,
+                one model call per 8192-row batch) -> pyarrow write; the practical limit
+  (c) rowwise   Beam ReadFromParquet (one dict per row) -> numpy array per element ->
+                RunInference with a numpy ModelHandler calling model.predict on each
+                batch (what TFModelHandlerNumpy does) -> dict per row -> WriteToParquet;
+                what users write today. Measured on --rows-rowwise rows (it is slow),
+                reported as measured rows/s, never extrapolated.
+
+Prints rows/s, peak RSS and the ratios (targets: a >= 0.6 x b, a >= 50 x c).
+With --rss-rows N (e.g. 10000000) also runs (a) on N rows and reports its peak RSS
+(target < 1.5 GB).
+
+    .venv/bin/python scripts/bench_score.py [--rows 1000000] [--rows-rowwise 50000]
+                                            [--rss-rows 10000000]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FEATURES = 64
+ROWS_PER_FILE = 1_000_000
+TARGET_VS_BARE = 0.6
+TARGET_VS_ROWWISE = 50.0
+TARGET_RSS_GB = 1.5
+
+
+# --------------------------------------------------------------------------- data + bundle
+
+def write_data(directory: str, rows: int, seed: int = 0, rows_per_file: int = ROWS_PER_FILE
+               ) -> None:
+    """`rows` synthetic rows in files of at most `rows_per_file` rows (1% off-manifold)."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(8, FEATURES))
+    names = [f"f{i:02d}" for i in range(FEATURES)]
+    for i, start in enumerate(range(0, rows, rows_per_file)):
+        n = min(rows_per_file, rows - start)
+        x = rng.normal(size=(n, 8)) @ w + 0.1 * rng.normal(size=(n, FEATURES)) + 5.0
+        outliers = rng.random(n) < 0.01
+        x[outliers] += rng.normal(scale=3.0, size=(int(outliers.sum()), FEATURES))
+        x = x.astype(np.float32)
+        table = pa.table({"id": np.arange(start, start + n, dtype=np.int64),
+                          **{c: x[:, j] for j, c in enumerate(names)}})
+        pq.write_table(table, os.path.join(directory, f"data-{i:05d}.parquet"))
+
+
+def train_bundle(data_pattern: str, workdir: str) -> str:
+    from latentbeam.config import from_dict
+    from latentbeam.model import train
+
+    sample_dir = os.path.join(workdir, "train")
+    write_data(sample_dir, 50_000, seed=1)
+    bundle_dir = os.path.join(workdir, "bundle")
+    train(from_dict({"data": {"path": os.path.join(sample_dir, "*.parquet"),
+                              "key_columns": ["id"]},
+                     "model": {"latent_dim": 8, "hidden_units": [32]},
+                     "train": {"epochs": 3, "seed": 0, "verbose": 0}}), bundle_dir)
+    return bundle_dir
+
+
+# --------------------------------------------------------------------------- child paths
+
+def child_bare(bundle_dir: str, pattern: str, out: str) -> int:
+    """(b): pyarrow read -> scoring core -> pyarrow write, one output file per input."""
+    from latentbeam.model import load_bundle
+    from latentbeam.pipeline.records import ScoringOptions, score_record_batch
+
+    bundle = load_bundle(bundle_dir)
+    opts = ScoringOptions(key_columns=("id",))
+    os.makedirs(out, exist_ok=True)
+    rows = 0
+    for i, path in enumerate(sorted(glob.glob(pattern))):
+        writer = None
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+            scored, _ = score_record_batch(bundle, batch, source=path, opts=opts)
+            if writer is None:
+                writer = pq.ParquetWriter(os.path.join(out, f"part-{i:05d}.parquet"),
+                                          scored.schema)
+            writer.write_batch(scored)
+            rows += scored.num_rows
+        writer.close()
+    return rows
+
+
+def child_startup(bundle_dir: str) -> int:
+    """The fixed cost every path pays: imports (TensorFlow, Beam) and loading the bundle."""
+    import apache_beam  # noqa: F401
+
+    from latentbeam.model import load_bundle
+    from latentbeam.pipeline import batch  # noqa: F401
+
+    load_bundle(bundle_dir)
+    return 0
+
+
+def child_rowwise(bundle_dir: str, pattern: str, out: str, rows: int) -> int:
+    """(c): one Beam element per row, RunInference with a numpy handler (model.predict)."""
+    import apache_beam as beam
+    from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
+    from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
+                                                RunInference)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from latentbeam.model import load_bundle_info
+
+    info = load_bundle_info(bundle_dir)
+    names = info.feature_names
+    threshold = info.threshold.threshold
+
+    class NumpyHandler(ModelHandler):
+        """The usual hand-written handler: stack arrays, model.predict, one result per row."""
+
+        def load_model(self):
+            from latentbeam.model import load_bundle
+            return load_bundle(bundle_dir).model
+
+        def run_inference(self, batch, model, inference_args=None):
+            out = model.predict(np.stack(batch), verbose=0)
+            return [PredictionResult(x, {k: v[i] for k, v in out.items()})
+                    for i, x in enumerate(batch)]
+
+    def to_output(keyed):
+        key, result = keyed
+        err = float(np.mean(result.inference["feature_errors"]))
+        return {"id": key, "latent": result.inference["latent"].tolist(),
+                "reconstruction_error": err, "anomaly_score": err / threshold,
+                "is_anomaly": err / threshold > 1.0}
+
+    # The first `rows` rows of the data, as one file for ReadFromParquet.
+    src = os.path.join(out + "-input", "input.parquet")
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    first = sorted(glob.glob(pattern))[0]
+    pq.write_table(_head(first, rows), src)
+    schema = pa.schema([("id", pa.int64()), ("latent", pa.list_(pa.float32())),
+                        ("reconstruction_error", pa.float32()), ("anomaly_score", pa.float32()),
+                        ("is_anomaly", pa.bool_())])
+    options = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
+    with beam.Pipeline(options=options) as p:
+        _ = (p | ReadFromParquet(src)
+             | beam.Map(lambda r: (r["id"], np.array([r[c] for c in names], np.float32)))
+             | RunInference(KeyedModelHandler(NumpyHandler()))
+             | beam.Map(to_output)
+             | WriteToParquet(os.path.join(out, "part"), schema, file_name_suffix=".parquet"))
+    return rows
+
+
+def _head(path: str, rows: int) -> pa.Table:
+    batches, n = [], 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        batches.append(batch)
+        n += batch.num_rows
+        if n >= rows:
+            break
+    return pa.Table.from_batches(batches).slice(0, rows)
+
+
+# --------------------------------------------------------------------------- measurement
+
+def measure(cmd) -> dict:
+    """Runs `cmd` as a child; wall seconds and that child's peak RSS (bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be a max over all).
+    out_err = [b"", b""]
+
+    def drain(stream, i):
+        out_err[i] = stream.read()
+    threads = [threading.Thread(target=drain, args=(s, i))
+               for i, s in enumerate((proc.stdout, proc.stderr))]
+    for t in threads:
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(out_err[1].decode(errors="replace")[-4000:])
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(cmd)}")
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024,
+            "stdout": out_err[0].decode(errors="replace")}
+
+
+def run_beam(bundle: str, pattern: str, out: str) -> dict:
+    r = measure([sys.executable, "-m", "latentbeam", "--log-level", "WARNING", "score",
+                 "--bundle", bundle, "--input", pattern, "--output", out, "--key-columns", "id",
+                 "--overwrite"])
+    done = json.load(open(os.path.join(out, "_SUCCESS")))
+    r["rows"] = done["rows_scored"]
+    return r
+
+
+def run_child(mode: str, bundle: str, pattern: str, out: str, rows: int = 0) -> dict:
+    r = measure([sys.executable, __file__, "--child", mode, "--bundle", bundle,
+                 "--pattern", pattern, "--out", out, "--child-rows", str(rows)])
+    r["rows"] = int(r["stdout"].strip().splitlines()[-1])
+    return r
+
+
+def _fmt(name: str, r: dict, startup: float) -> str:
+    net = max(r["seconds"] - startup, 1e-9)
+    return (f"{name:<44} {r['rows']:>10,d} rows {r['seconds']:>7.1f} s "
+            f"{r['rows'] / r['seconds']:>10,.0f} rows/s ({r['rows'] / net:>10,.0f} net of "
+            f"start-up)  peak RSS {r['peak_rss'] / 2**30:5.2f} GB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows-rowwise", type=int, default=50_000)
+    ap.add_argument("--rss-rows", type=int, default=0,
+                    help="also run (a) on this many rows and report its peak RSS")
+    ap.add_argument("--workdir", default=None, help="default: a temporary directory")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pattern", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-rows", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "bare":
+        print(child_bare(args.bundle, args.pattern, args.out))
+        return
+    if args.child == "startup":
+        print(child_startup(args.bundle))
+        return
+    if args.child == "rowwise":
+        print(child_rowwise(args.bundle, args.pattern, args.out, args.child_rows))
+        return
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="latentbeam-bench-score-")
+    try:
+        data = os.path.join(workdir, "data")
+        print(f"writing {args.rows:,d} rows x {FEATURES} float32 features to {data} ...",
+              flush=True)
+        write_data(data, args.rows)
+        pattern = os.path.join(data, "*.parquet")
+        print("training the 64-32-8 dense autoencoder on a 50k-row sample ...", flush=True)
+        bundle = train_bundle(pattern, workdir)
+
+        s = run_child("startup", bundle, pattern, os.path.join(workdir, "out-s"))
+        startup = s["seconds"]
+        print(f"start-up (imports + bundle load, paid by every path): {startup:.1f} s, "
+              f"peak RSS {s['peak_rss'] / 2**30:.2f} GB", flush=True)
+        a = run_beam(bundle, pattern, os.path.join(workdir, "out-a"))
+        print(_fmt("(a) latentbeam score, in-process runner", a, startup), flush=True)
+        b = run_child("bare", bundle, pattern, os.path.join(workdir, "out-b"))
+        print(_fmt("(b) bare pyarrow loop, no Beam", b, startup), flush=True)
+        c = run_child("rowwise", bundle, pattern, os.path.join(workdir, "out-c"),
+                      min(args.rows_rowwise, args.rows))
+        print(_fmt("(c) RunInference, numpy handler, row/element", c, startup), flush=True)
+        same = all(pq.read_table(os.path.join(workdir, "out-a", n)).equals(
+            pq.read_table(os.path.join(workdir, "out-b", n)))
+            for n in sorted(os.listdir(os.path.join(workdir, "out-b"))))
+        ra, rb, rc = (r["rows"] / r["seconds"] for r in (a, b, c))
+        na, nb, nc = (r["rows"] / max(r["seconds"] - startup, 1e-9) for r in (a, b, c))
+        print()
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
+              f"{platform.python_version()}")
+        print(f"(a) / (b) = {ra / rb:.2f} wall, {na / nb:.2f} net   (target >= {TARGET_VS_BARE})  "
+              f"{'OK' if ra / rb >= TARGET_VS_BARE else 'MISSED'}")
+        print(f"(a) / (c) = {ra / rc:.1f} wall, {na / nc:.1f} net   (target >= "
+              f"{TARGET_VS_ROWWISE:.0f})  {'OK' if ra / rc >= TARGET_VS_ROWWISE else 'MISSED'}")
+        print(f"(a) and (b) outputs equal: {same}")
+        if args.rss_rows:
+            big = os.path.join(workdir, "big")
+            shutil.rmtree(data)
+            print(f"\nwriting {args.rss_rows:,d} rows for the memory run ...", flush=True)
+            write_data(big, args.rss_rows, seed=2)
+            r = run_beam(bundle, os.path.join(big, "*.parquet"), os.path.join(workdir, "out-big"))
+            print(_fmt("(a) latentbeam score, memory run", r, startup))
+            print(f"peak RSS {r['peak_rss'] / 2**30:.2f} GB (target < {TARGET_RSS_GB} GB)  "
+                  f"{'OK' if r['peak_rss'] / 2**30 < TARGET_RSS_GB else 'MISSED'}")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
