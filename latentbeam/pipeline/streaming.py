@@ -1,40 +1,51 @@
 """`latentbeam stream`: score Parquet files (or Pub/Sub JSON messages) as they land.
 
-Pipeline (file source):
+File source (--watch GLOB):
 
-    MatchContinuously(--watch, every --poll-seconds, has_deduplication=False)
-      -> first sighting of each path (stateful, keyed by path; skips paths already in
-         the manifest)
-      -> score the whole file with the current bundle (records.score_record_batch)
-         -> scored chunks, timestamped with event time (--timestamp-column) or the
-            poll time that found the file
-         -> dead letters (bad rows, unreadable files, late rows), at the poll time
-      -> [adaptive threshold, stateful per key]
-      -> FixedWindows(--window-seconds), allowed lateness, trigger (see below)
-      -> fileio.WriteToFiles + ParquetChunkSink: OUT/*.parquet, OUT/dead_letter/*.parquet
-      -> footers of the written files -> per-source row accounting -> OUT/_manifest/
+    MatchContinuously(every --poll-seconds, has_deduplication=False, stop at
+    --stop-after-seconds) -> path -> [fused, no shuffle] first sighting of the path
+    (per-process set + OUT/_manifest/) -> score the whole file with the current bundle
+    (records.score_record_batch) -> rows split by window -> one Parquet file per
+    (window, source file) -> dead letters -> manifest entry.
 
-Trigger: AfterWatermark(early=AfterProcessingTime(--early-firing-seconds) if given,
-late=AfterCount(1)), DISCARDING: a window's main file(s) are written when the
-watermark passes its end; every later firing (early or late) writes new files with the
-new rows only, so no row is written twice.
+    Writing happens in the stage fused with the poll. On the local runners a
+    GroupByKey (and so any Beam window firing or fileio.WriteToFiles) downstream of
+    PeriodicImpulse only fires once polling stops: FnApiRunner runs stage by stage,
+    and the BundleBasedDirectRunner holds a splittable DoFn's output watermark at
+    -inf while it has residual work (and cannot run PeriodicImpulse at all: it
+    rejects defer_remainder). Writing in the fused stage makes a file's scores
+    readable within about one poll interval on every runner.
 
-Late rows (event time only): a row is late when its window's end plus the allowed
-lateness lies before the time it arrived (the poll that found its file, or the Pub/Sub
-message time). Late rows are written to the dead letters with reason `late_row`; they
-are never dropped silently. Rows within the allowed lateness of a window that has
-already fired are written in a late pane (an extra file for that window). Beam itself
-drops a row only if its window expired before the row reached the window step; that
-cannot happen to rows that pass the check above, because the watermark downstream of
-the scoring step is held below the arrival time until the row has been handed on.
+    Windows: a row's window is FixedWindows(--window-seconds) of its event time
+    (--timestamp-column) or of the poll time that found its file. Output file names are
+    `scored-WINDOWSTART-WINDOWEND-SOURCEHASH.parquet`: a window's rows are the union of
+    its files; each source file adds its own file (the trigger is "every arriving file").
 
-Manifest: OUT/_manifest/<hash of path>.json is written for a source file once every
-row of it has been moved into a final output or dead-letter file (counted from the
-footers of the written files). A restarted stream skips sources with a manifest entry.
-Guarantee: each source file is scored exactly once when the job stops cleanly (or by
---stop-after-seconds) and is restarted; after a crash, files whose manifest entry was
-not yet written are scored again (at-least-once: their rows already written by the
-crashed run appear twice, with distinct file names carrying the run id).
+Pub/Sub source (--pubsub-subscription): JSON messages -> FixedWindows ->
+BatchElements -> score -> [adaptive threshold, stateful] -> FixedWindows with
+trigger AfterWatermark(early=AfterProcessingTime(--early-firing-seconds) if given,
+late=AfterCount(1)), DISCARDING, allowed lateness -> fileio.WriteToFiles with
+ParquetChunkSink (one new file per firing, so no row is written twice).
+
+Late rows (event time, both sources): a row is late when its window's end plus
+--allowed-lateness-seconds lies before the time it arrived (the poll that found its
+file, or the Pub/Sub message time). Late rows go to the dead letters with reason
+`late_row`, never dropped silently. Rows within the allowed lateness of a closed window
+are still written to that window (an extra file; in the Pub/Sub path a late pane). In
+the Pub/Sub path Beam drops a row only if its window expired before the row reached
+the window step, which cannot happen to rows passing the check above: the watermark
+downstream of the parsing step is held below the message time until the row has been
+handed on.
+
+Manifest (file source): OUT/_manifest/<hash of path>.json is written for a source file
+after all its output and dead-letter files are written. A restarted stream skips
+sources with a manifest entry. A source scored again after a crash (between its
+outputs and its manifest entry) rewrites its files under the same deterministic names
+(window + hash of the source path) and removes any other files of that source left by
+the crashed run before its manifest entry is written: each source file's rows appear
+exactly once in OUT after the restarted stream has processed it. Caveat: with
+processing time, a reader looking between the crash and the restart sees the crashed
+run's files.
 """
 from __future__ import annotations
 
@@ -56,6 +67,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
@@ -332,6 +344,15 @@ class _ScoreFileDoFn(beam.DoFn):
             name = f"dead_letter-{_window_name(a - a % w, w)}-{tag}.parquet"
             outputs.append(fs.join(cfg.output, DEAD_LETTER_DIR, name))
             _write_atomically(outputs[-1], _parquet_bytes([dead_letters_to_batch(letters)], path))
+        # A run that crashed after writing this source's files but before its manifest
+        # entry may have put them in other windows (processing time): remove those.
+        stale = [f for pattern in (fs.join(cfg.output, f"scored-*-{tag}.parquet"),
+                                   fs.join(cfg.output, DEAD_LETTER_DIR, f"dead_letter-*-{tag}.parquet"))
+                 for f in fs.match(pattern) if f not in outputs]
+        if stale:
+            log.warning("Removing %d output file(s) of an earlier, unfinished scoring of %s",
+                        len(stale), path)
+            FileSystems.delete(stale)
         return outputs
 
     def _with_adaptive(self, bundle, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -619,7 +640,7 @@ class WriteWindowedParquet(beam.PTransform):
                 | "Write Parquet" >> fileio.WriteToFiles(
                     path=path, file_naming=file_naming(self._prefix, self._run_id),
                     sink=lambda dest: ParquetChunkSink(), shards=1,
-                    temp_directory=fs.join(path, TEMP_DIR, self._run_id))
+                    temp_directory=StaticValueProvider(str, fs.join(path, TEMP_DIR, self._run_id)))
                 | "Full path" >> beam.Map(lambda r: fs.join(path, r.file_name)))
 
 

@@ -119,3 +119,46 @@ def test_files_landing_while_streaming_are_scored_once_with_hot_swap(
     assert len(new) == 1
     assert pq.read_table(os.path.join(out, new[0])).column("id").to_pylist() == list(range(900, 950))
     assert len(os.listdir(os.path.join(out, "_manifest"))) == 9
+
+
+def test_event_time_file_rows_go_to_their_windows_late_rows_to_dead_letters(tmp_path,
+                                                                            tiny_bundle_dir):
+    watch, out = tmp_path / "in", str(tmp_path / "out")
+    watch.mkdir()
+    now = time.time()
+    t = _slice(0, 6)
+    # Event times: 3 rows now, 2 rows 25 s ago (window closed, within 30 s lateness),
+    # 1 row 300 s ago (beyond lateness -> late_row dead letter).
+    ts = [now, now, now, now - 25, now - 25, now - 300]
+    _land(str(watch), "f.parquet", t.append_column("ts", pa.array(ts, pa.float64())))
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(watch / "*.parquet"),
+                     "--output", out, "--window-seconds", "10", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "2", "--key-columns", "id",
+                     "--timestamp-column", "ts", "--allowed-lateness-seconds", "30",
+                     "--adaptive-threshold", "--adaptive-warmup-rows", "1"]) == 0
+    scored, dead = _read_all(out)
+    assert sorted(sorted(x.column("id").to_pylist()) for x in scored) == [[0, 1, 2], [3, 4]]
+    assert [(d["row"], d["reason"]) for d in dead[0].to_pylist()] == [(5, "late_row")]
+    table = pa.concat_tables(scored)
+    assert table.schema.names[-2:] == ["adaptive_threshold", "is_anomaly_adaptive"]
+    assert table.column("adaptive_threshold").type == pa.float32()
+
+
+def test_restart_after_crash_replaces_the_unfinished_outputs_of_a_source(tmp_path, tiny_bundle_dir):
+    import hashlib
+
+    watch, out = tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    _land(str(watch), "f.parquet", _slice(0, 30))
+    # What a crash after writing but before the manifest entry leaves behind.
+    tag = hashlib.sha256(str(watch / "f.parquet").encode()).hexdigest()[:16]
+    stale = out / f"scored-19700101T000000-19700101T000010-{tag}.parquet"
+    pq.write_table(_slice(0, 30), stale)
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(watch / "*.parquet"),
+                     "--output", str(out), "--window-seconds", "10", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "1.5", "--key-columns", "id"]) == 0
+    assert not stale.exists()
+    scored, dead = _read_all(str(out))
+    assert sorted(i for t in scored for i in t.column("id").to_pylist()) == list(range(30))
+    assert dead == []
