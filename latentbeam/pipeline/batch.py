@@ -331,6 +331,10 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
         raise ValueError(f"--batch-rows must be a positive integer. Received: {job.batch_rows}")
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
     sources = resolve_inputs(job.input, job.data_dir)
+    inside = [src for src in sources if src.startswith(job.output.rstrip("/") + "/")]
+    if inside:
+        raise ValueError(f"Input {inside[0]} is inside the output directory {job.output}; the "
+                         f"job replaces that directory's contents. Write to another directory.")
     check_output_dir(job.output, job.overwrite)
     tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)

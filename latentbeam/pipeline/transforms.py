@@ -20,7 +20,7 @@ the "latentbeam" Beam metrics.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -29,7 +29,7 @@ from latentbeam.model import load_bundle_info
 from latentbeam.model.features import SchemaMismatch, row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
-                                         ScoringMetrics)
+                                         ROWS_SCORED, ScoringMetrics)
 from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, ScoringOptions,
                                          dead_letter, decode_record_batch, rows_to_record_batch,
                                          score_record_batch)
@@ -94,7 +94,7 @@ class _BundleDoFn(beam.DoFn):
         self._metrics.inc(ROWS_DEAD_LETTERED, letters)
         if self._mode == MODE_DECODE:
             # Decoded rows have no error/flag: rows_scored counts them as processed.
-            self._metrics.inc("rows_scored", read - letters)
+            self._metrics.inc(ROWS_SCORED, read - letters)
 
     def process(self, elements: Sequence[Any]):
         rows: List[Any] = []
