@@ -224,3 +224,16 @@ def test_cli_score_prints_the_summary_and_refuses_a_full_directory(tmp_path, cap
     err = capsys.readouterr().err
     assert "is not empty" in err and "--overwrite" in err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_cli_decode_and_input_inside_output_is_refused(tmp_path, capsys, scored,
+                                                       tiny_bundle_dir):
+    src, _ = scored
+    out = str(tmp_path / "decoded")
+    assert main(["decode", "--bundle", tiny_bundle_dir, "--input",
+                 os.path.join(src, "part-*.parquet"), "--output", out, "--key-columns", "id"]) == 0
+    assert "rows decoded:         1797" in capsys.readouterr().out
+    assert pq.read_table(out).num_rows == 1797
+    with pytest.raises(ValueError, match="inside the output directory"):
+        run_file_job(FileJob(tiny_bundle_dir, os.path.join(src, "part-*.parquet"), src,
+                             overwrite=True))
