@@ -15,9 +15,15 @@ import pytest
 
 from latentbeam.pipeline.batch import FileJob, run_file_job
 from latentbeam.pipeline.records import ScoringOptions
+from test_pipeline_batch import write_faulty_dir
 
 OPTS = ScoringOptions(key_columns=("id",))
 NAMES = ["part-00000.parquet", "part-00001.parquet", "part-00003.parquet"]
+
+
+@pytest.fixture(scope="module")
+def faulty_dir(tmp_path_factory, digits_dir) -> str:
+    return write_faulty_dir(str(tmp_path_factory.mktemp("faulty")), digits_dir)
 
 
 @pytest.fixture(scope="module")
