@@ -92,6 +92,14 @@ def test_nulls_nan_and_inf_name_the_row_and_column():
     np.testing.assert_array_equal(conv.matrix, [[1, 1], [5, 5]])
 
 
+def test_values_beyond_float32_range_are_not_finite():
+    batch = pa.table({"a": [1.0, 1e300, -1e39]})
+    conv = to_matrix(batch, infer_features(batch))
+    assert reasons(conv) == [(1, REASON_NOT_FINITE), (2, REASON_NOT_FINITE)]
+    assert conv.faults[1][2] == "column 'a' is -inf"
+    assert np.isfinite(conv.matrix).all() and conv.matrix.tolist() == [[1.0]]
+
+
 def test_first_fault_of_a_row_wins():
     batch = pa.table({"a": [None, 1.0], "b": [NAN, 2.0]})
     conv = to_matrix(batch, infer_features(batch))

@@ -170,3 +170,25 @@ def test_splits_have_the_configured_fractions_and_are_stable(digits_glob, digits
     assert stats.constant_inputs == int((var == 0).sum()) > 0
     np.testing.assert_allclose(stats.variance, np.where(var == 0, 1.0, var), rtol=1e-4)
     assert stats.fingerprint == data_mod.scan(source, 0.2, 0.05).fingerprint
+
+
+def test_tfds_default_features_are_in_a_stable_sorted_order(tmp_path):
+    # A restored FeaturesDict lists keys in a per-process order; the model input order
+    # must not depend on it.
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    zeta = rng.normal(size=(40, 2)).astype(np.float32)
+    alpha = rng.normal(size=40).astype(np.float32)
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="two_features", version="1.0.0", data_dir=str(tmp_path), disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "zeta": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "alpha": tfds.features.Tensor(shape=(), dtype=np.float32)}),
+        split_datasets={"train": tf.data.Dataset.from_tensor_slices({"zeta": zeta,
+                                                                     "alpha": alpha})})
+    source = TfdsSource("two_features", data_dir=str(tmp_path))
+    assert source.features == [Feature("alpha", "float32", ()), Feature("zeta", "float32", (2,))]
+    _, matrix, _ = collect(source)
+    np.testing.assert_array_equal(matrix, np.concatenate([alpha[:, None], zeta], axis=1))

@@ -147,12 +147,15 @@ def tfds_features(builder, *, include: Optional[Sequence[str]] = None,
     import tensorflow_datasets as tfds
 
     info = builder.info.features
-    names = list(include) if include else [k for k in info.keys() if k not in set(exclude)]
+    # Sorted: a restored FeaturesDict does not keep the order the dataset was written in
+    # (it varies between processes), and the default order fixes the model's input order.
+    available = sorted(info.keys())
+    names = list(include) if include else [k for k in available if k not in set(exclude)]
     out = []
     for name in names:
         if name not in info:
             raise ValueError(f"Feature {name!r} not in TFDS dataset {builder.name!r}. "
-                             f"Available: {', '.join(info.keys())}.")
+                             f"Available: {', '.join(available)}.")
         feat = info[name]
         dtype = np.dtype(feat.np_dtype) if hasattr(feat, "np_dtype") else np.dtype(feat.dtype.as_numpy_dtype)
         shape = tuple(int(s) for s in (feat.shape or ()))
@@ -182,7 +185,7 @@ class TfdsSource:
                                       exclude=[label] if label else [])
         if label and label not in self.builder.info.features:
             raise ValueError(f"Label {label!r} not in TFDS dataset {name!r}. "
-                             f"Available: {', '.join(self.builder.info.features.keys())}.")
+                             f"Available: {', '.join(sorted(self.builder.info.features.keys()))}.")
         self.skipped = SkipCounter()
 
     def describe(self) -> str:

@@ -149,8 +149,15 @@ class SchemaMismatch(ValueError):
     reason = REASON_MISSING_COLUMN
 
 
+def _values(array) -> np.ndarray:
+    """Numbers of a numeric Arrow array as numpy, nulls as NaN (floats are not widened)."""
+    if pa.types.is_floating(array.type):
+        return array.to_numpy(zero_copy_only=False)
+    return array.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
 def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]]) -> np.ndarray:
-    """(n, feature.size) float64 values for one column; marks bad rows in `bad`."""
+    """(n, feature.size) values (float64, or float32/16 as stored) for one column; marks bad rows in `bad`."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     t = column.type
@@ -169,7 +176,7 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
             return values.reshape(n, 1)
         if not _is_numeric(t):
             raise SchemaMismatch(f"column {name!r} has type {t}, expected a number")
-        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = _values(column)
         if column.null_count:
             for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
                 bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
@@ -197,7 +204,7 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
         flat = pc.list_flatten(flat)
     lengths = np.bincount(row_of, minlength=n) if row_of is not None else np.ones(n, np.int64)
     row_null = column.is_null().to_numpy(zero_copy_only=False)
-    values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    values = _values(flat)
     value_null = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else None
     out = np.full((n, feature.size), np.nan)
     ends = np.cumsum(lengths)
@@ -242,13 +249,18 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
     n = batch.num_rows
     names = batch.schema.names
     bad: Dict[int, Tuple[str, str]] = {}
-    blocks = []
+    # Filled column by column in the model's dtype; checking finiteness after the float32
+    # conversion also catches values too large for float32 (they become inf).
+    matrix = np.empty((n, n_inputs(features)), dtype=np.float32)
+    offset = 0
     for f in features:
         if f.name not in names:
             raise SchemaMismatch(
                 f"feature column {f.name!r} is missing (columns present: {', '.join(names)})")
-        blocks.append(_column_to_array(batch.column(names.index(f.name)), f, n, bad))
-    matrix = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            matrix[:, offset:offset + f.size] = _column_to_array(
+                batch.column(names.index(f.name)), f, n, bad)
+        offset += f.size
     finite = np.isfinite(matrix)
     if not finite.all():
         for i in np.flatnonzero(~finite.all(axis=1)):
@@ -264,7 +276,7 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
     else:
         valid = np.arange(n, dtype=np.int64)
     faults = [(i, r, d) for i, (r, d) in sorted(bad.items())]
-    return Conversion(np.ascontiguousarray(matrix, dtype=np.float32), valid, faults)
+    return Conversion(np.ascontiguousarray(matrix), valid, faults)
 
 
 def _locate(features: Sequence[Feature], col: int) -> Tuple[str, str]:
