@@ -15,7 +15,9 @@ from typing import Dict, Optional
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.execution import MetricsEnvironment
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.metrics.metricbase import MetricName
 
 from latentbeam.pipeline.records import COL_ERROR, COL_FLAG
 
@@ -39,6 +41,7 @@ class ScoringMetrics:
     def __init__(self):
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in COUNTERS}
         self._errors = Metrics.distribution(NAMESPACE, ERROR_DISTRIBUTION)
+        self._errors_name = MetricName(NAMESPACE, ERROR_DISTRIBUTION)
 
     def inc(self, name: str, n: int = 1) -> None:
         if n:
@@ -58,7 +61,11 @@ class ScoringMetrics:
 
     def record_errors(self, errors: np.ndarray) -> None:
         """Adds reconstruction errors (float) to the distribution, in millionths."""
-        update = self._errors.update
+        # Beam distributions take one value per call: resolve the current cell once per
+        # batch instead of once per row (what Distribution.update does), ~3x cheaper.
+        container = MetricsEnvironment.current_container()
+        update = (container.get_distribution(self._errors_name).update
+                  if container is not None else self._errors.update)
         for v in np.rint(np.asarray(errors, np.float64) * ERROR_SCALE).astype(np.int64).tolist():
             update(v)
 

@@ -76,6 +76,9 @@ def _same_as_reference(reference, out, summary):
               "anomalies")
     assert [getattr(summary, c) for c in counts] == [getattr(ref, c) for c in counts]
     assert [summary.metrics[c] for c in counts] == [ref.metrics[c] for c in counts]
+    assert summary.metrics["reconstruction_error_micros"] == ref.metrics[
+        "reconstruction_error_micros"]
+    assert summary.metrics["reconstruction_error_micros"].count == 1804
     assert summary.metrics["rows_read"] == (summary.metrics["rows_scored"]
                                             + summary.metrics["rows_dead_lettered"]) == 1807
 
