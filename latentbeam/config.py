@@ -66,6 +66,7 @@ class TrainConfig:
     patience: int = 10  # early stopping patience in epochs; best weights restored
     seed: int = 0  # same seed -> identical weights on CPU
     shuffle_buffer: int = 16384  # rows; bounds memory when streaming Parquet
+    cache_mb: int = 256  # replay the data from memory if it fits (0: read it every epoch)
     tensorboard_dir: Optional[str] = None
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
 
@@ -192,9 +193,11 @@ def validate(config: Config) -> Config:
                    ("model.kl_weight", m.kl_weight)):
         if v < 0:
             raise ValueError(f"`{key}` must be >= 0. Received: {v}")
-    if t.epochs < 1 or t.batch_size < 1 or t.patience < 0 or t.learning_rate <= 0:
+    if t.epochs < 1 or t.batch_size < 1 or t.patience < 0 or t.learning_rate <= 0 \
+            or t.cache_mb < 0:
         raise ValueError("`train.epochs` and `train.batch_size` must be >= 1, "
-                         "`train.patience` >= 0 and `train.learning_rate` > 0.")
+                         "`train.patience` and `train.cache_mb` >= 0 and "
+                         "`train.learning_rate` > 0.")
     for key, v in (("train.validation_fraction", t.validation_fraction),
                    ("threshold.calibration_fraction", th.calibration_fraction)):
         if not 0.0 < v < 0.5:

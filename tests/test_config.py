@@ -108,6 +108,7 @@ def test_a_non_mapping_section_or_file_is_rejected():
     (DATA, ["model.latent_dim=0"], "expected a positive integer. Received: model.latent_dim=0"),
     (DATA, ["model.hidden_units=[8, 0]"], "Received: model.hidden_units=[8, 0]"),
     (DATA, ["model.dropout=1.0"], "`model.dropout` must be in [0, 1). Received: 1.0"),
+    (DATA, ["train.cache_mb=-1"], "`train.patience` and `train.cache_mb` >= 0"),
     (DATA, ["train.validation_fraction=0.5"],
      "`train.validation_fraction` must be in (0, 0.5). Received: 0.5"),
     (DATA, ["threshold.value=1.5"], "level in (0, 1). Received: 1.5"),

@@ -3,14 +3,41 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_config
 
 from latentbeam.config import from_dict
 from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
 from latentbeam.model import data as data_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
+from latentbeam.model.training import CachedSource
 
 TINY = ["model.hidden_units=[16]", "train.verbose=0"]
+
+
+def tiny_config(glob, *extra):
+    """The config of the session's `tiny_bundle` (see conftest.py), plus `extra` overrides."""
+    return from_dict({"data": {"path": glob, "label": "label", "key_columns": ["id"]}},
+                     ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
+                      "train.verbose=0", "train.seed=0", *extra])
+
+
+class CountingSource:
+    """A real ParquetSource that counts how often the data is read."""
+
+    def __init__(self, pattern):
+        self.inner = data_mod.ParquetSource(pattern, label="label", key_columns=["id"])
+        self.features = self.inner.features
+        self.passes = 0
+
+    @property
+    def skipped(self):
+        return self.inner.skipped
+
+    def describe(self):
+        return self.inner.describe()
+
+    def chunks(self):
+        self.passes += 1
+        yield from self.inner.chunks()
 
 
 def weights_equal(a, b) -> bool:
@@ -31,6 +58,34 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_bundle
         [w.shape for w in tiny_bundle.model.get_weights()]
 
 
+def test_data_that_fits_in_memory_is_read_once_with_identical_results(digits_glob):
+    cached = CountingSource(digits_glob)
+    a = train(tiny_config(digits_glob, "train.epochs=2"), source=cached)
+    assert cached.passes == 1
+    streamed = CountingSource(digits_glob)
+    b = train(tiny_config(digits_glob, "train.epochs=2", "train.cache_mb=0"), source=streamed)
+    # scan + 2 x (train + validation) + calibration, at least
+    assert streamed.passes >= 6
+    assert weights_equal(a.model, b.model)
+    assert a.info.threshold == b.info.threshold
+
+
+def test_cached_source_streams_when_the_data_is_larger_than_the_budget(digits_glob,
+                                                                       digits_matrix):
+    small = CachedSource(CountingSource(digits_glob), max_bytes=100_000)
+    for _ in range(2):
+        np.testing.assert_array_equal(np.concatenate([m for m, _ in small.chunks()]),
+                                      digits_matrix)
+    assert not small.cached and small.source.passes == 2
+    large = CachedSource(CountingSource(digits_glob), max_bytes=10_000_000)
+    for _ in range(2):
+        chunks = list(large.chunks())
+        np.testing.assert_array_equal(np.concatenate([m for m, _ in chunks]), digits_matrix)
+        np.testing.assert_array_equal(np.concatenate([lab for _, lab in chunks])[:5],
+                                      [0, 1, 2, 3, 4])
+    assert large.cached and large.source.passes == 1
+
+
 def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):
     info = tiny_bundle.info
     t = info.training
@@ -45,6 +100,7 @@ def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):
     assert t["rows_skipped"] == 0 and t["rows_skipped_by_reason"] == {}
     assert t["epochs"] == 3 and len(t["losses"]["loss"]) == len(t["losses"]["val_loss"]) == 3
     assert t["seed"] == 0
+    assert 0 < t["fit_seconds"] <= t["seconds"]
     assert t["constant_inputs"] == 3  # digits pixels that are always 0 in the training rows
     assert from_dict(t["config"]) == tiny_config(digits_glob)
     assert t["data_fingerprint"] == data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data),

@@ -34,6 +34,14 @@ def shuffled_batches(chunks: Iterator, batch_size: int, buffer_rows: int,
     Rows are shuffled within windows of about `buffer_rows` rows; the only partial
     batch is the last one.
     """
+    for block in _shuffled_blocks(chunks, batch_size, buffer_rows, rng):
+        for s in range(0, len(block), batch_size):
+            yield block[s:s + batch_size]
+
+
+def _shuffled_blocks(chunks: Iterator, batch_size: int, buffer_rows: int,
+                     rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The rows of `shuffled_batches`, as blocks of whole batches (the last may be partial)."""
     pending = []
     held = 0
     for matrix, _ in chunks:
@@ -44,14 +52,25 @@ def shuffled_batches(chunks: Iterator, batch_size: int, buffer_rows: int,
         block = np.concatenate(pending)
         block = block[rng.permutation(len(block))]
         cut = (len(block) // batch_size) * batch_size
-        for s in range(0, cut, batch_size):
-            yield block[s:s + batch_size]
+        yield block[:cut]
         pending, held = [block[cut:]], len(block) - cut
     if held:
         block = np.concatenate(pending)
-        block = block[rng.permutation(len(block))]
-        for s in range(0, len(block), batch_size):
-            yield block[s:s + batch_size]
+        yield block[rng.permutation(len(block))]
+
+
+def _stacked_batches(blocks: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Blocks as (k, batch_size, width) stacks of whole batches; a partial one as (1, r, width).
+
+    tf.data splits the stacks in C++ (`unbatch`): one Python call per block instead of
+    one per batch, which otherwise costs about a third of the training throughput.
+    """
+    for block in blocks:
+        cut = (len(block) // batch_size) * batch_size
+        if cut:
+            yield block[:cut].reshape(-1, batch_size, block.shape[1])
+        if cut < len(block):
+            yield block[None, cut:]
 
 
 def _batches(chunks: Iterator, batch_size: int) -> Iterator[np.ndarray]:
@@ -70,13 +89,72 @@ def _batches(chunks: Iterator, batch_size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
-def make_dataset(generator_fn, width: int):
-    """A tf.data.Dataset over a Python batch generator (re-invoked at each iteration)."""
+def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: bool = False,
+                 cache: bool = False):
+    """A tf.data.Dataset over a Python batch generator (re-invoked at each iteration).
+
+    Args:
+      generator_fn: returns an iterator of (rows, width) float32 batches, or of
+        (k, rows, width) stacks of batches when `stacked`.
+      width: number of inputs.
+      stacked: split stacks into batches inside tf.data.
+      repeat: repeat the passes; prefetching then runs on across pass boundaries.
+      cache: keep the first pass in memory and replay it (for small, fixed data).
+    """
     import tensorflow as tf
 
-    return tf.data.Dataset.from_generator(
-        generator_fn, output_signature=tf.TensorSpec((None, width), tf.float32)
-    ).prefetch(tf.data.AUTOTUNE)
+    shape = (None, None, width) if stacked else (None, width)
+    ds = tf.data.Dataset.from_generator(
+        generator_fn, output_signature=tf.TensorSpec(shape, tf.float32))
+    if stacked:
+        ds = ds.unbatch()
+    if cache:
+        ds = ds.cache()
+    if repeat:
+        ds = ds.repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class CachedSource:
+    """A source whose chunks are replayed from memory once one whole pass fits `max_bytes`.
+
+    The replay is the very same chunk stream, so split assignment, shuffling and the
+    trained weights are identical to reading the source every pass; larger data keeps
+    streaming with bounded memory.
+    """
+
+    def __init__(self, source, max_bytes: int):
+        self.source = source
+        self.max_bytes = max_bytes
+        self.features = source.features
+        self._chunks: Optional[list] = None
+
+    @property
+    def skipped(self):
+        return self.source.skipped  # counted during the one pass that read the source
+
+    @property
+    def cached(self) -> bool:
+        return self._chunks is not None
+
+    def describe(self) -> str:
+        return self.source.describe()
+
+    def chunks(self) -> Iterator:
+        if self._chunks is not None:
+            yield from self._chunks
+            return
+        kept, size = [], 0
+        for matrix, labels in self.source.chunks():
+            if kept is not None:
+                size += matrix.nbytes + (labels.nbytes if labels is not None else 0)
+                if size <= self.max_bytes:
+                    kept.append((matrix, labels))
+                else:
+                    kept = None  # too large: stream every pass
+            yield matrix, labels
+        if kept is not None:
+            self._chunks = kept
 
 
 def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundle:
@@ -96,6 +174,9 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     dc, mc, tc, thc = config.data, config.model, config.train, config.threshold
     set_seed(tc.seed)
     source = source or data_mod.make_source(dc)
+    if tc.cache_mb > 0:
+        # The scan below is the one pass that reads the data when it fits in memory.
+        source = CachedSource(source, tc.cache_mb * 2 ** 20)
     vf, cf = tc.validation_fraction, thc.calibration_fraction
     log.info("Scanning %s", source.describe())
     stats = data_mod.scan(source, vf, cf)
@@ -119,7 +200,8 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
         rng = np.random.default_rng([tc.seed, epoch["n"]])
         epoch["n"] += 1
         chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, vf, cf)
-        yield from shuffled_batches(chunks, tc.batch_size, tc.shuffle_buffer, rng)
+        yield from _stacked_batches(
+            _shuffled_blocks(chunks, tc.batch_size, tc.shuffle_buffer, rng), tc.batch_size)
 
     def val_gen():
         yield from _batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, vf, cf),
@@ -135,12 +217,16 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tc.tensorboard_dir))
     # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
     # explicit step counts gives whole passes per epoch and a progress bar with a total.
+    t_fit = time.time()
     history = model.fit(
-        make_dataset(train_gen, width).repeat(),
+        make_dataset(train_gen, width, stacked=True, repeat=True),
         steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
-        validation_data=make_dataset(val_gen, width).repeat() if n_val else None,
+        validation_data=make_dataset(
+            val_gen, width, repeat=True,
+            cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None,
         validation_steps=math.ceil(n_val / val_batch) if n_val else None,
-        epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose)
+        epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose, shuffle=False)
+    fit_seconds = time.time() - t_fit
 
     # Calibrate on rows the model never trained on, through the scoring core.
     from latentbeam.model.scoring import score
@@ -183,6 +269,7 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
             "seed": tc.seed,
             "data_fingerprint": stats.fingerprint,
             "seconds": round(time.time() - t0, 3),
+            "fit_seconds": round(fit_seconds, 3),
             "config": config.to_dict(),
         },
     }
