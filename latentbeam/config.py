@@ -276,6 +276,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """
     from latentbeam import fs
 
+    if not fs.exists(path):
+        raise ValueError(f"Config file {path} does not exist. Pass --config with a YAML file "
+                         f"such as configs/tabular_parquet.yaml.")
     text = fs.read_bytes(path).decode("utf-8")
     try:
         raw = _yaml_load(text) or {}

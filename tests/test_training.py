@@ -230,3 +230,13 @@ def test_too_little_data_is_an_error(tmp_path):
     config = from_dict({"data": {"path": str(tmp_path / "*.parquet")}}, TINY)
     with pytest.raises(ValueError, match=r"Too few usable rows in parquet:.*3 read"):
         train(config)
+
+
+def test_in_memory_training_has_the_same_metadata_as_a_saved_bundle(tiny_bundle, digits_glob):
+    bundle = train(tiny_config(digits_glob), None)
+    info = bundle.info
+    assert info.model_version == tiny_bundle.info.model_version
+    assert info.threshold == tiny_bundle.info.threshold
+    assert info.latent_stats == tiny_bundle.info.latent_stats
+    assert info.calibration["quantiles"] == tiny_bundle.info.calibration["quantiles"]
+    assert info.training["rows_by_split"] == tiny_bundle.info.training["rows_by_split"]

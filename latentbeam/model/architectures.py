@@ -214,7 +214,3 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         x, {OUTPUT_LATENT: z_out, OUTPUT_RECONSTRUCTION: recon, OUTPUT_FEATURE_ERRORS: errors},
         name="autoencoder")
 
-
-def latent_dim_of(model: keras.Model) -> int:
-    return int(model.get_layer("decoder").input_shape[-1]) if hasattr(
-        model.get_layer("decoder"), "input_shape") else int(model.get_layer("decoder").inputs[0].shape[-1])

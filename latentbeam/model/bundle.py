@@ -245,16 +245,30 @@ def save_bundle(model, path: str, meta: Dict[str, Any]) -> BundleInfo:
         with open(local, "rb") as f:
             data = f.read()
     fs.write_bytes(fs.join(path, MODEL_FILE), data)
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "model_version": model_version(model, {k: meta[k] for k in ("features", "latent_dim", "threshold")}),
-        **meta,
-        "versions": library_versions(),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    doc = _document(model, meta, hashlib.sha256(data).hexdigest())
     text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default)
     fs.write_bytes(json_path, text.encode("utf-8"))
     return parse_bundle_json(path, text)
+
+
+def in_memory_info(model, meta: Dict[str, Any]) -> BundleInfo:
+    """The BundleInfo `save_bundle` would write, for a model kept in memory only.
+
+    `path` is empty and `sha256` all zeros: there is no model file to hash.
+    """
+    doc = _document(model, meta, "0" * 64)
+    return parse_bundle_json("", json.dumps(doc, default=_json_default))
+
+
+def _document(model, meta: Dict[str, Any], sha256: str) -> Dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_version": model_version(
+            model, {k: meta[k] for k in ("features", "latent_dim", "threshold")}),
+        **meta,
+        "versions": library_versions(),
+        "sha256": sha256,
+    }
 
 
 def _json_default(obj):

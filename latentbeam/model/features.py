@@ -180,7 +180,6 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
         if column.null_count:
             for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
                 bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
-            values = np.where(np.isnan(values), np.nan, values)
         return values.reshape(n, 1)
     inner = _list_value_type(t)
     if inner is None or not _is_numeric(inner):

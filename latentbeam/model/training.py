@@ -11,7 +11,7 @@ import numpy as np
 from latentbeam.config import Config
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
-from latentbeam.model.bundle import Bundle, BundleInfo, save_bundle
+from latentbeam.model.bundle import Bundle, BundleInfo, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
 from latentbeam.model.features import n_inputs
 
@@ -273,20 +273,17 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
             "config": config.to_dict(),
         },
     }
-    if output:
-        info = save_bundle(model, output, meta)
-    else:
-        info = _provisional_info(source.features, latent_dim, threshold)
+    info = save_bundle(model, output, meta) if output else in_memory_info(model, meta)
     log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
              threshold.threshold, threshold.method, output)
     return Bundle(info, model)
 
 
-def _provisional_info(features, latent_dim: int, threshold=None) -> BundleInfo:
-    """Metadata for scoring with a model that has no bundle.json yet."""
+def _provisional_info(features, latent_dim: int) -> BundleInfo:
+    """Metadata for scoring calibration rows before the threshold exists."""
     from latentbeam.model.bundle import FORMAT_VERSION, Threshold
 
     return BundleInfo(path="", format_version=FORMAT_VERSION, model_version="unsaved",
                       features=list(features), latent_dim=latent_dim,
-                      threshold=threshold or Threshold("quantile", None, 1.0),
+                      threshold=Threshold("quantile", None, 1.0),
                       calibration={}, training={}, versions={}, sha256="0" * 64)
