@@ -48,9 +48,12 @@ def write_digits_parquet(directory: str, files: int = 2) -> List[str]:
 def write_digits_tfds(data_dir: str, name: str = DIGITS_TFDS_NAME) -> str:
     """Stores the digits as a prepared TFDS dataset (`image` (8, 8) float32, `label`).
 
-    Splits: train (first 1500 rows) and test (the rest), in a stable order.
+    Splits: train (first 1500 rows) and test (the rest), in a stable order. An earlier
+    copy of this dataset in `data_dir` is replaced (TFDS refuses to prepare it twice).
     Returns the data_dir; load with `tfds.load(name, data_dir=..., download=False)`.
     """
+    import shutil
+
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -67,6 +70,7 @@ def write_digits_tfds(data_dir: str, name: str = DIGITS_TFDS_NAME) -> str:
         "train": tf.data.Dataset.from_tensor_slices({"image": images[:1500], "label": labels[:1500]}),
         "test": tf.data.Dataset.from_tensor_slices({"image": images[1500:], "label": labels[1500:]}),
     }
+    shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
     tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="1.0.0", features=features, split_datasets=splits,
         data_dir=data_dir, description="scikit-learn 8x8 digits", disable_shuffling=True)

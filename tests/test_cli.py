@@ -98,3 +98,17 @@ def test_generate_rejects_zero_samples(tmp_path, tiny_bundle_dir, capsys):
     assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "0",
                  "--output", str(tmp_path / "g")]) == 2
     assert "--num-samples must be >= 1. Received: 0" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capsys):
+    from latentbeam.cli import main
+
+    for _ in range(2):  # a second run replaces the TFDS copy, the bundle and the scores
+        assert main(["demo", "--workdir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "latent_dim 2" in out
+        assert "rows scored:          1797" in out
+        assert "most anomalous 10 digits" in out
+    import pyarrow.parquet as pq
+    scored = pq.read_table(str(tmp_path / "scored")).to_pandas()
+    assert len(scored) == 1797 and scored["id"].is_unique
