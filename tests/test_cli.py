@@ -63,7 +63,9 @@ def test_a_bad_config_is_one_line_and_exit_code_2(tmp_path, config_text, extra, 
 def test_user_errors_in_process_return_2(tmp_path, capsys):
     missing = str(tmp_path / "missing.yaml")
     assert main(["train", "--config", missing, "--output", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"No such file or directory: '{missing}'")
+    assert capsys.readouterr().err.strip() == (
+        f"latentbeam train: error: Config file {missing} does not exist. Pass --config with a "
+        f"YAML file such as configs/tabular_parquet.yaml.")
     assert main(["generate", "--bundle", str(tmp_path / "none"), "--num-samples", "3",
                  "--output", str(tmp_path / "g")]) == 2
     assert "bundle.json is missing" in capsys.readouterr().err

@@ -53,13 +53,15 @@ def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
                                                 OUTPUT_RECONSTRUCTION)
 
     forward = bundle.function("forward")
-    parts = {OUTPUT_LATENT: [], OUTPUT_RECONSTRUCTION: [], OUTPUT_FEATURE_ERRORS: []}
+    keys = (OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS)
+    parts = {k: [] for k in keys}
     for start in range(0, max(len(x), 1), chunk_rows):
         out = forward(x[start:start + chunk_rows])
-        for key in parts:
-            parts[key].append(out[key].numpy())
-    latent, recon, ferr = (np.concatenate(parts[k]) for k in
-                           (OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS))
+        for key in keys:
+            # np.asarray views the (immutable) tensor's buffer; .numpy() would copy it.
+            parts[key].append(np.asarray(out[key]))
+    latent, recon, ferr = (parts[k][0] if len(parts[k]) == 1 else np.concatenate(parts[k])
+                           for k in keys)
     return from_feature_errors(latent, recon, ferr,
                                bundle.info.threshold.threshold if threshold is None else threshold)
 
@@ -79,8 +81,8 @@ def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np
         raise ValueError(f"decode() expects a (rows, {bundle.info.latent_dim}) latent matrix. "
                          f"Received shape {z.shape}.")
     fn = bundle.function("decode")
-    return np.concatenate([fn(z[s:s + chunk_rows]).numpy()
-                           for s in range(0, max(len(z), 1), chunk_rows)])
+    parts = [np.asarray(fn(z[s:s + chunk_rows])) for s in range(0, max(len(z), 1), chunk_rows)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def sample_latent(bundle, num_samples: int, seed: int = 0) -> np.ndarray:

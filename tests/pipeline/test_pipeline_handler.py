@@ -14,19 +14,7 @@ from latentbeam.pipeline.detector import bundle_detector
 from latentbeam.pipeline.handler import BundleModelHandler, RowScore
 from latentbeam.pipeline.options import pipeline_options
 from latentbeam.pipeline.transforms import Score
-
-
-class Collected:
-    """Pipeline outputs gathered in this process (pickled by reference)."""
-    store: dict = {}
-
-    @classmethod
-    def into(cls, name):
-        cls.store.pop(name, None)
-
-        def check(elements):
-            Collected.store[name] = list(elements)
-        return check
+from test_pipeline_transforms import Collected  # noqa: E402  (same directory)
 
 
 def test_run_inference_with_exception_handling(tiny_bundle_dir, tiny_bundle, digits_matrix):
