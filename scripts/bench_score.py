@@ -290,10 +290,12 @@ def main() -> None:
         print()
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
               f"{platform.python_version()}")
-        print(f"(a) / (b) = {ra / rb:.2f} wall, {na / nb:.2f} net   (target >= {TARGET_VS_BARE})  "
-              f"{'OK' if ra / rb >= TARGET_VS_BARE else 'MISSED'}")
-        print(f"(a) / (c) = {ra / rc:.1f} wall, {na / nc:.1f} net   (target >= "
-              f"{TARGET_VS_ROWWISE:.0f})  {'OK' if ra / rc >= TARGET_VS_ROWWISE else 'MISSED'}")
+        # "wall" includes the start-up every path pays once (it dominates a 1M-row run);
+        # "net" is the steady-state throughput. Both are judged.
+        for label, wall, net, target in (("(a) / (b)", ra / rb, na / nb, TARGET_VS_BARE),
+                                         ("(a) / (c)", ra / rc, na / nc, TARGET_VS_ROWWISE)):
+            print(f"{label} = {wall:.2f} wall {'OK' if wall >= target else 'MISSED'}, "
+                  f"{net:.2f} net {'OK' if net >= target else 'MISSED'}   (target >= {target:g})")
         if args.rss_rows:
             big = os.path.join(workdir, "big")
             shutil.rmtree(data)
@@ -301,6 +303,7 @@ def main() -> None:
             run_child("data", "", "2", big, args.rss_rows)
             r = run_beam(bundle, os.path.join(big, "*.parquet"), os.path.join(workdir, "out-big"))
             print(_fmt("(a) latentbeam score, memory run", r, startup))
+            print(f"(a, {args.rss_rows:,d} rows) / (c) = {r['rows'] / r['seconds'] / rc:.1f} wall")
             print(f"peak RSS {r['peak_rss'] / 2**30:.2f} GB (target < {TARGET_RSS_GB} GB)  "
                   f"{'OK' if r['peak_rss'] / 2**30 < TARGET_RSS_GB else 'MISSED'}")
         # Last: reading the outputs makes this process large.
