@@ -66,7 +66,8 @@ class TrainConfig:
     patience: int = 10  # early stopping patience in epochs; best weights restored
     seed: int = 0  # same seed -> identical weights on CPU
     shuffle_buffer: int = 16384  # rows; bounds memory when streaming Parquet
-    cache_mb: int = 256  # replay the data from memory if it fits (0: read it every epoch)
+    cache_mb: int = 256  # decoded rows kept in memory and replayed each epoch, up to this size
+    disk_cache: bool = True  # rows past cache_mb: decoded once into a temp file and replayed
     tensorboard_dir: Optional[str] = None
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
 

@@ -63,11 +63,18 @@ def test_data_that_fits_in_memory_is_read_once_with_identical_results(digits_glo
     a = train(tiny_config(digits_glob, "train.epochs=2"), source=cached)
     assert cached.passes == 1
     streamed = CountingSource(digits_glob)
-    b = train(tiny_config(digits_glob, "train.epochs=2", "train.cache_mb=0"), source=streamed)
+    b = train(tiny_config(digits_glob, "train.epochs=2", "train.cache_mb=0",
+                          "train.disk_cache=false"), source=streamed)
     # scan + 2 x (train + validation) + calibration, at least
     assert streamed.passes >= 6
     assert weights_equal(a.model, b.model)
     assert a.info.threshold == b.info.threshold
+    # Larger than the memory budget: decoded once into a temp file, replayed from disk.
+    spilled = CountingSource(digits_glob)
+    c = train(tiny_config(digits_glob, "train.epochs=2", "train.cache_mb=0"), source=spilled)
+    assert spilled.passes == 1
+    assert weights_equal(a.model, c.model)
+    assert a.info.threshold == c.info.threshold
 
 
 def test_cached_source_streams_when_the_data_is_larger_than_the_budget(digits_glob,
@@ -84,6 +91,20 @@ def test_cached_source_streams_when_the_data_is_larger_than_the_budget(digits_gl
         np.testing.assert_array_equal(np.concatenate([lab for _, lab in chunks])[:5],
                                       [0, 1, 2, 3, 4])
     assert large.cached and large.source.passes == 1
+
+
+def test_cached_source_spills_to_disk_past_the_budget(tmp_path, digits_glob, digits_matrix):
+    spill = CachedSource(CountingSource(digits_glob), max_bytes=100_000, spill_dir=str(tmp_path))
+    first = list(spill.chunks())
+    assert spill.spilled and spill.source.passes == 1
+    assert len(list(tmp_path.iterdir())) == 2  # rows and labels
+    for _ in range(2):
+        again = list(spill.chunks())
+        assert [len(m) for m, _ in again] == [len(m) for m, _ in first]
+        np.testing.assert_array_equal(np.concatenate([m for m, _ in again]), digits_matrix)
+        np.testing.assert_array_equal(np.concatenate([lab for _, lab in again]),
+                                      np.concatenate([lab for _, lab in first]))
+    assert spill.source.passes == 1
 
 
 def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):

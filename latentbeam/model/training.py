@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -116,18 +119,24 @@ def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: boo
 
 
 class CachedSource:
-    """A source whose chunks are replayed from memory once one whole pass fits `max_bytes`.
+    """Decodes a source once; later passes replay the decoded float32 chunks.
 
-    The replay is the very same chunk stream, so split assignment, shuffling and the
-    trained weights are identical to reading the source every pass; larger data keeps
-    streaming with bounded memory.
+    Chunks are kept in memory while one whole pass fits `max_bytes`. Past that, with a
+    `spill_dir`, every chunk is appended to raw float32 files there and later passes
+    replay them through a memory map: no Parquet decoding or validation after the first
+    pass, and memory stays bounded (the OS page cache does the rest). Without a
+    spill_dir, data larger than `max_bytes` is read from the source on every pass.
+    The replay is the very same chunk stream (same boundaries), so split assignment,
+    shuffling and the trained weights are identical to reading the source every pass.
     """
 
-    def __init__(self, source, max_bytes: int):
+    def __init__(self, source, max_bytes: int, spill_dir: Optional[str] = None):
         self.source = source
         self.max_bytes = max_bytes
+        self.spill_dir = spill_dir
         self.features = source.features
         self._chunks: Optional[list] = None
+        self._spill: Optional["_Spill"] = None
 
     @property
     def skipped(self):
@@ -135,7 +144,11 @@ class CachedSource:
 
     @property
     def cached(self) -> bool:
-        return self._chunks is not None
+        return self._chunks is not None or self._spill is not None
+
+    @property
+    def spilled(self) -> bool:
+        return self._spill is not None
 
     def describe(self) -> str:
         return self.source.describe()
@@ -144,17 +157,70 @@ class CachedSource:
         if self._chunks is not None:
             yield from self._chunks
             return
-        kept, size = [], 0
+        if self._spill is not None:
+            yield from self._spill.replay()
+            return
+        kept, size, spill = [], 0, None
         for matrix, labels in self.source.chunks():
             if kept is not None:
                 size += matrix.nbytes + (labels.nbytes if labels is not None else 0)
                 if size <= self.max_bytes:
                     kept.append((matrix, labels))
                 else:
-                    kept = None  # too large: stream every pass
+                    if self.spill_dir:
+                        spill = _Spill(self.spill_dir, matrix.shape[1])
+                        for m, lab in kept:
+                            spill.append(m, lab)
+                    kept = None
+            if spill is not None:
+                spill.append(matrix, labels)
             yield matrix, labels
+        # Only a complete pass is kept (a consumer may stop early).
         if kept is not None:
             self._chunks = kept
+        elif spill is not None:
+            spill.close()
+            self._spill = spill
+
+
+class _Spill:
+    """Append-only raw float32 chunk files with a memory-mapped replay."""
+
+    def __init__(self, directory: str, width: int):
+        import tempfile
+
+        fd, self.path = tempfile.mkstemp(prefix="rows-", suffix=".f32", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self._labels_file = None
+        self.labels_path = self.path[:-4] + "-labels.f32"
+        self.width = width
+        self.sizes: List[int] = []
+        self.has_labels = False
+
+    def append(self, matrix: np.ndarray, labels: Optional[np.ndarray]) -> None:
+        self._file.write(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
+        if labels is not None:
+            if self._labels_file is None:
+                self._labels_file = open(self.labels_path, "wb")
+                self.has_labels = True
+            self._labels_file.write(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+        self.sizes.append(len(matrix))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._labels_file is not None:
+            self._labels_file.close()
+
+    def replay(self) -> Iterator:
+        rows = np.memmap(self.path, dtype=np.float32, mode="r").reshape(-1, self.width) \
+            if sum(self.sizes) else np.zeros((0, self.width), np.float32)
+        labels = np.memmap(self.labels_path, dtype=np.float32, mode="r") \
+            if self.has_labels else None
+        start = 0
+        for n in self.sizes:
+            yield (np.asarray(rows[start:start + n]),
+                   np.asarray(labels[start:start + n]) if labels is not None else None)
+            start += n
 
 
 def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundle:
@@ -168,15 +234,25 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     Returns:
       The trained Bundle (model in memory, metadata as written to bundle.json).
     """
+    t0 = time.time()
+    tc = config.train
+    set_seed(tc.seed)
+    source = source or data_mod.make_source(config.data)
+    spill_dir = tempfile.mkdtemp(prefix="latentbeam-train-") if tc.disk_cache else None
+    try:
+        if tc.cache_mb > 0 or spill_dir:
+            # The scan below is then the one pass that decodes the data.
+            source = CachedSource(source, tc.cache_mb * 2 ** 20, spill_dir)
+        return _train(config, output, source, t0)
+    finally:
+        if spill_dir:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     import keras
 
-    t0 = time.time()
     dc, mc, tc, thc = config.data, config.model, config.train, config.threshold
-    set_seed(tc.seed)
-    source = source or data_mod.make_source(dc)
-    if tc.cache_mb > 0:
-        # The scan below is the one pass that reads the data when it fits in memory.
-        source = CachedSource(source, tc.cache_mb * 2 ** 20)
     vf, cf = tc.validation_fraction, thc.calibration_fraction
     log.info("Scanning %s", source.describe())
     stats = data_mod.scan(source, vf, cf)
