@@ -218,12 +218,20 @@ def validate(config: Config) -> Config:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-3 (no dot) as a number, as YAML 1.2 does.
+    """SafeLoader with YAML 1.2 numbers and booleans.
 
-    PyYAML follows YAML 1.1, where `learning_rate: 1e-3` is the string "1e-3".
+    PyYAML follows YAML 1.1, where `learning_rate: 1e-3` is the string "1e-3" and
+    `label: yes` / `name: on` are booleans; here 1e-3 is a number and only
+    true/false are booleans, so a column named `yes` or `no` stays a string.
     """
 
 
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

@@ -53,6 +53,17 @@ def test_exponent_floats_in_a_yaml_file_are_numbers(tmp_path):
     assert load_config(path).train.learning_rate == 5e-4
 
 
+def test_yes_no_on_off_are_strings_and_only_true_false_are_booleans(tmp_path):
+    path = write_yaml(tmp_path, "data:\n  path: x\n  label: yes\n  features: [on, off, no]\n"
+                                "model:\n  batch_norm: true\n")
+    config = load_config(path, ["data.key_columns=[n, y]"])
+    assert config.data.label == "yes"
+    assert config.data.features == ("on", "off", "no")
+    assert config.data.key_columns == ("n", "y")
+    assert config.model.batch_norm is True
+    assert from_dict(DATA, ["model.variational=false"]).model.variational is False
+
+
 def test_parse_overrides_builds_a_nested_dict():
     assert parse_overrides(["a.b.c=1", "a.b.d=[1, 2]", "a.e=x", "f="]) == {
         "a": {"b": {"c": 1, "d": [1, 2]}, "e": "x"}, "f": None}
