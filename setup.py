@@ -1,11 +1,18 @@
 """Distribution `latentbeam`: Keras autoencoder anomaly scoring for Apache Beam."""
+import os
+
 from setuptools import find_packages, setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_README = os.path.join(_HERE, "README.md")
 
 setup(
     name="latentbeam",
     version="0.1.0",
     description="Keras autoencoder training and Apache Beam batch/streaming anomaly scoring",
-    long_description=open("README.md", encoding="utf-8").read(),
+    # Beam's --setup_file builds an sdist on the launcher and installs it on workers;
+    # do not fail there if the README was not packaged.
+    long_description=open(_README, encoding="utf-8").read() if os.path.exists(_README) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["latentbeam", "latentbeam.*"]),
