@@ -269,15 +269,80 @@ def _parquet_bytes(batches: List[pa.RecordBatch], source: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+class _WindowFiles:
+    """The Parquet files of one source file, one per window, written incrementally.
+
+    Each window's rows stream into a staging file under OUT/_temp/ (memory stays at
+    about one record batch however large the source file is); `publish` closes them
+    and renames them to their final names, `discard` deletes them.
+    """
+
+    def __init__(self, output: str, tag: str, source: str, window_us: int):
+        self._output, self._tag, self._source, self._window_us = output, tag, source, window_us
+        self._open: Dict[int, list] = {}  # window start -> [staging path, file, writer, rows, versions]
+
+    @property
+    def rows(self) -> int:
+        return sum(entry[3] for entry in self._open.values())
+
+    def write(self, event_us: int, batch: pa.RecordBatch) -> None:
+        start = event_us - event_us % self._window_us
+        entry = self._open.get(start)
+        if entry is None:
+            staging = fs.join(self._output, TEMP_DIR, f"{self._tag}-{uuid.uuid4().hex}.parquet")
+            if fs.is_local(staging):
+                os.makedirs(os.path.dirname(staging), exist_ok=True)
+            f = FileSystems.create(staging)
+            entry = self._open[start] = [staging, f, pq.ParquetWriter(f, batch.schema), 0, set()]
+        writer = entry[2]
+        writer.write_batch(_conform(batch, writer.schema, self._source))
+        entry[3] += batch.num_rows
+        if "model_version" in batch.schema.names:
+            entry[4].update(pc.unique(batch.column("model_version")).to_pylist())
+
+    def _close(self) -> None:
+        for staging, f, writer, rows, versions in self._open.values():
+            if writer is not None:
+                writer.add_key_value_metadata({
+                    META_SOURCES: json.dumps({self._source: rows}).encode(),
+                    META_MODEL_VERSIONS: json.dumps(sorted(versions)).encode()})
+                writer.close()
+                f.close()
+
+    def publish(self) -> List[str]:
+        """Closes the staging files and moves them to their final names, in window order."""
+        self._close()
+        src, dst = [], []
+        for start in sorted(self._open):
+            src.append(self._open[start][0])
+            dst.append(fs.join(self._output, f"scored-{_window_name(start, self._window_us)}-"
+                                             f"{self._tag}.parquet"))
+        if src:
+            FileSystems.rename(src, dst)
+        self._open = {}
+        return dst
+
+    def discard(self) -> None:
+        try:
+            self._close()
+        except (OSError, pa.ArrowException):
+            pass
+        staged = [entry[0] for entry in self._open.values()]
+        if staged:
+            FileSystems.delete([p for p in staged if FileSystems.exists(p)])
+        self._open = {}
+
+
 class _ScoreFileDoFn(beam.DoFn):
     """New file path -> its scored rows and dead letters written as Parquet, then the manifest.
 
     Runs fused with the poll (no shuffle in between), so a file's scores are readable
-    as soon as it is scored, on every runner. A file is read and scored completely
-    before anything is written: an unreadable tail turns the whole file into one dead
-    letter instead of a partial output. Output names are deterministic (window + hash
-    of the source path), so scoring a file again after a crash rewrites the same files
-    instead of adding duplicates.
+    as soon as it is scored, on every runner. Scored rows stream into staging files
+    (bounded memory) that are moved to their final names only once the whole file was
+    read: an unreadable tail turns the whole file into one dead letter instead of a
+    partial output. Output names are deterministic (window + hash of the source path),
+    so scoring a file again after a crash rewrites the same files instead of adding
+    duplicates.
 
     Yields:
       (source path, manifest entry) per newly scored file.
@@ -297,7 +362,8 @@ class _ScoreFileDoFn(beam.DoFn):
         if not first_sighting(cfg.output, path):
             return
         bundle = self._resolver.current()
-        parts: List[Tuple[Optional[int], pa.RecordBatch]] = []
+        tag = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
+        files = _WindowFiles(cfg.output, tag, path, _micros(cfg.window_seconds))
         letters: List[dict] = []
         rows_read = 0
         try:
@@ -309,17 +375,25 @@ class _ScoreFileDoFn(beam.DoFn):
                 if scored is None:
                     continue
                 if cfg.timestamp_column is None:
-                    parts.append((arrival.micros, scored))
-                    continue
-                parts += self._by_event_time(path, batch, scored, bad, offset, arrival, letters)
-        except UnreadableFile as e:
-            parts, letters = [], [whole_file_dead_letter(path, e, REASON_UNREADABLE)]
-        except SchemaMismatch as e:
-            parts, letters = [], [whole_file_dead_letter(path, e, e.reason)]
-        if cfg.adaptive is not None:
-            parts = [(ts, self._with_adaptive(bundle, b)) for ts, b in parts]
-        outputs = self._write(path, parts, letters, arrival)
-        entry = {"source": path, "rows": rows_read, "scored": sum(b.num_rows for _, b in parts),
+                    parts = [(arrival.micros, scored)]
+                else:
+                    parts = self._by_event_time(path, batch, scored, bad, offset, arrival,
+                                                letters)
+                for ts, part in parts:
+                    if cfg.adaptive is not None:
+                        part = self._with_adaptive(bundle, part)
+                    files.write(ts, part)
+        except (UnreadableFile, SchemaMismatch) as e:
+            # All or nothing per file: drop the staged output, keep one dead letter.
+            files.discard()
+            reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
+            letters = [whole_file_dead_letter(path, e, reason)]
+        except BaseException:
+            files.discard()
+            raise
+        scored_rows = files.rows
+        outputs = self._write(path, tag, files.publish(), letters, arrival)
+        entry = {"source": path, "rows": rows_read, "scored": scored_rows,
                  "dead_letters": len(letters), "model_version": bundle.info.model_version,
                  "outputs": outputs, "arrival": arrival.to_utc_datetime().isoformat() + "Z",
                  "completed_at": time.time()}
@@ -327,18 +401,11 @@ class _ScoreFileDoFn(beam.DoFn):
         _write_atomically(manifest_path(cfg.output, path), json.dumps(entry).encode())
         yield path, entry
 
-    def _write(self, path, parts, letters, arrival) -> List[str]:
+    def _write(self, path, tag, outputs, letters, arrival) -> List[str]:
+        """Writes the dead letters next to the published outputs; removes stale files."""
         cfg = self._cfg
         w = _micros(cfg.window_seconds)
-        tag = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
-        by_window: Dict[int, List[pa.RecordBatch]] = {}
-        for ts, batch in parts:
-            by_window.setdefault(ts - ts % w, []).append(batch)
-        outputs = []
-        for start, batches in sorted(by_window.items()):
-            name = f"scored-{_window_name(start, w)}-{tag}.parquet"
-            outputs.append(fs.join(cfg.output, name))
-            _write_atomically(outputs[-1], _parquet_bytes(batches, path))
+        outputs = list(outputs)
         if letters:
             a = arrival.micros
             name = f"dead_letter-{_window_name(a - a % w, w)}-{tag}.parquet"

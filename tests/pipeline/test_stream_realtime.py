@@ -162,3 +162,36 @@ def test_restart_after_crash_replaces_the_unfinished_outputs_of_a_source(tmp_pat
     scored, dead = _read_all(str(out))
     assert sorted(i for t in scored for i in t.column("id").to_pylist()) == list(range(30))
     assert dead == []
+
+
+def test_a_file_that_fails_part_way_leaves_no_partial_output(tmp_path, tiny_bundle_dir):
+    watch, out = tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    _land(str(watch), "good.parquet", _slice(0, 10))
+    # Two row groups; the second one's data pages are overwritten with garbage, so the
+    # first batches score fine and the read fails part way through the file.
+    broken = str(watch / "broken.parquet")
+    pq.write_table(_slice(10, 400), broken, row_group_size=200, compression="snappy")
+    meta = pq.ParquetFile(broken).metadata
+    second = meta.row_group(1).column(5)
+    data = bytearray(open(broken, "rb").read())
+    start = second.data_page_offset
+    data[start + 8:start + second.total_compressed_size - 8] = \
+        b"\xff" * (second.total_compressed_size - 16)
+    open(broken, "wb").write(bytes(data))
+    with pytest.raises(OSError):
+        pq.read_table(broken)
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(watch / "*.parquet"),
+                     "--output", str(out), "--window-seconds", "10", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "1.5", "--key-columns", "id",
+                     "--batch-rows", "100"]) == 0
+    scored, dead = _read_all(str(out))
+    assert sorted(i for t in scored for i in t.column("id").to_pylist()) == list(range(10))
+    letters = [d for t in dead for d in t.to_pylist()]
+    assert [(d["source"], d["row"], d["reason"]) for d in letters] == [
+        (broken, None, "unreadable_file")]
+    assert "after 200 rows" in letters[0]["detail"]
+    assert os.listdir(out / "_temp") == []  # the staged part of broken.parquet is gone
+    manifest = {e["source"]: (e["scored"], e["dead_letters"]) for e in
+                (json.loads(p.read_text()) for p in (out / "_manifest").glob("*.json"))}
+    assert manifest == {str(watch / "good.parquet"): (10, 0), broken: (0, 1)}
