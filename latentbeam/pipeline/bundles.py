@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs
 from latentbeam.model.bundle import BUNDLE_FILE
-from latentbeam.pipeline.io import shared_bundle
+from latentbeam.pipeline.io import release_bundle, shared_bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,4 +97,6 @@ class BundleResolver:
                 log.warning("Not swapping to bundle %s yet: %s", newest, e)
             return
         log.info("Scoring with bundle %s (was %s)", newest, self._path)
-        self._path = newest
+        previous, self._path = self._path, newest
+        if previous is not None:
+            release_bundle(previous)  # a long-running stream must not keep every version

@@ -65,3 +65,12 @@ def shared_bundle(path: str):
                 log.info("Loading bundle %s", path)
                 bundle = _BUNDLES[path] = load_bundle(path)
     return bundle
+
+
+def release_bundle(path: str) -> None:
+    """Drops `path` from the per-process cache (e.g. after a hot-swap to a newer bundle).
+
+    Work still holding the Bundle object finishes with it; the memory is freed after.
+    """
+    with _BUNDLES_LOCK:
+        _BUNDLES.pop(path, None)

@@ -98,6 +98,10 @@ def test_files_landing_while_streaming_are_scored_once_with_hot_swap(
             versions[i] = v
     assert {versions[i] for i in range(0, 300)} == {v1}
     assert {versions[i] for i in range(500, 800)} == {v2}
+    # The swapped-out version is no longer held by the per-process bundle cache.
+    from latentbeam.pipeline import io as pipeline_io
+    assert str(models / "v1") not in pipeline_io._BUNDLES
+    assert str(models / "v2") in pipeline_io._BUNDLES
     assert all(t.schema.names == ["id", "latent", "reconstruction_error", "anomaly_score",
                                   "is_anomaly", "model_version"] for t in scored)
 
