@@ -24,6 +24,7 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from latentbeam.model import load_bundle_info
+from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE
 from latentbeam.model.features import SchemaMismatch
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import NAMESPACE
@@ -76,9 +77,19 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
         return io.shared_bundle(self._bundle_path)
 
     def update_model_path(self, model_path: Optional[str] = None):
+        """Switches to another bundle (RunInference's side-input model updates).
+
+        Accepts the bundle directory or a file inside it, so
+        `RunInference(handler, model_metadata_pcoll=WatchFilePattern(
+        "gs://models/*/bundle.json"))` swaps to each new bundle as it lands.
+        """
         if model_path:
-            self._bundle_path = model_path
-            self._model_version = load_bundle_info(model_path).model_version
+            path = model_path.rstrip("/")
+            for name in (BUNDLE_FILE, MODEL_FILE):
+                if path.endswith("/" + name):
+                    path = path[: -len(name) - 1]
+            self._bundle_path = path
+            self._model_version = load_bundle_info(path).model_version
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE

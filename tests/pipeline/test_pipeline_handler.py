@@ -84,3 +84,20 @@ def test_anomaly_detection_flags_equal_score(tiny_bundle_dir, tiny_bundle):
 
 def _matrix(table):
     return np.stack([table.column(c).to_numpy() for c in pixel_columns()], axis=1)
+
+
+def test_update_model_path_accepts_the_bundle_json_that_watch_file_pattern_emits(
+        tmp_path, tiny_bundle_dir):
+    import shutil
+
+    from latentbeam.model import load_bundle_info
+
+    copy = tmp_path / "v2"
+    shutil.copytree(tiny_bundle_dir, copy)
+    handler = BundleModelHandler(tiny_bundle_dir)
+    handler.update_model_path(str(copy / "bundle.json"))
+    bundle = handler.load_model()
+    assert bundle.info.path == str(copy)
+    assert bundle.info.model_version == load_bundle_info(tiny_bundle_dir).model_version
+    handler.update_model_path(str(copy / "model.keras"))
+    assert handler.load_model() is bundle
