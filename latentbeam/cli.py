@@ -15,6 +15,9 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
+BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
+               "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
+               "Default: the in-process FnApiRunner.")
 
 
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set model.latent_dim=2 (repeatable)")
     p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
 
-    p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet")
+    p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--input", required=True,
                    help="Parquet glob, or tfds:NAME/SPLIT (with --data-dir)")
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the contents of a non-empty output directory")
     _add_scoring_flags(p)
 
-    p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)")
+    p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
     p.add_argument("--watch", default=None, help="glob watched for new Parquet files")
     p.add_argument("--pubsub-subscription", default=None,
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input column: keep one adaptive threshold per value")
     _add_scoring_flags(p)
 
-    p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)")
+    p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True)
     p.add_argument("--input", required=True, help="Parquet glob with a `latent` column")
     p.add_argument("--output", required=True)
