@@ -54,6 +54,27 @@ def open_read(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
+def parquet_pattern(path: str) -> str:
+    """The glob for a Parquet input given as a glob, a file, or a directory / prefix.
+
+    A directory (local) or a prefix that is not an object (gs://b/table/) means its
+    `*.parquet` files; a glob or an existing file is returned unchanged.
+    """
+    if any(c in path for c in GLOB_CHARS):
+        return path
+    if is_local(path):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if os.path.isdir(local):
+            return join(path.rstrip("/") or "/", "*.parquet")
+        return path
+    if path.endswith("/") or not exists(path):
+        return join(path.rstrip("/"), "*.parquet")
+    return path
+
+
 def match(pattern: str) -> List[str]:
     """Paths matching a glob, sorted, 0-byte files included (callers decide)."""
     results = FileSystems.match([pattern])[0].metadata_list

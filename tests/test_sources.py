@@ -192,3 +192,14 @@ def test_tfds_default_features_are_in_a_stable_sorted_order(tmp_path):
     assert source.features == [Feature("alpha", "float32", ()), Feature("zeta", "float32", (2,))]
     _, matrix, _ = collect(source)
     np.testing.assert_array_equal(matrix, np.concatenate([alpha[:, None], zeta], axis=1))
+
+
+def test_parquet_source_accepts_a_directory(digits_dir, digits_glob):
+    from latentbeam import fs
+
+    by_dir = data_mod.ParquetSource(digits_dir, label="label", key_columns=["id"])
+    by_glob = data_mod.ParquetSource(digits_glob, label="label", key_columns=["id"])
+    assert by_dir.files == by_glob.files and len(by_dir.files) == 2
+    assert fs.parquet_pattern(digits_dir) == os.path.join(digits_dir, "*.parquet")
+    assert fs.parquet_pattern(digits_glob) == digits_glob
+    assert fs.parquet_pattern(by_glob.files[0]) == by_glob.files[0]

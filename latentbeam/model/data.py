@@ -57,7 +57,7 @@ class ParquetSource:
     def __init__(self, pattern: str, *, features: Optional[Sequence[str]] = None,
                  label: Optional[str] = None, key_columns: Sequence[str] = (),
                  batch_rows: int = 8192):
-        self.pattern = pattern
+        self.pattern = pattern = fs.parquet_pattern(pattern)
         self.label = label
         self.batch_rows = batch_rows
         self.files = [p for p, size in fs.match_with_sizes(pattern) if size > 0]

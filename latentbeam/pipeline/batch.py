@@ -109,7 +109,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
             raise ValueError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
-    files = [p for p in fs.match(pattern) if _basename(p) != SUCCESS_FILE]
+    files = [p for p in fs.match(fs.parquet_pattern(pattern)) if _basename(p) != SUCCESS_FILE]
     if not files:
         raise ValueError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
                          f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")

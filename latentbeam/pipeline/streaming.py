@@ -783,7 +783,8 @@ def config_from_args(args) -> StreamConfig:
         if adaptive.key_column and adaptive.key_column not in keys:
             keys = keys + (adaptive.key_column,)
     return StreamConfig(
-        bundle=args.bundle, output=args.output, watch=args.watch,
+        bundle=args.bundle, output=args.output,
+        watch=fs.parquet_pattern(args.watch) if args.watch else None,
         pubsub_subscription=args.pubsub_subscription, window_seconds=args.window_seconds,
         poll_seconds=args.poll_seconds, stop_after_seconds=args.stop_after_seconds,
         timestamp_column=args.timestamp_column,

@@ -262,3 +262,10 @@ def test_cli_decode_and_input_inside_output_is_refused(tmp_path, capsys, scored,
     with pytest.raises(ValueError, match="inside the output directory"):
         run_file_job(FileJob(tiny_bundle_dir, os.path.join(src, "part-*.parquet"), src,
                              overwrite=True))
+
+
+def test_a_directory_input_means_its_parquet_files(tmp_path, tiny_bundle_dir, digits_dir):
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, digits_dir, out, opts=KEYS))
+    assert (summary.files_read, summary.rows_read, summary.rows_scored,
+            summary.files_dead_lettered) == (2, 1797, 1797, 0)
