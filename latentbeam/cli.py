@@ -173,23 +173,18 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     import pyarrow.parquet as pq
 
     from latentbeam import fs
-    from latentbeam.model import decode, load_bundle, sample_latent
+    from latentbeam.model import load_bundle, sample_latent
+    from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
     bundle = load_bundle(args.bundle)
     z = sample_latent(bundle, args.num_samples, args.seed)
-    x = decode(bundle, z)
-    cols = {"sample": pa.array(np.arange(len(z), dtype=np.int64)),
-            "latent": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), z.shape[1])}
-    offset = 0
-    for f in bundle.info.features:
-        block = x[:, offset:offset + f.size]
-        offset += f.size
-        cols[f.name] = (pa.array(block[:, 0]) if not f.shape else
-                        pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), f.size))
-    table = pa.table(cols).replace_schema_metadata(
-        {"latentbeam.model_version": bundle.info.model_version})
+    codes = pa.RecordBatch.from_pydict({"sample": pa.array(np.arange(len(z), dtype=np.int64)),
+                                        COL_LATENT: float_list_array(z)})
+    # The same decoding as `latentbeam decode`, so generated rows have its schema.
+    decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
+    table = pa.Table.from_batches([decoded]).add_column(1, COL_LATENT, codes.column(COL_LATENT))
     fs.makedirs(args.output)
     path = fs.join(args.output, "generated-00000-of-00001.parquet")
     sink = pa.BufferOutputStream()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -84,7 +85,9 @@ def test_generate_writes_num_samples_decoded_rows(tmp_path, tiny_bundle_dir, tin
     assert capsys.readouterr().out.strip() == f"wrote 25 samples to {path}"
     table = pq.read_table(path)
     assert table.num_rows == 25
-    assert table.column_names == ["sample", "latent"] + [f"pixel_{i:02d}" for i in range(64)]
+    assert table.column_names == (["sample", "latent"] + [f"pixel_{i:02d}" for i in range(64)]
+                                  + ["model_version"])
+    assert table.schema.field("latent").type == pa.list_(pa.float32())
     assert table.schema.metadata[b"latentbeam.model_version"] == \
         tiny_bundle.info.model_version.encode()
     z = sample_latent(tiny_bundle, 25, seed=3)
