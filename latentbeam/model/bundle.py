@@ -121,19 +121,13 @@ def load_bundle_info(path: str) -> BundleInfo:
 
 
 class Bundle:
-    """A loaded bundle: validated metadata plus the Keras model (loaded with safe_mode)."""
+    """A loaded bundle: validated metadata (`info`) plus the Keras model (`model`)."""
 
     def __init__(self, info: BundleInfo, model):
         self.info = info
         self.model = model
         self._lock = threading.Lock()
         self._fns: Dict[str, Any] = {}
-
-    def __getattr__(self, name):
-        # Metadata reads straight through: bundle.features, bundle.threshold, ...
-        if name in ("info", "model", "_lock", "_fns"):
-            raise AttributeError(name)
-        return getattr(self.info, name)
 
     def function(self, name: str):
         """Compiled tf.functions (built once, thread-safe): "forward" and "decode"."""
