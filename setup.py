@@ -29,7 +29,9 @@ setup(
         "scikit-learn>=1.4,<2",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4"],
+        # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.
+        "tensorboard": ["tensorboard>=2.18,<3"],
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3"],
     },
     entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
 )

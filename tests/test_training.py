@@ -261,3 +261,11 @@ def test_in_memory_training_has_the_same_metadata_as_a_saved_bundle(tiny_bundle,
     assert info.latent_stats == tiny_bundle.info.latent_stats
     assert info.calibration["quantiles"] == tiny_bundle.info.calibration["quantiles"]
     assert info.training["rows_by_split"] == tiny_bundle.info.training["rows_by_split"]
+
+
+def test_tensorboard_log_dir_gets_train_and_validation_events(tmp_path, digits_glob):
+    logs = tmp_path / "tb"
+    train(tiny_config(digits_glob, "train.epochs=2", f"train.tensorboard_dir={logs}"))
+    for split in ("train", "validation"):
+        events = list((logs / split).glob("events.out.tfevents.*"))
+        assert len(events) == 1 and events[0].stat().st_size > 0, split

@@ -236,6 +236,13 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     """
     t0 = time.time()
     tc = config.train
+    if tc.tensorboard_dir:
+        try:
+            import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
+        except ImportError as e:
+            raise ValueError("`train.tensorboard_dir` needs TensorBoard: pip install "
+                             "'latentbeam[tensorboard]' (or tensorboard), or unset "
+                             "train.tensorboard_dir.") from e
     set_seed(tc.seed)
     source = source or data_mod.make_source(config.data)
     spill_dir = tempfile.mkdtemp(prefix="latentbeam-train-") if tc.disk_cache else None
