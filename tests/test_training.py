@@ -269,3 +269,29 @@ def test_tensorboard_log_dir_gets_train_and_validation_events(tmp_path, digits_g
     for split in ("train", "validation"):
         events = list((logs / split).glob("events.out.tfevents.*"))
         assert len(events) == 1 and events[0].stat().st_size > 0, split
+
+
+def test_f1_threshold_from_a_binary_label_column_end_to_end(tmp_path):
+    from latentbeam.demo import digits_table
+
+    t = digits_table()
+    # Digit 0 plays the known anomalies (10% of rows); the label is never trained on.
+    t = t.append_column("is_anomaly", pa.array(np.asarray(t.column("label")) == 0))
+    pq.write_table(t, tmp_path / "d.parquet")
+    bundle = train(from_dict({"data": {"path": str(tmp_path / "d.parquet"), "label": "is_anomaly",
+                                       "key_columns": ["id"]}},
+                             ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=5",
+                              "train.verbose=0", "threshold.method=f1"]))
+    info = bundle.info
+    # Every numeric column but the label and the keys is a feature (the digit too, here).
+    assert [f.name for f in info.features] == ["label"] + [f"pixel_{i:02d}" for i in range(64)]
+    th = info.threshold
+    assert th.method == "f1" and set(th.parameters) == {"f1", "precision", "recall"}
+    assert 0 < th.parameters["f1"] <= 1
+    cal = info.calibration
+    assert cal["label_positive_fraction"] == pytest.approx(0.1, abs=0.05)
+    assert 0 <= cal["roc_auc"] <= 1 and 0 < cal["average_precision"] <= 1
+    # f1 is measured on the calibration rows: the flagged fraction there follows from it.
+    p, r = th.parameters["precision"], th.parameters["recall"]
+    assert cal["flagged_fraction"] == pytest.approx(
+        r * cal["label_positive_fraction"] / p, abs=1e-9)
