@@ -134,3 +134,32 @@ def test_adaptive_threshold_follows_drift_and_ignores_anomalies():
     assert static.mean() == pytest.approx(0.279, abs=0.001)  # the fixed threshold: 28% ...
     assert static[-1000:].mean() == pytest.approx(0.529, abs=0.001)  # ... half at the end
     assert thresholds[-1] / threshold == pytest.approx(3.0, abs=0.05)  # tracked the level
+
+
+def test_adaptive_threshold_keeps_one_window_per_key():
+    from latentbeam.pipeline.adaptive import split_by_key
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    sensor = np.where(np.arange(n) % 2 == 0, "a", "b")
+    # Sensor b runs at three times sensor a's normal error level.
+    errors = np.where(sensor == "a", 1.0, 3.0) * rng.gamma(4.0, 0.25, n)
+    batch = pa.RecordBatch.from_pydict({
+        "sensor": sensor, "reconstruction_error": errors.astype(np.float32),
+        "model_version": ["v1"] * n})
+    parts = split_by_key(batch, "sensor")
+    assert [(k, p.num_rows) for k, p in parts] == [("v1|a", 2000), ("v1|b", 2000)]
+    threshold, median = 2.5113, 0.9180  # calibrated at sensor a's level
+    flagged = {}
+    for key, part in parts:
+        state = AdaptiveState(AdaptiveConfig(quantile=0.5, window_rows=500, warmup_rows=50,
+                                             key_column="sensor"),
+                              scale=threshold / median, base_threshold=threshold)
+        thresholds, flags = state.update(part.column("reconstruction_error").to_numpy())
+        flagged[key] = flags[50:].mean()
+        assert thresholds[-1] == pytest.approx(
+            threshold * (1.0 if key.endswith("a") else 3.0), rel=0.1)
+    # Each key flags a few percent (1% calibrated, plus the noise of a 500-row median);
+    # the fixed threshold would flag most of b.
+    assert flagged["v1|a"] < 0.05 and flagged["v1|b"] < 0.05
+    assert (errors[sensor == "b"] > threshold).mean() > 0.5
