@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_score.py
+	$(PY) scripts/bench_stream.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
