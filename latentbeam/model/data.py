@@ -141,6 +141,14 @@ def load_tfds_builder(name: str, data_dir: Optional[str]):
     return builder
 
 
+def tfds_example_batches(builder, split: str, batch_rows: int):
+    """Dicts of numpy arrays, `batch_rows` examples each, in the split's stored order."""
+    import tensorflow_datasets as tfds
+
+    ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=batch_rows)
+    return tfds.as_numpy(ds)
+
+
 def tfds_features(builder, *, include: Optional[Sequence[str]] = None,
                   exclude: Sequence[str] = ()) -> List[Feature]:
     """Numeric TFDS features (tensors, images, class labels excluded) as Feature specs."""
@@ -192,13 +200,9 @@ class TfdsSource:
         return f"tfds:{self.name}/{self.split} ({self.builder.data_dir})"
 
     def chunks(self) -> Iterator[Chunk]:
-        import tensorflow_datasets as tfds
-
         self.skipped = SkipCounter()
-        ds = self.builder.as_dataset(split=self.split, shuffle_files=False,
-                                     batch_size=self.batch_rows)
         offset = 0
-        for batch in tfds.as_numpy(ds):
+        for batch in tfds_example_batches(self.builder, self.split, self.batch_rows):
             blocks = [np.asarray(batch[f.name], dtype=np.float32).reshape(-1, f.size)
                       for f in self.features]
             matrix = np.concatenate(blocks, axis=1)

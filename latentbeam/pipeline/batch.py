@@ -1,7 +1,7 @@
 """The `latentbeam score` and `latentbeam decode` batch jobs.
 
 Pipeline: the sorted list of input files -> Reshuffle (spread files over workers) ->
-one DoFn call per file that streams `records.score_parquet_file` batches into ONE
+one DoFn call per file that streams its record batches through `records.apply_bundle` into ONE
 Parquet file in a job-private temporary directory `OUT/.tmp-<job id>/`. Output names
 come from the file's index in the sorted match (`part-00003.parquet`) and the content
 is in file order, so scoring the same input twice gives byte-identical files, and
@@ -41,10 +41,9 @@ from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DE
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
 from latentbeam.pipeline.options import pipeline_options
-from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, ScoringOptions,
-                                         dead_letters_to_batch, decode_record_batch,
-                                         score_parquet_file, score_record_batch,
-                                         whole_file_dead_letter)
+from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, MODE_DECODE, MODE_SCORE,
+                                         ScoringOptions, apply_bundle, dead_letters_to_batch,
+                                         list_array, whole_file_dead_letter)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ SUCCESS_FILE = "_SUCCESS"
 DEAD_LETTER_DIR = "dead_letter"
 STATS_DIR = "_stats"
 TMP_PREFIX = ".tmp-"
-MODE_SCORE, MODE_DECODE = "score", "decode"
 
 
 def part_name(index: int) -> str:
@@ -131,14 +129,12 @@ def tfds_batches(source: str, data_dir: Optional[str], batch_rows: int
 
     Scalar features become columns; tensors (images, vectors) become flat lists.
     """
-    import tensorflow_datasets as tfds
-    from latentbeam.model.data import load_tfds_builder
+    from latentbeam.model.data import load_tfds_builder, tfds_example_batches
 
     name, split = _parse_tfds(source)
     builder = load_tfds_builder(name, data_dir)
-    ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=batch_rows)
     offset = 0
-    for examples in tfds.as_numpy(ds):
+    for examples in tfds_example_batches(builder, split, batch_rows):
         batch = _examples_to_batch(examples)
         yield offset, batch
         offset += batch.num_rows
@@ -159,10 +155,7 @@ def _add_columns(columns: Dict[str, pa.Array], examples: Dict[str, Any], prefix:
         if arr.ndim <= 1:
             columns[prefix + key] = pa.array(arr)
             continue
-        flat = np.ascontiguousarray(arr.reshape(len(arr), -1))
-        n, k = flat.shape
-        columns[prefix + key] = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)), pa.array(flat.reshape(-1)))
+        columns[prefix + key] = list_array(arr.reshape(len(arr), -1))
 
 
 # --------------------------------------------------------------------------- the DoFn
@@ -223,22 +216,14 @@ class _FileJobFn(beam.DoFn):
 
     def _batches(self, source: str):
         """(row offset, rows, output batch or None, dead letters) per input batch."""
-        if self._mode == MODE_SCORE and not source.startswith(TFDS_PREFIX):
-            yield from score_parquet_file(self._bundle, source, opts=self._opts,
-                                          batch_rows=self._batch_rows)
-            return
         if source.startswith(TFDS_PREFIX):
             reader = tfds_batches(source, self._data_dir, self._batch_rows)
         else:
+            # Whole rows are read (not just the features): dead letters carry the row.
             reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
         for offset, batch in reader:
-            if self._mode == MODE_DECODE:
-                out, letters = decode_record_batch(self._bundle, batch, source=source,
-                                                   row_offset=offset,
-                                                   key_columns=self._opts.key_columns)
-            else:
-                out, letters = score_record_batch(self._bundle, batch, source=source,
-                                                  row_offset=offset, opts=self._opts)
+            out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
+                                        row_offset=offset, opts=self._opts)
             yield offset, batch.num_rows, out, letters
 
     def process(self, element: Tuple[int, str]):

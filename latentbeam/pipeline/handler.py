@@ -29,7 +29,7 @@ from latentbeam.model.features import SchemaMismatch
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import NAMESPACE
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, COL_LATENT, COL_SCORE,
-                                         ScoringOptions, float_list_array,
+                                         ScoringOptions, feature_columns,
                                          rows_to_record_batch, score_record_batch)
 
 _MAX_FAULTS_IN_MESSAGE = 3
@@ -141,13 +141,5 @@ def _arrays_to_batch(batch: Sequence[np.ndarray], info) -> pa.RecordBatch:
     if widths != {(info.n_inputs,)}:
         raise ValueError(f"Expected 1-D numpy arrays of {info.n_inputs} values in the order "
                          f"{info.feature_names}. Received shapes {sorted(widths)}.")
-    x = np.stack(batch).astype(np.float32, copy=False)
-    columns, offset = {}, 0
-    for f in info.features:
-        block = x[:, offset:offset + f.size]
-        offset += f.size
-        if f.shape:
-            columns[f.name] = float_list_array(block)
-        else:
-            columns[f.name] = pa.array(np.ascontiguousarray(block[:, 0]))
-    return pa.RecordBatch.from_pydict(columns)
+    fields, arrays = feature_columns(info.features, np.stack(batch).astype(np.float32, copy=False))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))

@@ -46,12 +46,17 @@ class ScoringOptions:
     reconstruction: bool = False  # add `reconstruction` (input units)
 
 
-def float_list_array(matrix: np.ndarray) -> pa.ListArray:
-    """(n, k) float32 matrix -> list<float32> array (one list of k per row), zero-copy values."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+def list_array(matrix: np.ndarray) -> pa.ListArray:
+    """(n, k) matrix -> list array of its dtype (one list of k values per row)."""
+    matrix = np.ascontiguousarray(matrix)
     n, k = matrix.shape
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n else np.zeros(1, np.int32))
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+
+
+def float_list_array(matrix: np.ndarray) -> pa.ListArray:
+    """(n, k) matrix -> list<float32> array (one list of k per row)."""
+    return list_array(np.asarray(matrix, dtype=np.float32))
 
 
 def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = ()) -> pa.Schema:
@@ -105,6 +110,35 @@ def dead_letters_to_batch(records: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(list(records), schema=DEAD_LETTER_SCHEMA)
 
 
+def _as_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    if isinstance(batch, pa.RecordBatch):
+        return batch
+    return batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+        pa.RecordBatch.from_pylist([], schema=batch.schema)
+
+
+def _convert(batch: pa.RecordBatch, features, key_columns: Sequence[str], source: str,
+             row_offset: int):
+    """Checks key columns, converts the features; returns (Conversion, dead letters)."""
+    missing = [k for k in key_columns if k not in batch.schema.names]
+    if missing:
+        raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
+                             f"(columns present: {', '.join(batch.schema.names)})")
+    conv = to_matrix(batch, features)
+    letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
+               for row, reason, detail in conv.faults]
+    return conv, letters
+
+
+def _key_rows(batch: pa.RecordBatch, key_columns: Sequence[str],
+              valid: np.ndarray) -> Optional[pa.RecordBatch]:
+    """The key columns of the good rows (None without key columns)."""
+    if not key_columns:
+        return None
+    keys = batch.select(list(key_columns))
+    return keys if len(valid) == batch.num_rows else keys.take(pa.array(valid))
+
+
 def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str = "",
                        row_offset: int = 0, opts: ScoringOptions = ScoringOptions()
                        ) -> Tuple[Optional[pa.RecordBatch], List[Dict[str, Any]]]:
@@ -125,57 +159,19 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
       SchemaMismatch: a feature or key column is missing / unusable for the whole
         batch (callers turn this into one whole-file dead letter).
     """
-    if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
-            pa.RecordBatch.from_pylist([], schema=batch.schema)
-    missing = [k for k in opts.key_columns if k not in batch.schema.names]
-    if missing:
-        raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
-                             f"(columns present: {', '.join(batch.schema.names)})")
-    conv = to_matrix(batch, bundle.info.features)
-    letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
-               for row, reason, detail in conv.faults]
+    batch = _as_batch(batch)
+    conv, letters = _convert(batch, bundle.info.features, opts.key_columns, source, row_offset)
     if not len(conv.valid):
         return None, letters
     scores = score(bundle, conv.matrix)
-    keys = None
-    if opts.key_columns:
-        keys = batch.select(list(opts.key_columns))
-        if len(conv.valid) != batch.num_rows:
-            keys = keys.take(pa.array(conv.valid))
-    return scores_to_batch(bundle.info, scores, opts, keys), letters
+    return scores_to_batch(bundle.info, scores, opts,
+                           _key_rows(batch, opts.key_columns, conv.valid)), letters
 
 
 def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
     return dead_letter(source, None, reason, f"{type(error).__name__}: {error}", None)
 
 
-__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
-           "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "ScoringOptions",
-           "REASON_MISSING_COLUMN", "dead_letter", "dead_letters_to_batch", "float_list_array",
-           "output_schema", "score_record_batch", "scores_to_batch", "whole_file_dead_letter"]
-
-
-def score_parquet_file(bundle, path: str, *, opts: ScoringOptions = ScoringOptions(),
-                       batch_rows: int = 8192):
-    """Streams one Parquet file through `score_record_batch`.
-
-    Yields:
-      (row_offset, rows_in_batch, scored batch or None, dead-letter records) per
-      record batch, in file order.
-
-    Raises:
-      io.UnreadableFile: the file cannot be read or decoded (possibly after some
-        batches were yielded: callers needing all-or-nothing discard them).
-      SchemaMismatch: a feature or key column is missing in this file.
-    """
-    from latentbeam.pipeline.io import iter_file_batches
-
-    # Whole rows are read (not just feature columns): dead letters carry the original row.
-    for offset, batch in iter_file_batches(path, batch_rows=batch_rows):
-        scored, letters = score_record_batch(bundle, batch, source=path, row_offset=offset,
-                                             opts=opts)
-        yield offset, batch.num_rows, scored, letters
 
 
 # --- Decoding and the row path (dicts / beam.Row), shared by the Beam transforms,
@@ -200,38 +196,54 @@ def decode_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str
     from latentbeam.model.features import Feature
     from latentbeam.model.scoring import decode
 
-    if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
-            pa.RecordBatch.from_pylist([], schema=batch.schema)
-    missing = [k for k in key_columns if k not in batch.schema.names]
-    if missing:
-        raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
-                             f"(columns present: {', '.join(batch.schema.names)})")
+    batch = _as_batch(batch)
     info = bundle.info
-    conv = to_matrix(batch, [Feature(COL_LATENT, "float32", (info.latent_dim,))])
-    letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
-               for row, reason, detail in conv.faults]
+    conv, letters = _convert(batch, [Feature(COL_LATENT, "float32", (info.latent_dim,))],
+                             key_columns, source, row_offset)
     if not len(conv.valid):
         return None, letters
     x = decode(bundle, conv.matrix)
-    keys = batch.select(list(key_columns)) if key_columns else None
-    if keys is not None and len(conv.valid) != batch.num_rows:
-        keys = keys.take(pa.array(conv.valid))
+    keys = _key_rows(batch, key_columns, conv.valid)
     fields = list(keys.schema) if keys is not None else []
     columns: List[Any] = list(keys.columns) if keys is not None else []
-    offset = 0
-    for f in info.features:
+    feature_fields, feature_arrays = feature_columns(info.features, x)
+    fields += feature_fields + [pa.field(COL_MODEL_VERSION, pa.string())]
+    columns += feature_arrays + [pa.array([info.model_version] * len(x), type=pa.string())]
+    schema = pa.schema(fields, metadata=output_metadata(info))
+    return pa.RecordBatch.from_arrays(columns, schema=schema), letters
+
+
+def feature_columns(features, x: np.ndarray) -> Tuple[List[pa.Field], List[pa.Array]]:
+    """A (n, n_inputs) matrix in bundle order -> one Arrow column per feature.
+
+    float32 for scalar features, list<float32> (flattened, `Feature.size` values) for
+    list and image features: the input `to_matrix` reads back to the same matrix.
+    """
+    fields, arrays, offset = [], [], 0
+    for f in features:
         block = x[:, offset:offset + f.size]
         offset += f.size
         if f.shape:
             fields.append(pa.field(f.name, pa.list_(pa.float32())))
-            columns.append(float_list_array(block))
+            arrays.append(float_list_array(block))
         else:
             fields.append(pa.field(f.name, pa.float32()))
-            columns.append(pa.array(np.ascontiguousarray(block[:, 0]), type=pa.float32()))
-    fields.append(pa.field(COL_MODEL_VERSION, pa.string()))
-    columns.append(pa.array([info.model_version] * len(x), type=pa.string()))
-    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields, metadata=output_metadata(info))), letters
+            arrays.append(pa.array(np.ascontiguousarray(block[:, 0], dtype=np.float32)))
+    return fields, arrays
+
+
+MODE_SCORE, MODE_DECODE = "score", "decode"
+
+
+def apply_bundle(bundle, batch: pa.RecordBatch | pa.Table, mode: str, *, source: str = "",
+                 row_offset: int = 0, opts: ScoringOptions = ScoringOptions()):
+    """`score_record_batch` (mode "score") or `decode_record_batch` (mode "decode")."""
+    if mode == MODE_DECODE:
+        return decode_record_batch(bundle, batch, source=source, row_offset=row_offset,
+                                   key_columns=opts.key_columns)
+    if mode != MODE_SCORE:
+        raise ValueError(f"Unknown mode {mode!r}; expected {MODE_SCORE!r} or {MODE_DECODE!r}.")
+    return score_record_batch(bundle, batch, source=source, row_offset=row_offset, opts=opts)
 
 
 def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
@@ -258,3 +270,11 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
         arrays.append(arr)
         fields.append(pa.field(name, arr.type))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
+           "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
+           "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
+           "dead_letters_to_batch", "decode_record_batch", "feature_columns", "float_list_array",
+           "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
+           "whole_file_dead_letter"]

@@ -30,14 +30,14 @@ from latentbeam.model.features import SchemaMismatch, row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
-from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, ScoringOptions,
-                                         dead_letter, decode_record_batch, rows_to_record_batch,
-                                         score_record_batch)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, MODE_DECODE,
+                                         MODE_SCORE, ScoringOptions, apply_bundle, dead_letter,
+                                         rows_to_record_batch)
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_TAG = "dead_letter"
-MODE_SCORE, MODE_ENCODE, MODE_DECODE = "score", "encode", "decode"
+MODE_ENCODE = "encode"  # scoring, keeping only the key columns, latent and model_version
 DEFAULT_MAX_BATCH_ROWS = 8192
 _ARROW_TYPES = (pa.RecordBatch, pa.Table)
 
@@ -77,12 +77,10 @@ class _BundleDoFn(beam.DoFn):
 
     def _apply(self, batch: pa.RecordBatch, row_offset: int = 0
                ) -> Tuple[Optional[pa.RecordBatch], List[dict]]:
-        if self._mode == MODE_DECODE:
-            return decode_record_batch(self._bundle, batch, source=self._source,
-                                       row_offset=row_offset, key_columns=self._opts.key_columns)
-        scored, letters = score_record_batch(self._bundle, batch, source=self._source,
-                                             row_offset=row_offset, opts=self._opts)
-        if scored is not None:
+        mode = MODE_DECODE if self._mode == MODE_DECODE else MODE_SCORE
+        scored, letters = apply_bundle(self._bundle, batch, mode, source=self._source,
+                                       row_offset=row_offset, opts=self._opts)
+        if scored is not None and mode == MODE_SCORE:
             self._metrics.record_scored(scored)
             if self._mode == MODE_ENCODE:
                 scored = scored.select(list(self._opts.key_columns) + [COL_LATENT,
