@@ -170,8 +170,6 @@ class _AdaptiveDoFn(beam.DoFn):
         self._config = config
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
-        from latentbeam.pipeline.streaming import Chunk
-
         _, chunk = element
         current = state.read()
         if current is None or current.scale != chunk.adaptive_scale:

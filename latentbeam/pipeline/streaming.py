@@ -57,8 +57,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -78,7 +78,8 @@ from latentbeam.pipeline.adaptive import (AdaptiveConfig, AdaptiveState, Adaptiv
                                           adaptive_scale, split_by_key, with_adaptive_columns)
 from latentbeam.pipeline.bundles import BundleResolver
 from latentbeam.pipeline.io import UnreadableFile, iter_file_batches
-from latentbeam.pipeline.records import (COL_ERROR, ScoringOptions, dead_letter, dead_letters_to_batch,
+from latentbeam.pipeline.records import (COL_ERROR, ScoringOptions, dead_letter,
+                                         dead_letters_to_batch, rows_to_record_batch,
                                          score_record_batch, whole_file_dead_letter)
 
 log = logging.getLogger(__name__)
@@ -252,19 +253,47 @@ def first_sighting(output: str, path: str) -> bool:
     return True
 
 
+class _TrackedWriter:
+    """A Parquet writer whose footer records rows per source and every model_version.
+
+    The file's schema is the first batch's; later batches are conformed to it.
+    """
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._writer = None
+        self.sources: Counter = Counter()
+        self._versions: set = set()
+
+    @property
+    def rows(self) -> int:
+        return sum(self.sources.values())
+
+    def write(self, batch: pa.RecordBatch, source: str, schema: Optional[pa.Schema] = None):
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._sink, schema or batch.schema)
+        if batch.schema != self._writer.schema:
+            batch = _conform(batch, self._writer.schema, source)
+        self._writer.write_batch(batch)
+        self.sources[source] += batch.num_rows
+        if "model_version" in batch.schema.names:
+            self._versions.update(pc.unique(batch.column("model_version")).to_pylist())
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.add_key_value_metadata({
+            META_SOURCES: json.dumps(dict(self.sources)).encode(),
+            META_MODEL_VERSIONS: json.dumps(sorted(self._versions)).encode()})
+        self._writer.close()
+        self._writer = None
+
+
 def _parquet_bytes(batches: List[pa.RecordBatch], source: str) -> bytes:
     sink = pa.BufferOutputStream()
-    writer = None
-    versions = set()
+    writer = _TrackedWriter(sink)
     for b in batches:
-        if writer is None:
-            writer = pq.ParquetWriter(sink, b.schema)
-        writer.write_batch(_conform(b, writer.schema, source))
-        if "model_version" in b.schema.names:
-            versions.update(pc.unique(b.column("model_version")).to_pylist())
-    writer.add_key_value_metadata({
-        META_SOURCES: json.dumps({source: sum(b.num_rows for b in batches)}).encode(),
-        META_MODEL_VERSIONS: json.dumps(sorted(versions)).encode()})
+        writer.write(b, source)
     writer.close()
     return sink.getvalue().to_pybytes()
 
@@ -279,35 +308,26 @@ class _WindowFiles:
 
     def __init__(self, output: str, tag: str, source: str, window_us: int):
         self._output, self._tag, self._source, self._window_us = output, tag, source, window_us
-        self._open: Dict[int, list] = {}  # window start -> [staging path, file, writer, rows, versions]
+        self._open: Dict[int, Tuple[str, Any, _TrackedWriter]] = {}  # start -> staging, file, writer
 
     @property
     def rows(self) -> int:
-        return sum(entry[3] for entry in self._open.values())
+        return sum(writer.rows for _, _, writer in self._open.values())
 
     def write(self, event_us: int, batch: pa.RecordBatch) -> None:
         start = event_us - event_us % self._window_us
-        entry = self._open.get(start)
-        if entry is None:
+        if start not in self._open:
             staging = fs.join(self._output, TEMP_DIR, f"{self._tag}-{uuid.uuid4().hex}.parquet")
             if fs.is_local(staging):
                 os.makedirs(os.path.dirname(staging), exist_ok=True)
             f = FileSystems.create(staging)
-            entry = self._open[start] = [staging, f, pq.ParquetWriter(f, batch.schema), 0, set()]
-        writer = entry[2]
-        writer.write_batch(_conform(batch, writer.schema, self._source))
-        entry[3] += batch.num_rows
-        if "model_version" in batch.schema.names:
-            entry[4].update(pc.unique(batch.column("model_version")).to_pylist())
+            self._open[start] = (staging, f, _TrackedWriter(f))
+        self._open[start][2].write(batch, self._source)
 
     def _close(self) -> None:
-        for staging, f, writer, rows, versions in self._open.values():
-            if writer is not None:
-                writer.add_key_value_metadata({
-                    META_SOURCES: json.dumps({self._source: rows}).encode(),
-                    META_MODEL_VERSIONS: json.dumps(sorted(versions)).encode()})
-                writer.close()
-                f.close()
+        for _, f, writer in self._open.values():
+            writer.close()
+            f.close()
 
     def publish(self) -> List[str]:
         """Closes the staging files and moves them to their final names, in window order."""
@@ -556,24 +576,22 @@ class _ScoreRowsDoFn(beam.DoFn):
         source = cfg.source_name
         bundle = self._resolver.current()
         scale, base = _adaptive_params(cfg, bundle)
+        letters: List[dict] = []
         try:
-            tables = [pa.Table.from_pylist(rows)]
-        except (pa.ArrowException, TypeError, ValueError):
-            tables = []  # mixed types across rows: score one by one to isolate the bad ones
+            results = [score_record_batch(bundle, rows_to_record_batch(rows), source=source,
+                                          opts=cfg.scoring)]
+        except SchemaMismatch:
+            # Some message lacks a feature or has an unusable type: isolate it.
+            results = []
             for row in rows:
                 try:
-                    tables.append(pa.Table.from_pylist([row]))
-                except (pa.ArrowException, TypeError, ValueError) as e:
-                    yield _dead(source, REASON_BAD_MESSAGE, f"{type(e).__name__}: {e}",
-                                json.dumps(row, default=str))
-        letters: List[dict] = []
-        for table in tables:
-            try:
-                scored, bad = score_record_batch(bundle, table, source=source, opts=cfg.scoring)
-            except SchemaMismatch as e:
-                letters += [dead_letter(source, None, e.reason, str(e), json.dumps(r, default=str))
-                            for r in table.to_pylist()]
-                continue
+                    results.append(score_record_batch(bundle, rows_to_record_batch([row]),
+                                                      source=source, opts=cfg.scoring))
+                except SchemaMismatch as e:
+                    letters.append(dead_letter(source, None, e.reason, str(e),
+                                               json.dumps(row, default=str)))
+        for scored, bad in results:
+            # Messages have no stable row index: the payload identifies the row.
             letters += [dict(d, row=None) for d in bad]
             if scored is not None:
                 yield Chunk(source, scored, scale, base)
@@ -593,37 +611,18 @@ class ParquetChunkSink(fileio.FileSink):
 
     def __init__(self, schema: Optional[pa.Schema] = None):
         self._schema = schema
-        self._fh = None
-        self._writer = None
-        self._sources: Counter = Counter()
-        self._versions: set = set()
+        self._writer: Optional[_TrackedWriter] = None
 
     def open(self, fh):
-        self._fh = fh
-        self._writer = None
-        self._sources = Counter()
-        self._versions = set()
+        # Beam closes the file handle after flush(), not pyarrow.
+        self._writer = _TrackedWriter(_NoClose(fh))
 
     def write(self, chunk: Chunk):
-        batch = chunk.batch
-        if self._writer is None:
-            schema = self._schema or batch.schema
-            self._writer = pq.ParquetWriter(_NoClose(self._fh), schema)
-        if batch.schema != self._writer.schema:
-            batch = _conform(batch, self._writer.schema, chunk.source)
-        self._writer.write_batch(batch)
-        self._sources[chunk.source] += batch.num_rows
-        if "model_version" in batch.schema.names:
-            self._versions.update(pc.unique(batch.column("model_version")).to_pylist())
+        self._writer.write(chunk.batch, chunk.source, self._schema)
 
     def flush(self):
-        if self._writer is None:
-            return
-        self._writer.add_key_value_metadata({
-            META_SOURCES: json.dumps(dict(self._sources)).encode(),
-            META_MODEL_VERSIONS: json.dumps(sorted(self._versions)).encode()})
-        self._writer.close()
-        self._writer = None
+        if self._writer is not None:
+            self._writer.close()
 
 
 class _NoClose:
