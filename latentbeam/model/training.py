@@ -259,7 +259,7 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
 def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     import keras
 
-    dc, mc, tc, thc = config.data, config.model, config.train, config.threshold
+    mc, tc, thc = config.model, config.train, config.threshold
     vf, cf = tc.validation_fraction, thc.calibration_fraction
     log.info("Scanning %s", source.describe())
     stats = data_mod.scan(source, vf, cf)
