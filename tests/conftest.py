@@ -8,12 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from latentbeam.config import from_dict
 from latentbeam.demo import digits_table, write_digits_parquet
-
-# Settings that train in about a second on 2 cores; the numbers are still real.
-TINY_OVERRIDES = ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
-                  "train.verbose=0", "train.seed=0"]
+from tiny import tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +29,6 @@ def digits_glob(digits_dir) -> str:
 def digits_matrix() -> np.ndarray:
     t = digits_table()
     return np.stack([t.column(f"pixel_{i:02d}").to_numpy() for i in range(64)], axis=1)
-
-
-def tiny_config(glob: str, *extra: str):
-    return from_dict({"data": {"path": glob, "label": "label", "key_columns": ["id"]}},
-                     TINY_OVERRIDES + list(extra))
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,9 @@ from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
 from latentbeam.model import data as data_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
 from latentbeam.model.training import CachedSource
+from tiny import tiny_config
 
 TINY = ["model.hidden_units=[16]", "train.verbose=0"]
-
-
-def tiny_config(glob, *extra):
-    """The config of the session's `tiny_bundle` (see conftest.py), plus `extra` overrides."""
-    return from_dict({"data": {"path": glob, "label": "label", "key_columns": ["id"]}},
-                     ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
-                      "train.verbose=0", "train.seed=0", *extra])
 
 
 class CountingSource:

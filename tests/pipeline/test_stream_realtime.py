@@ -36,13 +36,11 @@ def _read_all(out: str):
 
 @pytest.fixture(scope="module")
 def second_bundle_dir(tmp_path_factory, digits_glob):
-    from latentbeam.config import from_dict
     from latentbeam.model import train
+    from tiny import tiny_config
 
     out = str(tmp_path_factory.mktemp("bundle2") / "v2")
-    train(from_dict({"data": {"path": digits_glob, "label": "label", "key_columns": ["id"]}},
-                    ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=3",
-                     "train.verbose=0", "train.seed=1"]), out)
+    train(tiny_config(digits_glob, "train.seed=1"), out)
     return out
 
 
