@@ -230,6 +230,15 @@ def test_vae_and_denoising_autoencoders_train_and_score_finite_errors(tmp_path, 
     train(tiny_config(digits_glob, "train.epochs=2", *overrides), out)
     bundle = load_bundle(out)
     assert bundle.info.variational is ("model.variational=true" in overrides)
+    # The options reached the saved model (its behaviour is pinned in test_architectures).
+    encoder = bundle.model.get_layer("encoder")
+    names = [layer.name for layer in encoder.layers]
+    if bundle.info.variational:
+        assert encoder.get_layer("sampling").kl_weight == 0.1
+        assert "input_noise" not in names
+    else:
+        assert encoder.get_layer("input_noise").stddev == 0.2
+        assert encoder.get_layer("enc_0_dropout").rate == 0.1 and "sampling" not in names
     assert np.isfinite(bundle.info.training["losses"]["loss"]).all()
     a = score(bundle, digits_matrix[:200])
     b = score(bundle, digits_matrix[:200])
