@@ -56,7 +56,8 @@ def _is_numeric(t: pa.DataType) -> bool:
 def _dtype_name(t: pa.DataType) -> str:
     if pa.types.is_decimal(t):
         return "float64"
-    return np.dtype(t.to_pandas_dtype()).name
+    # Not t.to_pandas_dtype(): it imports pandas, which a plain install does not have.
+    return pa.array([], type=t).to_numpy(zero_copy_only=False).dtype.name
 
 
 def _list_value_type(t: pa.DataType) -> Optional[pa.DataType]:
