@@ -6,6 +6,8 @@ from setuptools import find_packages, setup
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _README = os.path.join(_HERE, "README.md")
 
+_DASK = ["dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"]
+
 setup(
     name="latentbeam",
     version="0.1.0",
@@ -31,7 +33,10 @@ setup(
     extras_require={
         # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.
         "tensorboard": ["tensorboard>=2.18,<3"],
-        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3"],
+        # `--runner dask`: what apache-beam[dask] installs (Beam 2.77 asks for >=2024.4.2).
+        "dask": _DASK,
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4",
+                 "tensorboard>=2.18,<3"] + _DASK,
     },
     entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
 )

@@ -40,7 +40,7 @@ from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
-from latentbeam.pipeline.options import pipeline_options
+from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_dask
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, MODE_DECODE, MODE_SCORE,
                                          ScoringOptions, apply_bundle, dead_letters_to_batch,
                                          list_array, whole_file_dead_letter)
@@ -72,7 +72,7 @@ class JobSummary:
     anomalies: int  # scored rows with is_anomaly
     files: List[str]  # output Parquet files, sorted
     dead_letter_files: List[str]  # dead-letter Parquet files, sorted
-    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics
+    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics; {} if none
     result: Any = field(default=None, repr=False, compare=False)  # the PipelineResult
 
     def to_json(self) -> dict:
@@ -324,6 +324,8 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
     tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
+    if uses_dask(beam_args):
+        beam_args = dask_partitions(beam_args, len(sources))
     try:
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
         _ = (pipeline
@@ -385,7 +387,7 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result) -> Job
     totals = {k: sum(s[k] for s in stats) for k in
               (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, FILES_DEAD_LETTERED, ANOMALIES)}
     metrics = query_metrics(result)
-    if any(metrics.get(k) != v for k, v in totals.items()):
+    if metrics and any(metrics.get(k) != v for k, v in totals.items()):
         log.warning("Runner metrics %s differ from the job's per-file records %s (runners "
                     "without metrics support report 0); the summary uses the records.",
                     {k: metrics.get(k) for k in totals}, totals)
@@ -419,6 +421,9 @@ def format_summary(summary: JobSummary, mode: str = MODE_SCORE) -> str:
         if dist is not None:
             lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
                          f"max {dist.max:.6g}")
+    if not summary.metrics:
+        lines.append("runner metrics:       unavailable on this runner; counts above are from "
+                     "the job's per-file records")
     lines.append(f"output files:         {len(summary.files)} in {summary.output}")
     lines += [f"  {p}" for p in summary.files]
     if summary.dead_letter_files:
