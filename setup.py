@@ -18,6 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["latentbeam", "latentbeam.*"]),
+    package_data={"latentbeam.pipeline": ["providers.yaml"]},
     install_requires=[
         "tensorflow>=2.18,<2.22",
         "keras>=3.6,<4",
@@ -29,6 +30,13 @@ setup(
         "numpy>=1.26,<3",
         "PyYAML>=6,<7",
         "scikit-learn>=1.4,<2",
+        # Beam YAML (`python -m apache_beam.yaml.main`, the latentbeam YAML provider) and
+        # Beam DataFrames import these; the ranges are Beam 2.77's own ([yaml] extra),
+        # pandas below 2.4 because Beam's DataFrame API fails to import with pandas 3.
+        "jsonschema>=4,<5",
+        "jinja2>=3,<3.2",
+        "docstring-parser>=0.15,<1",
+        "pandas>=2,<2.4",
     ],
     extras_require={
         # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.
