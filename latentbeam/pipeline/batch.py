@@ -305,8 +305,11 @@ def check_output_dir(output: str, overwrite: bool) -> List[str]:
     return entries
 
 
-def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
+def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> JobSummary:
     """Runs the job to completion and commits its output (see the module docstring).
+
+    `progress` (a `latentbeam.console.ProgressLine`, optional) shows files done / total,
+    rows, rows/s and the ETA while the job runs, read from the per-file records.
 
     Raises:
       ValueError: bad bundle, no input, non-empty output without overwrite, or
@@ -326,6 +329,11 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
     if uses_dask(beam_args):
         beam_args = dask_partitions(beam_args, len(sources))
+    watcher = None
+    if progress is not None and progress.enabled:
+        from latentbeam.console import FileJobProgress, input_sizes
+        watcher = FileJobProgress(progress, job.mode, fs.join(tmp_dir, STATS_DIR), sources,
+                                  input_sizes(sources)).start()
     try:
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
         _ = (pipeline
@@ -339,8 +347,13 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
         if "DONE" not in state:
             raise RuntimeError(f"Beam job ended in state {state}; nothing was committed to "
                                f"{job.output}.")
+        if watcher is not None:
+            watcher.stop(succeeded=True)  # reads the records before the commit moves them
+            watcher = None
         summary = _commit(job, info, sources, tmp_dir, result)
     except BaseException:
+        if watcher is not None:
+            watcher.stop(succeeded=False)
         _delete_tree(tmp_dir)
         raise
     return summary
@@ -440,7 +453,8 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
                                       per_feature_errors=args.per_feature_errors,
                                       reconstruction=args.reconstruction),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_SCORE))
     return 0
 
@@ -450,7 +464,8 @@ def run_decode_command(args, beam_args: Sequence[str]) -> int:
     job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_DECODE,
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
                   overwrite=args.overwrite)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_DECODE))
     return 0
 
