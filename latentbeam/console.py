@@ -112,7 +112,10 @@ class NativeLogFilter:
 
     def __enter__(self) -> "NativeLogFilter":
         sys.stderr.flush()
-        self._saved = os.dup(2)
+        try:
+            self._saved = os.dup(2)
+        except OSError:  # no usable fd 2 (an embedding process): filter nothing
+            return self
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)
@@ -150,12 +153,15 @@ class NativeLogFilter:
 
     def __exit__(self, *exc) -> None:
         global _TERMINAL
+        if self._saved is None:
+            return
         _TERMINAL = None
         sys.stderr.flush()
         os.dup2(self._saved, 2)  # closes the pipe's last write end: the pump sees EOF
         self._thread.join(timeout=5)
         self.original.close()
         os.close(self._saved)
+        self._saved = None
         self.original = sys.stderr
 
 

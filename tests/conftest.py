@@ -81,7 +81,7 @@ def dask_cluster(tmp_path_factory):
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port),
               "--no-dashboard")
         start("workers", "worker", address, "--nworkers", "2", "--nthreads", "1",
-              "--no-dashboard", "--host", "127.0.0.1")
+              "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(logs))
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
         yield address

@@ -45,6 +45,13 @@ def test_an_unknown_flag_is_an_error_naming_the_closest_valid_one(tmp_path, digi
     assert not out.exists()
 
 
+def test_stream_refuses_the_batch_only_dask_runner(tmp_path, tiny_bundle_dir, capsys):
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(tmp_path / "*.parquet"),
+                 "--output", str(tmp_path / "o"), "--runner", "dask"]) == 2
+    assert ("latentbeam stream: error: latentbeam stream needs a streaming runner; Dask runs "
+            "batch pipelines only.") in capsys.readouterr().err
+
+
 def test_runner_options_are_known_once_the_runner_is_chosen(tmp_path, digits_glob, capsys):
     """--dask_client_address is a DaskRunner option: with --runner dask it is accepted (the
     job then fails on the missing bundle, after the flag check)."""

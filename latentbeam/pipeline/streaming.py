@@ -830,6 +830,12 @@ def validate(cfg: StreamConfig) -> None:
 
 
 def run_stream_command(args, beam_args: List[str]) -> int:
+    from latentbeam.pipeline.options import uses_dask
+
+    if uses_dask(beam_args):
+        raise ValueError("latentbeam stream needs a streaming runner; Dask runs batch "
+                         "pipelines only. Drop --runner dask (the default runs in-process) "
+                         "or use a streaming runner such as DataflowRunner or FlinkRunner.")
     cfg = config_from_args(args)
     validate(cfg)
     fs.makedirs(cfg.output)
