@@ -53,7 +53,7 @@ def dask_cluster(tmp_path_factory):
     """A real Dask cluster on 127.0.0.1: a scheduler and two single-thread worker processes.
 
     Started with the `dask` command of this virtualenv, so the workers import the same
-    (editable) latentbeam. Yields the scheduler address; stopped at the end of the session.
+    (editable) latentbeam. Yields the scheduler address; stopped when the test run ends.
     """
     import signal
     import socket
