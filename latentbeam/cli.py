@@ -7,6 +7,7 @@ works unchanged on `score`, `stream` and `decode`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,19 @@ BEAM_COMMANDS = ("score", "stream", "decode")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")
+
+
+def _add_output_flags(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    """--log-level (also accepted after the command) and, for jobs, progress flags."""
+    p.add_argument("--log-level", default=argparse.SUPPRESS,
+                   help="Python logging level: WARNING (default) shows warnings only; INFO "
+                        "also shows Beam's, absl's and TensorFlow's INFO lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (the final summary is still printed)")
+    if progress:
+        p.add_argument("--progress-seconds", type=float, default=10.0,
+                       help="seconds between progress lines when stderr is not a terminal "
+                            "(default 10; a terminal gets one live line)")
 
 
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
@@ -35,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentbeam",
         description="Keras autoencoder anomaly scoring for Apache Beam.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="Python logging level (default WARNING; INFO shows Beam's, "
+                             "absl's and TensorFlow's INFO lines)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an autoencoder and write a model bundle")
@@ -43,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.latent_dim=2 (repeatable)")
     p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
+    _add_output_flags(p, progress=False)
 
     p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -53,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty output directory")
     _add_scoring_flags(p)
+    _add_output_flags(p)
 
     p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
@@ -84,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-key", default=None,
                    help="input column: keep one adaptive threshold per value")
     _add_scoring_flags(p)
+    _add_output_flags(p)
 
     p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True)
@@ -91,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--key-columns", default="")
+    _add_output_flags(p)
 
     p = sub.add_parser("generate", help="sample the latent space and decode to new rows")
     p.add_argument("--bundle", required=True)
@@ -107,29 +127,49 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _own_flags(parser: argparse.ArgumentParser, command: str) -> List[str]:
+    """The long flags of `command` (and the global ones), offered as corrections."""
+    flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            flags += [f for a in action.choices[command]._actions
+                      for f in a.option_strings if f.startswith("--")]
+    return flags
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_tensorflow()
+    from latentbeam.console import NativeLogFilter, configure_logging
+
     try:
-        return COMMANDS[args.command](args, beam_args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        # User errors: one clear line, no traceback (use --log-level DEBUG for it).
-        log.debug("failed", exc_info=True)
-        print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        level = configure_logging(args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
+    _quiet_tensorflow()
+    native = NativeLogFilter() if level > logging.INFO else contextlib.nullcontext()
+    with native:
+        try:
+            if args.command in BEAM_COMMANDS:
+                from latentbeam.pipeline.options import check_beam_flags
+                beam_args = check_beam_flags(beam_args, _own_flags(parser, args.command))
+            return COMMANDS[args.command](args, beam_args)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            # User errors: one clear line, no traceback (use --log-level DEBUG for it).
+            log.debug("failed", exc_info=True)
+            print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
+            return 2
 
 
 def cmd_train(args, beam_args: List[str]) -> int:
     from latentbeam.config import load_config
     from latentbeam.model import train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["train.verbose=0"] if args.quiet else [])
+    config = load_config(args.config, overrides)
     bundle = train(config, args.output)
     print(summarize_bundle(bundle.info))
     return 0

@@ -69,7 +69,7 @@ class TrainConfig:
     cache_mb: int = 256  # decoded rows kept in memory and replayed each epoch, up to this size
     disk_cache: bool = True  # rows past cache_mb: decoded once into a temp file and replayed
     tensorboard_dir: Optional[str] = None
-    verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+    verbose: int = 1  # 0 silent, 1 one bar over the epochs (a line per epoch if not a TTY), 2 a line per epoch
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,24 @@ Prints rows/s, peak RSS and the ratios (targets: a >= 0.6 x b, a >= 50 x c).
 With --rss-rows N (e.g. 10000000) also runs (a) on N rows and reports its peak RSS
 (target < 1.5 GB).
 
+With --runner dask also runs
+
+  (d) dask      `latentbeam score --runner dask` on a Dask cluster: --dask-address, or a
+                local one started here (a scheduler and 2 single-thread worker processes
+                on 127.0.0.1, from this virtualenv's `dask` command, stopped at the end).
+                The data is then split into 8 files (--rows-per-file) so both workers get
+                files. Peak RSS is the launcher's; the workers are separate processes.
+                Wall time includes the workers' start-up (TensorFlow import and bundle load,
+                in parallel on each worker) on a fresh cluster.
+
     .venv/bin/python scripts/bench_score.py [--rows 1000000] [--rows-rowwise 50000]
-                                            [--rss-rows 10000000]
+                                            [--rss-rows 10000000] [--runner dask]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import filecmp
 import glob
 import json
 import os
@@ -209,10 +221,10 @@ def measure(cmd) -> dict:
             "stdout": out_err[0].decode(errors="replace")}
 
 
-def run_beam(bundle: str, pattern: str, out: str) -> dict:
+def run_beam(bundle: str, pattern: str, out: str, beam_args=()) -> dict:
     r = measure([sys.executable, "-m", "latentbeam", "--log-level", "WARNING", "score",
                  "--bundle", bundle, "--input", pattern, "--output", out, "--key-columns", "id",
-                 "--overwrite"])
+                 "--overwrite", "--quiet", *beam_args])
     done = json.load(open(os.path.join(out, "_SUCCESS")))
     r["rows"] = done["rows_scored"]
     return r
@@ -223,6 +235,45 @@ def run_child(mode: str, bundle: str, pattern: str, out: str, rows: int = 0) -> 
                  "--pattern", pattern, "--out", out, "--child-rows", str(rows)])
     r["rows"] = int(r["stdout"].strip().splitlines()[-1])
     return r
+
+
+class LocalDaskCluster:
+    """A scheduler and 2 single-thread worker processes on 127.0.0.1 (this venv's `dask`)."""
+
+    def __init__(self, workers: int = 2):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.procs = []
+
+    def __enter__(self) -> str:
+        dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1",
+                                            "--port", str(self.port), "--no-dashboard"], **quiet))
+        self.procs.append(subprocess.Popen([dask_cli, "worker", self.address, "--nworkers",
+                                            str(self.workers), "--nthreads", "1",
+                                            "--no-dashboard"], **quiet))
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(self.workers, timeout=120)
+        return self.address
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
 
 
 def _fmt(name: str, r: dict, startup: float) -> str:
@@ -239,6 +290,13 @@ def main() -> None:
     ap.add_argument("--rss-rows", type=int, default=0,
                     help="also run (a) on this many rows and report its peak RSS")
     ap.add_argument("--workdir", default=None, help="default: a temporary directory")
+    ap.add_argument("--runner", choices=["dask"], default=None,
+                    help="also run (d): latentbeam score on a Dask cluster")
+    ap.add_argument("--dask-address", default=None,
+                    help="scheduler of an existing cluster (default: start 2 local workers)")
+    ap.add_argument("--rows-per-file", type=int, default=None,
+                    help=f"rows per input file (default {ROWS_PER_FILE:,d}; rows / 8 with "
+                         f"--runner dask)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--pattern", default=None, help=argparse.SUPPRESS)
@@ -249,7 +307,8 @@ def main() -> None:
         print(child_bare(args.bundle, args.pattern, args.out))
         return
     if args.child == "data":
-        write_data(args.out, args.child_rows, seed=int(args.pattern))
+        seed, per_file = (int(v) for v in args.pattern.split(":"))
+        write_data(args.out, args.child_rows, seed=seed, rows_per_file=per_file)
         print(args.child_rows)
         return
     if args.child == "train":
@@ -268,7 +327,9 @@ def main() -> None:
         data = os.path.join(workdir, "data")
         print(f"writing {args.rows:,d} rows x {FEATURES} float32 features to {data} ...",
               flush=True)
-        run_child("data", "", "0", data, args.rows)
+        per_file = args.rows_per_file or (max(1, -(-args.rows // 8)) if args.runner
+                                          else ROWS_PER_FILE)
+        run_child("data", "", f"0:{per_file}", data, args.rows)
         pattern = os.path.join(data, "*.parquet")
         print("training the 64-32-8 dense autoencoder on a 50k-row sample ...", flush=True)
         run_child("train", "", "", workdir)
@@ -285,6 +346,14 @@ def main() -> None:
         c = run_child("rowwise", bundle, pattern, os.path.join(workdir, "out-c"),
                       min(args.rows_rowwise, args.rows))
         print(_fmt("(c) RunInference, numpy handler, row/element", c, startup), flush=True)
+        d = None
+        if args.runner == "dask":
+            cluster = (contextlib.nullcontext(args.dask_address) if args.dask_address
+                       else LocalDaskCluster(workers=2))
+            with cluster as address:
+                d = run_beam(bundle, pattern, os.path.join(workdir, "out-d"),
+                             ["--runner", "dask", "--dask_client_address", address])
+            print(_fmt("(d) latentbeam score, Dask, 2 workers", d, startup), flush=True)
         ra, rb, rc = (r["rows"] / r["seconds"] for r in (a, b, c))
         na, nb, nc = (r["rows"] / max(r["seconds"] - startup, 1e-9) for r in (a, b, c))
         print()
@@ -300,7 +369,7 @@ def main() -> None:
             big = os.path.join(workdir, "big")
             shutil.rmtree(data)
             print(f"\nwriting {args.rss_rows:,d} rows for the memory run ...", flush=True)
-            run_child("data", "", "2", big, args.rss_rows)
+            run_child("data", "", f"2:{ROWS_PER_FILE}", big, args.rss_rows)
             r = run_beam(bundle, os.path.join(big, "*.parquet"), os.path.join(workdir, "out-big"))
             print(_fmt("(a) latentbeam score, memory run", r, startup))
             print(f"(a, {args.rss_rows:,d} rows) / (c) = {r['rows'] / r['seconds'] / rc:.1f} wall")
@@ -311,6 +380,14 @@ def main() -> None:
             pq.read_table(os.path.join(workdir, "out-b", n)))
             for n in sorted(os.listdir(os.path.join(workdir, "out-b"))))
         print(f"(a) and (b) outputs equal: {same}")
+        if d is not None:
+            print(f"(d) / (a) = {d['rows'] / d['seconds'] / ra:.2f} wall, "
+                  f"{d['rows'] / max(d['seconds'] - startup, 1e-9) / na:.2f} net")
+            same_d = all(filecmp.cmp(os.path.join(workdir, "out-a", n),
+                                     os.path.join(workdir, "out-d", n), shallow=False)
+                         for n in sorted(os.listdir(os.path.join(workdir, "out-a")))
+                         if n.endswith(".parquet"))
+            print(f"(a) and (d) part files byte-identical: {same_d}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -298,6 +298,11 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
             monitor="val_loss", patience=tc.patience, restore_best_weights=True))
     if tc.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tc.tensorboard_dir))
+    if tc.verbose:
+        # One bar over all epochs on a terminal, else one line per epoch; Keras' own
+        # output (a bar per epoch) stays off so the two never mix.
+        from latentbeam.console import ProgressLine, epoch_progress
+        callbacks.append(epoch_progress(tc.epochs, tc.verbose, ProgressLine()))
     # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
     # explicit step counts gives whole passes per epoch and a progress bar with a total.
     t_fit = time.time()
@@ -308,7 +313,7 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
             val_gen, width, repeat=True,
             cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None,
         validation_steps=math.ceil(n_val / val_batch) if n_val else None,
-        epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose, shuffle=False)
+        epochs=tc.epochs, callbacks=callbacks, verbose=0, shuffle=False)
     fit_seconds = time.time() - t_fit
 
     # Calibrate on rows the model never trained on, through the scoring core.

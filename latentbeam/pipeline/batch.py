@@ -40,7 +40,7 @@ from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
-from latentbeam.pipeline.options import pipeline_options
+from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_dask
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, MODE_DECODE, MODE_SCORE,
                                          ScoringOptions, apply_bundle, dead_letters_to_batch,
                                          list_array, whole_file_dead_letter)
@@ -72,7 +72,7 @@ class JobSummary:
     anomalies: int  # scored rows with is_anomaly
     files: List[str]  # output Parquet files, sorted
     dead_letter_files: List[str]  # dead-letter Parquet files, sorted
-    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics
+    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics; {} if none
     result: Any = field(default=None, repr=False, compare=False)  # the PipelineResult
 
     def to_json(self) -> dict:
@@ -305,8 +305,11 @@ def check_output_dir(output: str, overwrite: bool) -> List[str]:
     return entries
 
 
-def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
+def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> JobSummary:
     """Runs the job to completion and commits its output (see the module docstring).
+
+    `progress` (a `latentbeam.console.ProgressLine`, optional) shows files done / total,
+    rows, rows/s and the ETA while the job runs, read from the per-file records.
 
     Raises:
       ValueError: bad bundle, no input, non-empty output without overwrite, or
@@ -324,6 +327,13 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
     tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
+    if uses_dask(beam_args):
+        beam_args = dask_partitions(beam_args, len(sources))
+    watcher = None
+    if progress is not None and progress.enabled:
+        from latentbeam.console import FileJobProgress, input_sizes
+        watcher = FileJobProgress(progress, job.mode, fs.join(tmp_dir, STATS_DIR), sources,
+                                  input_sizes(sources)).start()
     try:
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
         _ = (pipeline
@@ -337,8 +347,13 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
         if "DONE" not in state:
             raise RuntimeError(f"Beam job ended in state {state}; nothing was committed to "
                                f"{job.output}.")
+        if watcher is not None:
+            watcher.stop(succeeded=True)  # reads the records before the commit moves them
+            watcher = None
         summary = _commit(job, info, sources, tmp_dir, result)
     except BaseException:
+        if watcher is not None:
+            watcher.stop(succeeded=False)
         _delete_tree(tmp_dir)
         raise
     return summary
@@ -385,7 +400,7 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result) -> Job
     totals = {k: sum(s[k] for s in stats) for k in
               (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, FILES_DEAD_LETTERED, ANOMALIES)}
     metrics = query_metrics(result)
-    if any(metrics.get(k) != v for k, v in totals.items()):
+    if metrics and any(metrics.get(k) != v for k, v in totals.items()):
         log.warning("Runner metrics %s differ from the job's per-file records %s (runners "
                     "without metrics support report 0); the summary uses the records.",
                     {k: metrics.get(k) for k in totals}, totals)
@@ -419,6 +434,9 @@ def format_summary(summary: JobSummary, mode: str = MODE_SCORE) -> str:
         if dist is not None:
             lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
                          f"max {dist.max:.6g}")
+    if not summary.metrics:
+        lines.append("runner metrics:       unavailable on this runner; counts above are from "
+                     "the job's per-file records")
     lines.append(f"output files:         {len(summary.files)} in {summary.output}")
     lines += [f"  {p}" for p in summary.files]
     if summary.dead_letter_files:
@@ -435,7 +453,8 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
                                       per_feature_errors=args.per_feature_errors,
                                       reconstruction=args.reconstruction),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_SCORE))
     return 0
 
@@ -445,7 +464,8 @@ def run_decode_command(args, beam_args: Sequence[str]) -> int:
     job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_DECODE,
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
                   overwrite=args.overwrite)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_DECODE))
     return 0
 

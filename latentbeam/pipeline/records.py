@@ -204,13 +204,18 @@ def decode_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str
         return None, letters
     x = decode(bundle, conv.matrix)
     keys = _key_rows(batch, key_columns, conv.valid)
-    fields = list(keys.schema) if keys is not None else []
     columns: List[Any] = list(keys.columns) if keys is not None else []
-    feature_fields, feature_arrays = feature_columns(info.features, x)
-    fields += feature_fields + [pa.field(COL_MODEL_VERSION, pa.string())]
+    _, feature_arrays = feature_columns(info.features, x)
     columns += feature_arrays + [pa.array([info.model_version] * len(x), type=pa.string())]
-    schema = pa.schema(fields, metadata=output_metadata(info))
+    schema = decode_output_schema(info, list(keys.schema) if keys is not None else [])
     return pa.RecordBatch.from_arrays(columns, schema=schema), letters
+
+
+def decode_output_schema(info, key_fields: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of decoded output: key columns, one column per bundle feature, model_version."""
+    feature_fields, _ = feature_columns(info.features, np.zeros((0, info.n_inputs), np.float32))
+    return pa.schema(list(key_fields) + feature_fields + [pa.field(COL_MODEL_VERSION, pa.string())],
+                     metadata=output_metadata(info))
 
 
 def feature_columns(features, x: np.ndarray) -> Tuple[List[pa.Field], List[pa.Array]]:
@@ -275,6 +280,6 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
            "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
-           "dead_letters_to_batch", "decode_record_batch", "feature_columns", "float_list_array",
+           "dead_letters_to_batch", "decode_output_schema", "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
            "whole_file_dead_letter"]

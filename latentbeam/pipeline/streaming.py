@@ -830,6 +830,12 @@ def validate(cfg: StreamConfig) -> None:
 
 
 def run_stream_command(args, beam_args: List[str]) -> int:
+    from latentbeam.pipeline.options import uses_dask
+
+    if uses_dask(beam_args):
+        raise ValueError("latentbeam stream needs a streaming runner; Dask runs batch "
+                         "pipelines only. Drop --runner dask (the default runs in-process) "
+                         "or use a streaming runner such as DataflowRunner or FlinkRunner.")
     cfg = config_from_args(args)
     validate(cfg)
     fs.makedirs(cfg.output)
@@ -838,7 +844,36 @@ def run_stream_command(args, beam_args: List[str]) -> int:
              cfg.source_name, cfg.output, cfg.window_seconds, cfg.poll_seconds, len(done))
     p = beam.Pipeline(options=pipeline_options(beam_args, cfg))
     build_stream(p, cfg)
-    result = p.run()
-    result.wait_until_finish()
+    from latentbeam.console import StreamProgress, progress_line
+
+    started = time.time()
+    watcher = None
+    if cfg.watch:
+        watcher = StreamProgress(progress_line(args), cfg.output, already=len(done),
+                                 stop_after=cfg.stop_after_seconds).start()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     log.info("Stream ended: %s", result.state)
+    print(format_stream_summary(cfg, read_manifest(cfg.output) if cfg.watch else {}, started,
+                                str(result.state)))
     return 0
+
+
+def format_stream_summary(cfg: StreamConfig, manifest: Dict[str, dict], started: float,
+                          state: str) -> str:
+    """What a finished `latentbeam stream` run did: files, rows and where they went."""
+    lines = [f"stream ended:         {state} after {time.time() - started:.1f} s"]
+    if cfg.watch:
+        new = [e for e in manifest.values() if e.get("completed_at", 0) >= started]
+        lines += [
+            f"files scored:         {len(new)} (manifest: {len(manifest)} in total)",
+            f"rows read:            {sum(int(e.get('rows', 0)) for e in new)}",
+            f"rows scored:          {sum(int(e.get('scored', 0)) for e in new)}",
+            f"dead letters:         {sum(int(e.get('dead_letters', 0)) for e in new)}",
+        ]
+    lines.append(f"output:               {cfg.output}")
+    return "\n".join(lines)
