@@ -41,6 +41,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="add `feature_errors`: per-feature squared error (normalized space)")
     p.add_argument("--reconstruction", action="store_true",
                    help="add `reconstruction`: X-hat in input units")
+    p.add_argument("--latent-distance", action="store_true",
+                   help="add `latent_distance`: the code's distance to the nearest training "
+                        "code (the score's density term)")
     p.add_argument("--batch-rows", type=int, default=8192,
                    help="rows per Arrow record batch read from each file (default 8192)")
 

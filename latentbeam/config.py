@@ -7,6 +7,7 @@ valid keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -70,6 +71,7 @@ class TrainConfig:
     disk_cache: bool = True  # rows past cache_mb: decoded once into a temp file and replayed
     tensorboard_dir: Optional[str] = None
     verbose: int = 1  # 0 silent, 1 one bar over the epochs (a line per epoch if not a TTY), 2 a line per epoch
+    trim_fraction: float = 0.0  # share of each batch's largest row errors left out of the loss
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,19 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    latent_neighbors: int = 1  # k of the latent-distance term; 0 scores reconstruction only
+    reference_rows: int = 1024  # training codes kept in the model for the latent distance
+    reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
@@ -203,6 +213,18 @@ def validate(config: Config) -> Config:
                    ("threshold.calibration_fraction", th.calibration_fraction)):
         if not 0.0 < v < 0.5:
             raise ValueError(f"`{key}` must be in (0, 0.5). Received: {v}")
+    if not 0.0 <= t.trim_fraction < 0.5:
+        raise ValueError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
+    sc = config.score
+    if sc.latent_neighbors < 0 or sc.reference_rows < 1:
+        raise ValueError("`score.latent_neighbors` must be >= 0 and `score.reference_rows` >= 1. "
+                         f"Received: {sc.latent_neighbors}, {sc.reference_rows}")
+    if not (sc.reconstruction_weight >= 0 and math.isfinite(sc.reconstruction_weight)):
+        raise ValueError("`score.reconstruction_weight` must be a finite number >= 0. "
+                         f"Received: {sc.reconstruction_weight}")
+    if sc.latent_neighbors > sc.reference_rows:
+        raise ValueError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed "
+                         f"`score.reference_rows` ({sc.reference_rows}).")
     value = config.threshold_value()
     if th.method in ("quantile",) and not 0.0 < value < 1.0:
         raise ValueError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")

@@ -451,7 +451,8 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
     job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_SCORE,
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns),
                                       per_feature_errors=args.per_feature_errors,
-                                      reconstruction=args.reconstruction),
+                                      reconstruction=args.reconstruction,
+                                      latent_distance=args.latent_distance),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
     from latentbeam.console import progress_line
     summary = run_file_job(job, beam_args, progress=progress_line(args))

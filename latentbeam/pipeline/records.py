@@ -24,6 +24,7 @@ COL_FLAG = "is_anomaly"
 COL_MODEL_VERSION = "model_version"
 COL_FEATURE_ERRORS = "feature_errors"
 COL_RECONSTRUCTION = "reconstruction"
+COL_LATENT_DISTANCE = "latent_distance"
 
 # Parquet key-value metadata written on every scored file.
 META_MODEL_VERSION = b"latentbeam.model_version"
@@ -44,6 +45,7 @@ class ScoringOptions:
     key_columns: Tuple[str, ...] = ()  # input columns passed through unchanged
     per_feature_errors: bool = False  # add `feature_errors`
     reconstruction: bool = False  # add `reconstruction` (input units)
+    latent_distance: bool = False  # add `latent_distance` (the score's density term)
 
 
 def list_array(matrix: np.ndarray) -> pa.ListArray:
@@ -72,6 +74,8 @@ def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = (
         fields.append(pa.field(COL_FEATURE_ERRORS, pa.list_(pa.float32())))
     if opts.reconstruction:
         fields.append(pa.field(COL_RECONSTRUCTION, pa.list_(pa.float32())))
+    if opts.latent_distance:
+        fields.append(pa.field(COL_LATENT_DISTANCE, pa.float32()))
     return pa.schema(fields, metadata=output_metadata(info))
 
 
@@ -98,6 +102,8 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
         columns.append(float_list_array(scores.feature_errors))
     if opts.reconstruction:
         columns.append(float_list_array(scores.reconstruction))
+    if opts.latent_distance:
+        columns.append(pa.array(scores.latent_distance, type=pa.float32()))
     return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
 
 
@@ -277,7 +283,7 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
+__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
            "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
            "dead_letters_to_batch", "decode_output_schema", "decode_record_batch", "feature_columns", "float_list_array",

@@ -75,10 +75,11 @@ from latentbeam import fs
 from latentbeam.model.features import (REASON_NULL, REASON_UNREADABLE, SchemaMismatch,
                                        row_payload)
 from latentbeam.pipeline.adaptive import (AdaptiveConfig, AdaptiveState, AdaptiveThresholds,
-                                          adaptive_scale, split_by_key, with_adaptive_columns)
+                                          adaptive_scale, scores, split_by_key,
+                                          with_adaptive_columns)
 from latentbeam.pipeline.bundles import BundleResolver
 from latentbeam.pipeline.io import UnreadableFile, iter_file_batches
-from latentbeam.pipeline.records import (COL_ERROR, ScoringOptions, dead_letter,
+from latentbeam.pipeline.records import (ScoringOptions, dead_letter,
                                          dead_letters_to_batch, rows_to_record_batch,
                                          score_record_batch, whole_file_dead_letter)
 
@@ -451,7 +452,8 @@ class _ScoreFileDoFn(beam.DoFn):
                 state = self._adaptive[key] = AdaptiveState(
                     cfg, adaptive_scale(bundle.info, cfg.quantile),
                     float(bundle.info.threshold.threshold))
-            out.append(with_adaptive_columns(part, *state.update(part.column(COL_ERROR).to_numpy())))
+            out.append(with_adaptive_columns(
+                part, *state.update(scores(part, bundle.info.threshold.threshold))))
         return out[0] if len(out) == 1 else pa.Table.from_batches(out).combine_chunks().to_batches()[0]
 
     def _by_event_time(self, path, batch, scored, bad, offset, arrival, letters):
@@ -791,7 +793,8 @@ def config_from_args(args) -> StreamConfig:
         early_firing_seconds=args.early_firing_seconds,
         bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
         scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
-                               reconstruction=args.reconstruction),
+                               reconstruction=args.reconstruction,
+                               latent_distance=args.latent_distance),
         adaptive=adaptive)
 
 

@@ -281,6 +281,7 @@ class Score(_BundleTransform):
       key_columns: input columns copied to the output unchanged.
       per_feature_errors: add `feature_errors` (per-input squared error).
       reconstruction: add `reconstruction` (X-hat in input units).
+      latent_distance: add `latent_distance` (the code's distance to training codes).
       max_batch_rows: rows per model call on the row path.
       source: `source` of dead letters (default: the bundle path).
     """
@@ -289,11 +290,13 @@ class Score(_BundleTransform):
 
     def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
                  per_feature_errors: bool = False, reconstruction: bool = False,
+                 latent_distance: bool = False,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
                          _opts=ScoringOptions(key_columns=tuple(key_columns),
                                               per_feature_errors=per_feature_errors,
-                                              reconstruction=reconstruction))
+                                              reconstruction=reconstruction,
+                                              latent_distance=latent_distance))
 
 
 class Encode(_BundleTransform):

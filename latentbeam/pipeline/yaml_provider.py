@@ -65,6 +65,7 @@ def _error_output(error_handling: Optional[Mapping[str, Any]]) -> Optional[str]:
 
 def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
                     per_feature_errors: bool = False, reconstruction: bool = False,
+                    latent_distance: bool = False,
                     error_handling: Optional[Mapping[str, Any]] = None):
     """Scores rows with a latentbeam model bundle.
 
@@ -76,13 +77,15 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
       key_columns: input fields copied to the output unchanged.
       per_feature_errors: add feature_errors, the squared error per input.
       reconstruction: add reconstruction, X-hat in input units.
+      latent_distance: add latent_distance, the code's distance to training codes.
       error_handling: {output: NAME} to get unusable rows as the output NAME.
     """
     from latentbeam.pipeline.transforms import Score
 
     return _WithDeadLetters(Score(bundle, key_columns=key_columns or (),
                                   per_feature_errors=per_feature_errors,
-                                  reconstruction=reconstruction), error_handling)
+                                  reconstruction=reconstruction,
+                                  latent_distance=latent_distance), error_handling)
 
 
 def LatentbeamEncode(bundle: str, key_columns: Optional[List[str]] = None,
