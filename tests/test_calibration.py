@@ -149,3 +149,18 @@ def test_score_terms_are_scaled_by_their_calibration_spread(tiny_bundle, digits_
     assert ref.shape == (desc["reference_rows"], 2)
     nearest = np.sqrt(((s.latent[:, None, :] - ref[None]) ** 2).sum(-1)).min(axis=1)
     np.testing.assert_allclose(s.latent_distance, nearest, rtol=1e-3, atol=1e-4)
+
+
+def test_term_spread_is_robust_and_never_zero():
+    from latentbeam.model.training import _spread
+
+    normal = np.random.default_rng(0).normal(3.0, 2.0, size=200_000)
+    assert _spread(normal) == pytest.approx(2.0, rel=0.01)
+    # A few huge values (anomalies among the calibration rows) barely move it.
+    assert _spread(np.r_[normal, np.full(2_000, 1e6)]) == pytest.approx(2.0, rel=0.03)
+    # Mostly duplicated rows (latent distance 0): the MAD is 0, the 10-90% range is not.
+    assert _spread(np.r_[np.zeros(80), np.arange(1.0, 21.0)]) == pytest.approx(
+        (np.quantile(np.r_[np.zeros(80), np.arange(1.0, 21.0)], 0.9) - 0) / 2.5631)
+    # Over 90% equal: the mean absolute deviation.
+    assert _spread(np.r_[np.zeros(95), np.full(5, 4.0)]) == pytest.approx(1.2533 * 0.2)
+    assert _spread(np.zeros(10)) == 1.0

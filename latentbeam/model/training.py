@@ -429,8 +429,7 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
     feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
     term = (ferr / feature_scale).mean(axis=1)
-    tiny = float(np.finfo(np.float32).tiny)
-    term_scale = [max(_spread(term), tiny), max(_spread(first.latent_distance), tiny)]
+    term_scale = [_spread(term), _spread(first.latent_distance)]
     layer = bundle.model.get_layer(OUTPUT_SCORE)
     layer.feature_scale.assign(feature_scale.astype(np.float32))
     layer.term_scale.assign(np.asarray(term_scale, np.float32))
@@ -438,9 +437,21 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
 
 
 def _spread(values: np.ndarray) -> float:
-    """Robust spread of a term over normal rows: 1.4826 x the median absolute deviation."""
+    """Robust spread of a term over the calibration rows (a standard deviation for normal data).
+
+    1.4826 x the median absolute deviation; when more than half the rows share one value
+    (duplicated rows have latent distance 0) the 10-90% quantile range / 2.5631, then the
+    mean absolute deviation x 1.2533; 1.0 when all values are equal (the term then
+    separates nothing and any positive scale will do).
+    """
     values = np.asarray(values, dtype=np.float64)
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    deviation = np.abs(values - np.median(values))
+    q10, q90 = np.quantile(values, [0.1, 0.9])
+    for spread in (1.4826 * np.median(deviation), (q90 - q10) / 2.5631,
+                   1.2533 * deviation.mean()):
+        if spread > 1e-12:
+            return float(spread)
+    return 1.0
 
 
 def _score_description(model, config: Config) -> dict:
