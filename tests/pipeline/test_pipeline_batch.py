@@ -55,7 +55,8 @@ def _matrix(table):
 def scored(tmp_path_factory, tiny_bundle_dir, digits_glob):
     out = str(tmp_path_factory.mktemp("scored") / "out")
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out, opts=ScoringOptions(
-        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True,
+        latent_distance=True)))
     return out, summary
 
 
@@ -65,7 +66,8 @@ def test_output_schema_numbers_metadata_and_success_file(scored, tiny_bundle):
     table = pq.read_table([os.path.join(out, f"part-0000{i}.parquet") for i in range(2)])
     f = {fl.name: fl.type for fl in table.schema}
     assert list(f) == ["id", "label", "latent", "reconstruction_error", "anomaly_score",
-                       "is_anomaly", "model_version", "feature_errors", "reconstruction"]
+                       "is_anomaly", "model_version", "feature_errors", "reconstruction",
+                       "latent_distance"]
     assert (f["id"], f["latent"], f["reconstruction_error"], f["is_anomaly"]) == (
         pa.int64(), pa.list_(pa.float32()), pa.float32(), pa.bool_())
     digits = digits_table()
@@ -75,6 +77,12 @@ def test_output_schema_numbers_metadata_and_success_file(scored, tiny_bundle):
     np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(),
                                expected.reconstruction_error, rtol=1e-6)
     assert table.column("is_anomaly").to_pylist() == expected.is_anomaly.tolist()
+    # Both terms of the score, as the core computes them.
+    np.testing.assert_allclose(table.column("latent_distance").to_numpy(),
+                               expected.latent_distance, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table.column("anomaly_score").to_numpy(),
+                               expected.anomaly_score, rtol=1e-5)
+    assert expected.latent_distance.max() > 0
     assert len(table.column("latent")[0]) == tiny_bundle.info.latent_dim
     meta = pq.read_metadata(os.path.join(out, "part-00000.parquet")).metadata
     assert meta[b"latentbeam.model_version"] == tiny_bundle.info.model_version.encode()
@@ -116,7 +124,8 @@ def test_rerun_is_byte_identical_and_output_is_never_mixed(tmp_path, scored, tin
     first, _ = scored
     again = str(tmp_path / "again")
     run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=ScoringOptions(
-        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True,
+        latent_distance=True)))
     for name in ("part-00000.parquet", "part-00001.parquet", "_SUCCESS"):
         assert filecmp.cmp(os.path.join(first, name), os.path.join(again, name), shallow=False)
 
