@@ -72,6 +72,8 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from latentbeam import fs
+from latentbeam import outputs as layout
+from latentbeam import paths
 from latentbeam.model.features import (REASON_NULL, REASON_UNREADABLE, SchemaMismatch,
                                        row_payload)
 from latentbeam.pipeline.adaptive import (AdaptiveConfig, AdaptiveState, AdaptiveThresholds,
@@ -88,9 +90,9 @@ REASON_LATE = "late_row"  # event time's window (+ allowed lateness) closed befo
 REASON_BAD_TIMESTAMP = "bad_timestamp"  # timestamp column of an unusable type
 REASON_BAD_MESSAGE = "bad_message"  # Pub/Sub message that is not a JSON object (or list)
 
-DEAD_LETTER_DIR = "dead_letter"
-MANIFEST_DIR = "_manifest"
-TEMP_DIR = "_temp"
+DEAD_LETTER_DIR = layout.DEAD_LETTER_DIR
+MANIFEST_DIR = layout.MANIFEST_DIR
+TEMP_DIR = layout.TEMP_DIR
 META_SOURCES = b"latentbeam.sources"  # footer: JSON {source: rows in this file}
 META_MODEL_VERSIONS = b"latentbeam.model_versions"  # footer: JSON list of model versions
 
@@ -101,7 +103,7 @@ ACCOUNT = "accounting"
 @dataclass(frozen=True)
 class StreamConfig:
     bundle: str  # bundle directory, or a watched location of bundle versions
-    output: str  # OUT: windowed Parquet, OUT/dead_letter/, OUT/_manifest/
+    output: str  # OUT: windowed Parquet, OUT/_dead_letter/, OUT/_manifest/
     watch: Optional[str] = None  # Parquet glob polled for new files
     pubsub_subscription: Optional[str] = None  # projects/P/subscriptions/S
     window_seconds: float = 60.0  # FixedWindows size
@@ -222,14 +224,22 @@ def read_manifest(output: str) -> Dict[str, dict]:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    if fs.is_local(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.write_bytes(path, data)  # object stores publish an object only when it is closed
+    layout.write_atomically(path, data)
+
+
+def clean_staging(output: str) -> int:
+    """Deletes the staging a crashed run left in `output` (its `_temp/` and `*.partial` files).
+
+    One stream per output directory: a second stream writing to the same OUT would lose
+    its staging here. Returns the number of files removed.
+    """
+    stale = [rel for rel in layout.list_tree(output)
+             if layout.is_staging(rel) and not rel.endswith("/")]
+    if stale:
+        log.warning("Removing %d staging file(s) of an earlier, interrupted run in %s",
+                    len(stale), output)
+        layout.delete_files(output, stale)
+    return len(stale)
 
 
 _SEEN: Dict[str, set] = {}
@@ -317,7 +327,8 @@ class _WindowFiles:
     def write(self, event_us: int, batch: pa.RecordBatch) -> None:
         start = event_us - event_us % self._window_us
         if start not in self._open:
-            staging = fs.join(self._output, TEMP_DIR, f"{self._tag}-{uuid.uuid4().hex}.parquet")
+            staging = fs.join(self._output, TEMP_DIR,
+                              f"{self._tag}-{uuid.uuid4().hex}.parquet{layout.PARTIAL_SUFFIX}")
             if fs.is_local(staging):
                 os.makedirs(os.path.dirname(staging), exist_ok=True)
             f = FileSystems.create(staging)
@@ -428,13 +439,14 @@ class _ScoreFileDoFn(beam.DoFn):
         outputs = list(outputs)
         if letters:
             a = arrival.micros
-            name = f"dead_letter-{_window_name(a - a % w, w)}-{tag}.parquet"
+            name = layout.dead_letter_name(f"dead_letter-{_window_name(a - a % w, w)}-{tag}")
             outputs.append(fs.join(cfg.output, DEAD_LETTER_DIR, name))
             _write_atomically(outputs[-1], _parquet_bytes([dead_letters_to_batch(letters)], path))
         # A run that crashed after writing this source's files but before its manifest
         # entry may have put them in other windows (processing time): remove those.
         stale = [f for pattern in (fs.join(cfg.output, f"scored-*-{tag}.parquet"),
-                                   fs.join(cfg.output, DEAD_LETTER_DIR, f"dead_letter-*-{tag}.parquet"))
+                                   fs.join(cfg.output, DEAD_LETTER_DIR,
+                                           layout.dead_letter_name(f"dead_letter-*-{tag}")))
                  for f in fs.match(pattern) if f not in outputs]
         if stale:
             log.warning("Removing %d output file(s) of an earlier, unfinished scoring of %s",
@@ -663,7 +675,7 @@ def _window_stamp(t: Timestamp) -> str:
         f"{t.micros % 1_000_000:06d}" if t.micros % 1_000_000 else "")
 
 
-def file_naming(prefix: str, run_id: str):
+def file_naming(prefix: str, run_id: str, suffix: str = ".parquet"):
     """`PREFIX-START-END-RUN-TOKEN-SHARD.parquet`; TOKEN is unique per firing (late panes)."""
     def _name(win, pane, shard_index, total_shards, compression, destination):
         if isinstance(win, window.IntervalWindow):
@@ -671,7 +683,7 @@ def file_naming(prefix: str, run_id: str):
         else:
             span = "global"
         return (f"{prefix}-{span}-{run_id}-{uuid.uuid4().hex[:8]}-"
-                f"{int(shard_index or 0):03d}-of-{int(total_shards or 1):03d}.parquet")
+                f"{int(shard_index or 0):03d}-of-{int(total_shards or 1):03d}{suffix}")
     return _name
 
 
@@ -685,8 +697,10 @@ class WriteWindowedParquet(beam.PTransform):
     """
 
     def __init__(self, path: str, *, window_seconds: float, allowed_lateness_seconds: float = 0.0,
-                 early_firing_seconds: Optional[float] = None, run_id: str, prefix: str = "scored"):
+                 early_firing_seconds: Optional[float] = None, run_id: str, prefix: str = "scored",
+                 suffix: str = ".parquet"):
         super().__init__()
+        self._suffix = suffix
         self._path = path
         self._window = window_seconds
         self._lateness = allowed_lateness_seconds
@@ -704,7 +718,7 @@ class WriteWindowedParquet(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=Duration.of(self._lateness))
                 | "Write Parquet" >> fileio.WriteToFiles(
-                    path=path, file_naming=file_naming(self._prefix, self._run_id),
+                    path=path, file_naming=file_naming(self._prefix, self._run_id, self._suffix),
                     sink=lambda dest: ParquetChunkSink(), shards=1,
                     temp_directory=StaticValueProvider(str, fs.join(path, TEMP_DIR, self._run_id)))
                 | "Full path" >> beam.Map(lambda r: fs.join(path, r.file_name)))
@@ -766,7 +780,8 @@ def build_stream(p: beam.Pipeline, cfg: StreamConfig, *, messages=None,
     dead_files = ((parsed[DEAD], scored_rows[DEAD])
                   | "All dead letters" >> beam.Flatten()
                   | "Write dead letters" >> WriteWindowedParquet(
-                      fs.join(cfg.output, DEAD_LETTER_DIR), prefix="dead_letter", **write))
+                      fs.join(cfg.output, DEAD_LETTER_DIR), prefix="dead_letter",
+                      suffix=layout.DEAD_LETTER_SUFFIX, **write))
     return StreamOutputs(scored_files, dead_files)
 
 
@@ -820,6 +835,7 @@ def validate(cfg: StreamConfig) -> None:
     from latentbeam.model import load_bundle_info
     from latentbeam.pipeline.bundles import is_watched, newest_bundle_dir
 
+    paths.check_output(cfg.output, stream_reads(cfg))
     path = newest_bundle_dir(cfg.bundle) if is_watched(cfg.bundle) else cfg.bundle
     if path is None:
         raise ValueError(f"--bundle {cfg.bundle}: no bundle.json found there or in its "
@@ -829,10 +845,30 @@ def validate(cfg: StreamConfig) -> None:
         adaptive_scale(info, cfg.adaptive.quantile)
 
 
+def stream_reads(cfg: StreamConfig) -> List[paths.Location]:
+    """What the stream reads: the watched glob (its base and current files) and the bundle(s)."""
+    from latentbeam.pipeline.bundles import is_watched
+
+    reads: List[paths.Location] = []
+    if cfg.watch is not None:
+        try:
+            current = fs.match(cfg.watch)
+        except (IOError, OSError, ValueError):
+            current = []  # nothing there yet; the base directory still counts
+        reads += paths.input_locations(cfg.watch, current, "watched")
+    if is_watched(cfg.bundle):
+        reads.append(("watched bundle location", paths.glob_base(cfg.bundle)
+                      if paths.has_glob(cfg.bundle) else cfg.bundle))
+    else:
+        reads.append(("bundle", cfg.bundle))
+    return reads
+
+
 def run_stream_command(args, beam_args: List[str]) -> int:
     cfg = config_from_args(args)
     validate(cfg)
     fs.makedirs(cfg.output)
+    clean_staging(cfg.output)
     done = read_manifest(cfg.output) if cfg.watch else {}
     log.info("Streaming %s -> %s (window %gs, poll %gs, %d sources already in the manifest)",
              cfg.source_name, cfg.output, cfg.window_seconds, cfg.poll_seconds, len(done))
