@@ -142,9 +142,11 @@ def test_format_1_bundles_are_refused_with_the_way_to_reseal_them(copy, tiny_bun
         f"re-train it.")
     old, new = rethreshold(copy, threshold=t)
     assert new.format_version == 2
-    # Same model, same threshold value, same scoring fields but the method: the version
-    # changes only because the threshold's method is now "fixed".
-    assert load_bundle(copy).info.threshold.threshold == t
+    # The same threshold only re-seals: same threshold record, same model_version.
+    loaded = load_bundle(copy)
+    assert loaded.info.threshold == tiny_bundle.info.threshold
+    assert loaded.info.model_version == old.model_version == tiny_bundle.info.model_version
+    assert "rethresholded_from" not in loaded.info.raw
 
 
 def test_rethreshold_with_an_explicit_threshold(copy, tiny_bundle, digits_matrix):

@@ -113,6 +113,9 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
       method, value: a threshold method computed from the stored calibration summary.
       output: where to write; the same directory is replaced through a staging swap.
 
+    A threshold equal to the current one only re-seals the bundle (format 1 -> 2) and
+    keeps its model_version.
+
     Returns:
       (old info, new info); the new model_version differs when the threshold does.
 
@@ -130,18 +133,20 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
     bundle = load_bundle(bundle_path, allow_unsealed=True)
     old = bundle.info
     files = read_verified_files(old)
-    if threshold is not None:
-        new = Threshold(METHOD_FIXED, None, float(threshold), {})
-    else:
-        new = threshold_from_calibration(old, method, value)
     meta = {k: v for k, v in old.raw.items() if k not in COMPUTED_KEYS}
-    meta["threshold"] = new.to_json()
-    calibration = dict(old.calibration)
-    calibration["flagged_fraction"] = estimated_flagged_fraction(calibration, new.threshold)
-    calibration["flagged_fraction_estimated"] = True
-    meta["calibration"] = calibration
-    meta["rethresholded_from"] = {"model_version": old.model_version,
-                                  "threshold": old.threshold.to_json()}
+    if threshold is not None and float(threshold) == old.threshold.threshold:
+        # The same threshold: only re-seal (e.g. a format 1 bundle); model_version stays.
+        new = old.threshold
+    else:
+        new = Threshold(METHOD_FIXED, None, float(threshold), {}) if threshold is not None \
+            else threshold_from_calibration(old, method, value)
+        meta["threshold"] = new.to_json()
+        calibration = dict(old.calibration)
+        calibration["flagged_fraction"] = estimated_flagged_fraction(calibration, new.threshold)
+        calibration["flagged_fraction_estimated"] = True
+        meta["calibration"] = calibration
+        meta["rethresholded_from"] = {"model_version": old.model_version,
+                                      "threshold": old.threshold.to_json()}
     version = model_version(bundle.model, scoring_meta(meta))
     info = write_bundle(output, files, meta, version)
     log.info("Re-thresholded %s: %.6g (%s) -> %.6g (%s), model_version %s -> %s, written to %s",
