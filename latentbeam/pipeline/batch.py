@@ -38,15 +38,17 @@ from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import REASON_UNREADABLE, SchemaMismatch
+from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_UNREADABLE,
+                                       SchemaMismatch, clip)
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
 from latentbeam.pipeline.options import pipeline_options
-from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, MODE_DECODE, MODE_SCORE,
-                                         ScoringOptions, apply_bundle, dead_letters_to_batch,
-                                         list_array, whole_file_dead_letter)
+from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS, MODE_DECODE,
+                                         MODE_SCORE, ScoringOptions, apply_bundle,
+                                         as_file_fault, dead_letters_to_batch, list_array,
+                                         whole_file_dead_letter)
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +232,12 @@ class _FileJobFn(beam.DoFn):
             # Whole rows are read (not just the features): dead letters carry the row.
             reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
         for offset, batch in reader:
-            out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
-                                        row_offset=offset, opts=self._opts)
+            try:
+                out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
+                                            row_offset=offset, opts=self._opts)
+            except DATA_ERRORS as e:
+                raise as_file_fault(e, f"converting rows {offset}.."
+                                       f"{offset + batch.num_rows - 1}") from e
             yield offset, batch.num_rows, out, letters
 
     def process(self, element: Tuple[int, str]):
@@ -248,7 +254,10 @@ class _FileJobFn(beam.DoFn):
             for _, rows, batch, letters in self._batches(source):
                 counts[ROWS_READ] += rows
                 if batch is not None:
-                    out.write(batch)
+                    try:
+                        out.write(batch)
+                    except DATA_ERRORS as e:  # e.g. a key column type Parquet cannot hold
+                        raise as_file_fault(e, "writing the output rows") from e
                     counts[ROWS_SCORED] += batch.num_rows
                     if self._mode == MODE_SCORE:
                         counts[ANOMALIES] += int(np.count_nonzero(
@@ -261,7 +270,8 @@ class _FileJobFn(beam.DoFn):
             dead.close()
         except (io.UnreadableFile, SchemaMismatch) as e:
             # All or nothing per file: drop the partial output, keep one dead letter.
-            log.warning("Dead-lettering whole file %s: %s", source, e)
+            log.warning("Dead-lettering whole file %s: %s", source, clip(e, 400),
+                        exc_info=getattr(e, "reason", None) == REASON_CONVERSION_ERROR)
             out.discard()
             dead.discard()
             reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
