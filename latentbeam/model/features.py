@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from latentbeam.text import clip, echo  # noqa: F401  (echoed values are clipped)
+
 # Dead-letter reason codes (short, stable; documented in the README).
 REASON_NULL = "null_value"
 REASON_NOT_FINITE = "not_finite"
@@ -32,8 +34,6 @@ REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole 
 REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
 REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
 
-# Echoed input values are clipped so that no message grows with the input.
-MAX_ECHO_CHARS = 80
 # Dead-letter payloads longer than this are replaced by a JSON object with their head.
 MAX_PAYLOAD_CHARS = 16384
 
@@ -165,17 +165,6 @@ class SchemaMismatch(ValueError):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
-
-
-def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """`text` cut to `limit` characters, saying how long it was."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def echo(value) -> str:
-    """repr of an input value for a message, clipped."""
-    return clip(repr(value))
 
 
 def _values(array) -> np.ndarray:

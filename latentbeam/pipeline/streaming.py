@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -124,6 +125,12 @@ class StreamConfig:
             raise ValueError("Expected exactly one source: --watch GLOB or --pubsub-subscription "
                              f"SUB. Received: watch={self.watch!r}, "
                              f"pubsub_subscription={self.pubsub_subscription!r}")
+        for name in ("window_seconds", "poll_seconds", "allowed_lateness_seconds",
+                     "stop_after_seconds", "early_firing_seconds", "bundle_poll_seconds"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number of "
+                                 f"seconds. Received: {value}")
         for name in ("window_seconds", "poll_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0. Received: "
