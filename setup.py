@@ -31,7 +31,8 @@ setup(
     extras_require={
         # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.
         "tensorboard": ["tensorboard>=2.18,<3"],
-        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3"],
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3",
+                 "hypothesis>=6.100,<7"],
     },
     entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
 )

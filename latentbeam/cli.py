@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
+PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")
@@ -128,6 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    # A quoted '~/x' reaches us unexpanded; expand it as the shell would, once, so the
+    # output checks and every read and write see the same place.
+    from latentbeam.paths import expand_user
+    for name in PATH_ARGS:
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, expand_user(getattr(args, name)))
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_tensorflow()

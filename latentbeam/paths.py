@@ -2,9 +2,11 @@
 
 Every command that writes (train, score, decode, stream, generate, rethreshold) asks
 `check_output` before it writes or deletes anything. Two spellings of one place
-compare equal here: a relative and an absolute path, `~`, `file://`, a trailing `/.`,
-`..`, a symlink (local paths are resolved with realpath), doubled slashes and `.`
-segments of gs:// / s3:// paths. A glob stands for the files it matches and for its
+compare equal here: a relative and an absolute path, `file://`, a trailing `/.`, `..`,
+a symlink (local paths are resolved with realpath), doubled slashes and `.` segments
+of gs:// / s3:// paths. A leading `~` is expanded by the command line
+(`expand_user`) before any of this, as a shell would: here, as in every read and
+write, `~` is an ordinary name, so the check sees the place that is written. A glob stands for the files it matches and for its
 base directory (the part before the first glob character).
 
 An output is refused when it is, contains or lies inside a location the command
@@ -42,8 +44,14 @@ def normalize(path: str) -> str:
         return f"{scheme.lower()}://{rest}".rstrip("/") if rest else f"{scheme.lower()}://"
     if path.startswith("file://"):
         path = path[len("file://"):] or "/"
-    path = os.path.expanduser(path) if path else "."
-    return os.path.realpath(path)
+    return os.path.realpath(path or ".")
+
+
+def expand_user(path: str) -> str:
+    """A local path with a leading `~` expanded (what a shell does to an unquoted one)."""
+    if isinstance(path, str) and path.startswith("~") and not is_remote(path):
+        return os.path.expanduser(path)
+    return path
 
 
 def glob_base(pattern: str) -> str:
@@ -173,5 +181,7 @@ def check_output(output: str, reads: Iterable[Location] = (), *, flag: str = "--
 
 def tfds_data_dir(data_dir: Optional[str]) -> str:
     """The TFDS data_dir a job reads (TFDS's own default when none is given)."""
-    return data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    # The TFDS reader expands `~` itself, so the check does too.
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or
+                              "~/tensorflow_datasets")
 

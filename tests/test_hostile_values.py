@@ -19,7 +19,7 @@ from latentbeam import cli
 from latentbeam.demo import digits_table, pixel_columns
 from latentbeam.model import score
 from latentbeam.model.features import (MAX_PAYLOAD_CHARS, Feature, SchemaMismatch,
-                                       infer_features, row_payload, to_matrix)
+                                       row_payload, to_matrix)
 from latentbeam.pipeline.batch import FileJob, run_file_job
 from latentbeam.pipeline.records import ScoringOptions, score_record_batch
 from latentbeam.pipeline.streaming import event_times
