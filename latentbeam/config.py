@@ -23,6 +23,7 @@ from latentbeam.text import clip, echo
 # A config is a few hundred bytes; these bounds only stop hostile or broken input.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000  # values after alias expansion
+MAX_CONFIG_NESTING = 64  # levels of [ { or indentation; PyYAML recurses per level
 
 DATA_SOURCES = ("parquet", "tfds")
 MODEL_KINDS = ("dense", "conv2d")
@@ -300,10 +301,28 @@ def _check_size(obj: Any) -> None:
             stack.extend(item)
 
 
+def _nesting(text: str) -> int:
+    """An upper bound of the nesting depth: open flow brackets, or indentation / 2."""
+    depth = deepest = 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    return max(deepest, indent // 2)
+
+
 def _yaml_load(text: str) -> Any:
     if len(text) > MAX_CONFIG_BYTES:
         raise ValueError(f"YAML text of {len(text)} characters; a config is at most "
                          f"{MAX_CONFIG_BYTES} (a few hundred bytes is typical).")
+    if _nesting(text) > MAX_CONFIG_NESTING:
+        # Checked before parsing: PyYAML recurses per level, and unwinding a RecursionError
+        # from thousands of levels takes seconds.
+        raise ValueError(f"YAML nested more than {MAX_CONFIG_NESTING} levels deep; a config "
+                         f"has at most a few levels.")
     try:
         obj = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
     except RecursionError as e:
