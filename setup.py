@@ -43,8 +43,8 @@ setup(
         "tensorboard": ["tensorboard>=2.18,<3"],
         # `--runner dask`: what apache-beam[dask] installs (Beam 2.77 asks for >=2024.4.2).
         "dask": _DASK,
-        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4",
-                 "tensorboard>=2.18,<3"] + _DASK,
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3",
+                 "hypothesis>=6.100,<7"] + _DASK,
     },
     entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
 )

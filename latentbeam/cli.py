@@ -1,4 +1,4 @@
-"""Command line: `latentbeam {train,score,stream,decode,generate,demo}` (also `python -m latentbeam`).
+"""Command line: `latentbeam {train,score,stream,decode,generate,rethreshold,demo}` (also `python -m latentbeam`).
 
 Flags a subcommand does not know are passed to Beam's PipelineOptions, so
 `--runner DataflowRunner --project P --temp_location gs://... --setup_file ./setup.py`
@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
+PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")
@@ -120,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, required=True)
     p.add_argument("--output", required=True, help="output directory (one Parquet file)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier latentbeam run wrote to --output")
+
+    p = sub.add_parser("rethreshold", help="re-seal a bundle with a new threshold")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", type=float, default=None,
+                     help="explicit reconstruction-error threshold (> 0)")
+    how.add_argument("--method", default=None,
+                     choices=("quantile", "contamination", "mad", "mean_std", "f1"),
+                     help="compute the threshold from the calibration summary in the bundle")
+    p.add_argument("--value", type=float, default=None,
+                   help="the method's parameter (level, anomaly fraction, k)")
+    p.add_argument("--output", default=None,
+                   help="write the new bundle here (default: replace --bundle in place)")
 
     p = sub.add_parser("demo", help="run the embedded digits example end to end")
     p.add_argument("--workdir", default="build/demo")
@@ -146,6 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    # A quoted '~/x' reaches us unexpanded; expand it as the shell would, once, so the
+    # output checks and every read and write see the same place.
+    from latentbeam.paths import expand_user
+    for name in PATH_ARGS:
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, expand_user(getattr(args, name)))
     from latentbeam.console import NativeLogFilter, configure_logging
 
     try:
@@ -211,16 +233,20 @@ def _pipeline_command(module: str, function: str):
 
 
 def cmd_generate(args, beam_args: List[str]) -> int:
+    import uuid
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from latentbeam import fs
+    from latentbeam import fs, outputs, paths
     from latentbeam.model import load_bundle, sample_latent
     from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
+    paths.check_output(args.output, [("bundle", args.bundle)])
+    replace = outputs.check_output_dir(args.output, args.overwrite)
     bundle = load_bundle(args.bundle)
     z = sample_latent(bundle, args.num_samples, args.seed)
     codes = pa.RecordBatch.from_pydict({"sample": pa.array(np.arange(len(z), dtype=np.int64)),
@@ -228,12 +254,34 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     # The same decoding as `latentbeam decode`, so generated rows have its schema.
     decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
     table = pa.Table.from_batches([decoded]).add_column(1, COL_LATENT, codes.column(COL_LATENT))
-    fs.makedirs(args.output)
-    path = fs.join(args.output, "generated-00000-of-00001.parquet")
+    name = "generated-00000-of-00001.parquet"
+    staging = fs.join(args.output, f"{outputs.STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    staged = fs.join(staging, name + outputs.PARTIAL_SUFFIX)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    fs.write_bytes(path, sink.getvalue().to_pybytes())
-    print(f"wrote {len(z)} samples to {path}")
+    try:
+        fs.write_bytes(staged, sink.getvalue().to_pybytes())
+        outputs.commit(args.output, [(staged, name)],
+                       {"job": "generate", "model_version": bundle.info.model_version,
+                        "num_samples": len(z), "seed": args.seed}, replace, staging)
+    except BaseException:
+        outputs.remove_tree(staging)
+        raise
+    print(f"wrote {len(z)} samples to {fs.join(args.output, name)}")
+    return 0
+
+
+def cmd_rethreshold(args, beam_args: List[str]) -> int:
+    from latentbeam.model.rethreshold import rethreshold
+
+    old, new = rethreshold(args.bundle, threshold=args.threshold, method=args.method,
+                           value=args.value, output=args.output)
+    print(f"threshold:       {old.threshold.threshold:.6g} ({old.threshold.method}) -> "
+          f"{new.threshold.threshold:.6g} ({new.threshold.method}, value={new.threshold.value})")
+    print(f"model_version:   {old.model_version} -> {new.model_version}")
+    print(f"flagged:         {new.calibration['flagged_fraction']:.2%} of the calibration rows "
+          f"(estimated from the stored error quantiles)")
+    print(f"bundle:          {new.path}")
     return 0
 
 
@@ -248,5 +296,6 @@ COMMANDS = {
     "decode": _pipeline_command("latentbeam.pipeline.batch", "run_decode_command"),
     "stream": _pipeline_command("latentbeam.pipeline.streaming", "run_stream_command"),
     "generate": cmd_generate,
+    "rethreshold": cmd_rethreshold,
     "demo": cmd_demo,
 }

@@ -80,7 +80,7 @@ def test_generate_writes_num_samples_decoded_rows(tmp_path, tiny_bundle_dir, tin
     out = str(tmp_path / "generated")
     assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "25",
                  "--output", out, "--seed", "3"]) == 0
-    assert os.listdir(out) == ["generated-00000-of-00001.parquet"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "generated-00000-of-00001.parquet"]
     path = os.path.join(out, "generated-00000-of-00001.parquet")
     assert capsys.readouterr().out.strip() == f"wrote 25 samples to {path}"
     table = pq.read_table(path)

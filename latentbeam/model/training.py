@@ -14,7 +14,8 @@ import numpy as np
 from latentbeam.config import Config
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
-from latentbeam.model.bundle import Bundle, BundleInfo, in_memory_info, save_bundle
+from latentbeam.model.bundle import (Bundle, BundleInfo, check_bundle_output, in_memory_info,
+                                     save_bundle)
 from latentbeam.model.calibration import calibration_summary, fit_threshold
 from latentbeam.model.features import n_inputs
 
@@ -236,6 +237,9 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     """
     t0 = time.time()
     tc = config.train
+    if output:
+        # Before hours of training: the bundle must not overwrite its data or foreign files.
+        check_bundle_output(output, _data_locations(config))
     if tc.tensorboard_dir:
         try:
             import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
@@ -254,6 +258,22 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     finally:
         if spill_dir:
             shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _data_locations(config: Config) -> List[tuple]:
+    """(what, path) of everything training reads, for the output check."""
+    from latentbeam import fs, paths
+
+    d = config.data
+    if d.source == "tfds":
+        return [("TFDS data_dir", paths.tfds_data_dir(d.data_dir))]
+    if not d.path:
+        return []
+    try:
+        files = fs.match(fs.parquet_pattern(d.path))
+    except (IOError, OSError, ValueError):
+        files = []  # the data source names the problem when it reads
+    return paths.input_locations(d.path, files, "training data")
 
 
 def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:

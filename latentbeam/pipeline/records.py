@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from latentbeam.model.features import (REASON_MISSING_COLUMN, SchemaMismatch, row_payload,
+from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_MISSING_COLUMN,
+                                       REASON_MODEL_ERROR, SchemaMismatch, clip, row_payload,
                                        to_matrix)
 from latentbeam.model.scoring import Scores, score
 
@@ -107,9 +108,27 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
     return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
 
 
+# Errors that data can cause while a file's rows are converted, scored or written (not
+# I/O on the output: OSError fails the job). Callers turn them into a whole-file dead
+# letter with reason `conversion_error` instead of failing every other file's job.
+DATA_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError, UnicodeError,
+               pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
+               pa.ArrowIndexError)
+MAX_DETAIL_CHARS = 2000  # a dead letter's `detail` never grows with the input
+
+
 def dead_letter(source: str, row: Optional[int], reason: str, detail: str,
                 payload: Optional[str] = None) -> Dict[str, Any]:
-    return {"source": source, "row": row, "reason": reason, "detail": detail, "payload": payload}
+    return {"source": source, "row": row, "reason": reason,
+            "detail": clip(detail, MAX_DETAIL_CHARS), "payload": payload}
+
+
+def as_file_fault(error: BaseException, what: str) -> SchemaMismatch:
+    """A DATA_ERRORS exception as a whole-file fault (`conversion_error`), naming the step."""
+    if isinstance(error, SchemaMismatch):
+        return error
+    return SchemaMismatch(f"{what} failed: {type(error).__name__}: {clip(error, 1000)}",
+                          REASON_CONVERSION_ERROR)
 
 
 def dead_letters_to_batch(records: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
@@ -170,12 +189,33 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
     if not len(conv.valid):
         return None, letters
     scores = score(bundle, conv.matrix)
+    valid = conv.valid
+    finite = np.isfinite(scores.reconstruction_error)
+    if not finite.all():
+        # Finite inputs far outside the training range can overflow inside the model; a
+        # NaN error would read as "not anomalous". Such rows are dead letters instead.
+        letters = sorted(letters + [
+            dead_letter(source, row_offset + int(valid[i]), REASON_MODEL_ERROR,
+                        f"reconstruction error is {float(scores.reconstruction_error[i])!r} "
+                        f"for finite inputs (values far outside the training range?)",
+                        row_payload(batch, int(valid[i])))
+            for i in np.flatnonzero(~finite)], key=lambda d: d["row"])
+        if not finite.any():
+            return None, letters
+        scores = _take_scores(scores, np.flatnonzero(finite))
+        valid = valid[finite]
     return scores_to_batch(bundle.info, scores, opts,
-                           _key_rows(batch, opts.key_columns, conv.valid)), letters
+                           _key_rows(batch, opts.key_columns, valid)), letters
+
+
+def _take_scores(scores: Scores, rows: np.ndarray) -> Scores:
+    return Scores(**{f: getattr(scores, f)[rows] for f in (
+        "latent", "reconstruction", "feature_errors", "reconstruction_error", "anomaly_score",
+        "is_anomaly")})
 
 
 def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
-    return dead_letter(source, None, reason, f"{type(error).__name__}: {error}", None)
+    return dead_letter(source, None, reason, f"{type(error).__name__}: {clip(error, 1000)}", None)
 
 
 
@@ -285,7 +325,8 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
 
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
            "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
-           "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
-           "dead_letters_to_batch", "decode_output_schema", "decode_record_batch", "feature_columns", "float_list_array",
+           "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
+           "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
+           "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
            "whole_file_dead_letter"]

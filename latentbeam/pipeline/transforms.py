@@ -34,14 +34,14 @@ import apache_beam as beam
 import pyarrow as pa
 
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import SchemaMismatch, row_payload
+from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
-from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, MODE_DECODE,
-                                         MODE_SCORE, ScoringOptions, apply_bundle, dead_letter,
-                                         decode_output_schema, output_schema,
-                                         rows_to_record_batch)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, DATA_ERRORS,
+                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
+                                         as_file_fault, dead_letter, decode_output_schema,
+                                         output_schema, rows_to_record_batch)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class _BundleDoFn(beam.DoFn):
             out, letters = self._apply(element.combine_chunks().to_batches()[0]
                                        if isinstance(element, pa.Table) and element.num_rows
                                        else element)
-        except SchemaMismatch as e:
+        except DATA_ERRORS as e:
+            e = as_file_fault(e, "scoring the batch")
             self._metrics.inc(BATCHES_DEAD_LETTERED)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                 self._source, None, e.reason, f"{type(e).__name__}: {e}", None))
@@ -157,13 +158,14 @@ class _BundleDoFn(beam.DoFn):
         dicts = [_as_dict(r) for r in rows]
         try:
             results = self._rows_batch(dicts)
-        except SchemaMismatch:
+        except DATA_ERRORS:
             # Some row lacks a column or has an unusable type: find which, row by row.
             results = []
             for i, d in enumerate(dicts):
                 try:
                     results.extend(self._rows_batch([d], row_offset=i))
-                except SchemaMismatch as e:
+                except DATA_ERRORS as e:
+                    e = as_file_fault(e, "scoring the row")
                     results.append((i, None, dead_letter(self._source, i, e.reason,
                                                          str(e), _payload(d))))
         letters = sum(1 for _, out, _ in results if out is None)

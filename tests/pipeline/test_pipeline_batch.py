@@ -131,10 +131,18 @@ def test_rerun_is_byte_identical_and_output_is_never_mixed(tmp_path, scored, tin
 
     with pytest.raises(ValueError, match=r"is not empty \(3 entries.*Pass --overwrite"):
         run_file_job(FileJob(tiny_bundle_dir, digits_glob, again))
+    # Files no latentbeam run listed are never deleted: the overwrite is refused, naming them.
     with open(os.path.join(again, "part-00007.parquet"), "wb") as f:
-        f.write(b"stale shard of an older run")
-    os.makedirs(os.path.join(again, "dead_letter"))
-    open(os.path.join(again, "dead_letter", "part-00003.parquet"), "wb").close()
+        f.write(b"a file someone put here")
+    os.makedirs(os.path.join(again, "_dead_letter"))
+    open(os.path.join(again, "_dead_letter", "part-00003.pq"), "wb").close()
+    with pytest.raises(ValueError) as e:
+        run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=KEYS, overwrite=True))
+    assert "holds 2 entries that no latentbeam run listed as its output: " \
+           "_dead_letter/part-00003.pq, part-00007.parquet." in str(e.value)
+    assert open(os.path.join(again, "part-00007.parquet"), "rb").read() == b"a file someone put here"
+    os.remove(os.path.join(again, "part-00007.parquet"))
+    os.remove(os.path.join(again, "_dead_letter", "part-00003.pq"))
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=KEYS,
                                    overwrite=True))
     assert sorted(os.listdir(again)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
@@ -146,11 +154,11 @@ def test_corrupt_empty_and_bad_rows(tmp_path, faulty_dir, tiny_bundle_dir, tiny_
     out = str(tmp_path / "out")
     summary = run_file_job(FileJob(tiny_bundle_dir, os.path.join(faulty_dir, "*.parquet"), out,
                                    opts=KEYS))
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "dead_letter", "part-00000.parquet",
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "_dead_letter", "part-00000.parquet",
                                        "part-00001.parquet", "part-00003.parquet"]
-    assert sorted(os.listdir(os.path.join(out, "dead_letter"))) == [
-        "part-00002.parquet", "part-00003.parquet", "part-00004.parquet"]
-    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    assert sorted(os.listdir(os.path.join(out, "_dead_letter"))) == [
+        "part-00002.pq", "part-00003.pq", "part-00004.pq"]
+    dead = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
     by_source = {}
     for d in dead:
         by_source.setdefault(os.path.basename(d["source"]), []).append(d)
@@ -179,7 +187,7 @@ def test_corrupt_empty_and_bad_rows(tmp_path, faulty_dir, tiny_bundle_dir, tiny_
             m["files_dead_lettered"]) == (1807, 1804, 3, 2)
     assert m["rows_read"] == m["rows_scored"] + m["rows_dead_lettered"]
     done = json.load(open(os.path.join(out, "_SUCCESS")))
-    assert done["dead_letter_files"] == [f"dead_letter/part-0000{i}.parquet" for i in (2, 3, 4)]
+    assert done["dead_letter_files"] == [f"_dead_letter/part-0000{i}.pq" for i in (2, 3, 4)]
 
 
 def test_missing_key_column_dead_letters_the_file(tmp_path, tiny_bundle_dir, digits_glob):
@@ -187,7 +195,7 @@ def test_missing_key_column_dead_letters_the_file(tmp_path, tiny_bundle_dir, dig
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out,
                                    opts=ScoringOptions(key_columns=("customer",))))
     assert (summary.rows_read, summary.files_dead_lettered, summary.files) == (0, 2, [])
-    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    dead = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
     assert [d["reason"] for d in dead] == ["missing_column"] * 2
     assert "'customer'" in dead[0]["detail"]
 

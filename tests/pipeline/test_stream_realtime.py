@@ -30,7 +30,7 @@ def _slice(start: int, n: int) -> pa.Table:
 
 def _read_all(out: str):
     scored = [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".parquet")]
-    dl_dir = os.path.join(out, "dead_letter")
+    dl_dir = os.path.join(out, "_dead_letter")
     dead = [os.path.join(dl_dir, f) for f in sorted(os.listdir(dl_dir))] if os.path.isdir(dl_dir) else []
     return ([pq.read_table(f) for f in scored], [pq.read_table(f) for f in dead])
 
