@@ -139,3 +139,12 @@ def test_batch_job_imputes_as_the_core_does(tmp_path, holes_table, tiny_bundle_d
                      "--output", rejected, "--direct_running_mode=in_memory"]) == 0
     done = json.load(open(os.path.join(rejected, "_SUCCESS")))
     assert (done["rows_read"], done["rows_scored"], done["rows_dead_lettered"]) == (N, N - 14, 14)
+
+
+def test_yaml_score_config_takes_missing(tiny_bundle_dir):
+    from latentbeam.pipeline.yaml_provider import LatentbeamScore
+
+    transform = LatentbeamScore(tiny_bundle_dir, key_columns=["id"], missing="mask")
+    assert transform._transform.output_columns().names[-1] == "coverage"
+    with pytest.raises(ValueError, match="expected one of reject, impute, mask"):
+        LatentbeamScore(tiny_bundle_dir, missing="zero")
