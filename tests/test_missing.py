@@ -140,7 +140,7 @@ def test_each_mode_keeps_what_it_cannot_score_as_dead_letters(tiny_bundle):
     assert got["impute"] == kept and got["mask"] == kept
 
 
-def test_missing_list_elements_and_null_lists(tiny_bundle, digits_matrix):
+def test_missing_list_elements_and_null_lists():
     """An image feature: a null element is one missing input, a null list all of them."""
     from latentbeam.model.features import Feature, to_matrix
 
