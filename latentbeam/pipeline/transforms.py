@@ -286,6 +286,12 @@ class Score(_BundleTransform):
       latent_distance: add `latent_distance` (the code's distance to training codes).
       max_batch_rows: rows per model call on the row path.
       source: `source` of dead letters (default: the bundle path).
+      missing: rows with null or NaN feature values: "reject" dead-letters them,
+        "impute" fills the bundle's training medians, "mask" scores the observed
+        inputs only and adds `coverage`.
+
+    Raises:
+      ValueError: an unknown `missing`, or impute/mask with a bundle without medians.
     """
     _mode = MODE_SCORE
     _step = "Score"
@@ -293,12 +299,16 @@ class Score(_BundleTransform):
     def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
                  per_feature_errors: bool = False, reconstruction: bool = False,
                  latent_distance: bool = False,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = "",
+                 missing: str = "reject"):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
                          _opts=ScoringOptions(key_columns=tuple(key_columns),
                                               per_feature_errors=per_feature_errors,
                                               reconstruction=reconstruction,
-                                              latent_distance=latent_distance))
+                                              latent_distance=latent_distance,
+                                              missing=missing))
+        from latentbeam.model.scoring import check_missing_mode
+        check_missing_mode(self._info, missing)  # at construction, from bundle.json
 
 
 class Encode(_BundleTransform):

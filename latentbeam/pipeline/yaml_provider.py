@@ -66,7 +66,8 @@ def _error_output(error_handling: Optional[Mapping[str, Any]]) -> Optional[str]:
 def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
                     per_feature_errors: bool = False, reconstruction: bool = False,
                     latent_distance: bool = False,
-                    error_handling: Optional[Mapping[str, Any]] = None):
+                    error_handling: Optional[Mapping[str, Any]] = None,
+                    missing: str = "reject"):
     """Scores rows with a latentbeam model bundle.
 
     Output fields: the key columns, latent, reconstruction_error, anomaly_score,
@@ -79,13 +80,16 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
       reconstruction: add reconstruction, X-hat in input units.
       latent_distance: add latent_distance, the code's distance to training codes.
       error_handling: {output: NAME} to get unusable rows as the output NAME.
+      missing: null/NaN feature values: reject (default), impute (training medians) or
+        mask (observed inputs only; adds coverage).
     """
     from latentbeam.pipeline.transforms import Score
 
     return _WithDeadLetters(Score(bundle, key_columns=key_columns or (),
                                   per_feature_errors=per_feature_errors,
                                   reconstruction=reconstruction,
-                                  latent_distance=latent_distance), error_handling)
+                                  latent_distance=latent_distance, missing=missing),
+                             error_handling)
 
 
 def LatentbeamEncode(bundle: str, key_columns: Optional[List[str]] = None,
