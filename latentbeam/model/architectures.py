@@ -100,6 +100,22 @@ class SquaredError(layers.Layer):
                 "trim_fraction": self.trim_fraction}
 
 
+def _argmin_last(x):
+    """argmin over the last axis; TensorFlow's own kernel is ~2.5x faster than keras.ops'."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.math.argmin(x, axis=-1)
+    return ops.argmin(x, axis=-1)
+
+
+def _take_rows(table, index):
+    """table[index] for an integer index array of any shape."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.gather(table, index)
+    return ops.take(table, index, axis=0)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LatentDistance(layers.Layer):
     """Mean Euclidean distance from each code to its `k` nearest reference codes.
@@ -135,10 +151,10 @@ class LatentDistance(layers.Layer):
         # size); the distances are recomputed from the differences, so a row scores the
         # same in any batch.
         if self.k == 1:
-            index = ops.expand_dims(ops.argmin(ranking, axis=-1), -1)
+            index = ops.expand_dims(_argmin_last(ranking), -1)
         else:
             index = ops.top_k(-ranking, self.k, sorted=False)[1]
-        nearest = ops.take(ref, index, axis=0)  # (batch, k, dim)
+        nearest = _take_rows(ref, index)  # (batch, k, dim)
         diff = ops.expand_dims(points, 1) - nearest
         return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=-1)), axis=-1)
 
