@@ -27,6 +27,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="add `feature_errors`: per-feature squared error (normalized space)")
     p.add_argument("--reconstruction", action="store_true",
                    help="add `reconstruction`: X-hat in input units")
+    p.add_argument("--top-features", type=int, default=0, metavar="K",
+                   help="add `top_features`: the K inputs with the largest share of each "
+                        "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
     p.add_argument("--batch-rows", type=int, default=8192,
                    help="rows per Arrow record batch read from each file (default 8192)")
 

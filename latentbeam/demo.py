@@ -32,10 +32,33 @@ def digits_table() -> pa.Table:
     return pa.table(cols)
 
 
-def write_digits_parquet(directory: str, files: int = 2) -> List[str]:
-    """Writes the digits as `files` Parquet files; returns their paths."""
+IMAGE_SHAPE = (8, 8)
+
+
+def digit_images_table() -> pa.Table:
+    """1797 rows: `id`, `label` and `image`, the 8x8 pixels (0..16) as a fixed-size 8x8 list.
+
+    The same numbers as `digits_table` (its pixel_NN is image[NN // 8, NN % 8]); as an image
+    feature the model inputs are named image[R,C] and the report draws the rows as images.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    h, w = IMAGE_SHAPE
+    pixels = pa.array(d.images.astype(np.float32).reshape(-1))
+    image = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pixels, w), h)
+    return pa.table({"id": pa.array(np.arange(len(d.images), dtype=np.int64)),
+                     "label": pa.array(d.target.astype(np.int64)), "image": image})
+
+
+def write_digits_parquet(directory: str, files: int = 2, images: bool = False) -> List[str]:
+    """Writes the digits as `files` Parquet files; returns their paths.
+
+    `images=False`: 64 pixel columns (`digits_table`); `images=True`: one 8x8 `image`
+    column (`digit_images_table`).
+    """
     os.makedirs(directory, exist_ok=True)
-    table = digits_table()
+    table = digit_images_table() if images else digits_table()
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     paths = []
     for i in range(files):
@@ -80,8 +103,8 @@ def write_digits_tfds(data_dir: str, name: str = DIGITS_TFDS_NAME) -> str:
 # The demo's training config; configs/demo.yaml is the same file for users to copy
 # (a test keeps the two equal). `data.path` is relative to the demo workdir.
 DEMO_CONFIG = {
-    "data": {"source": "parquet", "path": "data/*.parquet", "label": "label",
-             "key_columns": ["id"]},
+    "data": {"source": "parquet", "path": "data/*.parquet", "features": ["image"],
+             "label": "label", "key_columns": ["id"]},
     "model": {"latent_dim": 2, "hidden_units": [32, 16]},
     "train": {"epochs": 60, "seed": 0},
     "threshold": {"method": "quantile", "value": 0.99},
@@ -100,7 +123,7 @@ def run_demo(workdir: str) -> int:
 
     workdir = os.path.abspath(workdir)
     data_dir = os.path.join(workdir, "data")
-    paths = write_digits_parquet(data_dir)
+    paths = write_digits_parquet(data_dir, images=True)
     tfds_dir = write_digits_tfds(os.path.join(workdir, "tensorflow_datasets"))
     raw = copy.deepcopy(DEMO_CONFIG)
     raw["data"]["path"] = os.path.join(workdir, raw["data"]["path"])

@@ -433,7 +433,8 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
     job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_SCORE,
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns),
                                       per_feature_errors=args.per_feature_errors,
-                                      reconstruction=args.reconstruction),
+                                      reconstruction=args.reconstruction,
+                                      top_features=args.top_features),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
     summary = run_file_job(job, beam_args)
     print(format_summary(summary, MODE_SCORE))

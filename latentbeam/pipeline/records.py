@@ -6,14 +6,15 @@ defined once, here.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from latentbeam.model.features import (REASON_MISSING_COLUMN, SchemaMismatch, row_payload,
-                                       to_matrix)
+from latentbeam.model.features import (REASON_MISSING_COLUMN, SchemaMismatch, input_names,
+                                       row_payload, to_matrix)
 from latentbeam.model.scoring import Scores, score
 
 # Output column names (the scored-output contract in the README).
@@ -24,6 +25,11 @@ COL_FLAG = "is_anomaly"
 COL_MODEL_VERSION = "model_version"
 COL_FEATURE_ERRORS = "feature_errors"
 COL_RECONSTRUCTION = "reconstruction"
+COL_TOP_FEATURES = "top_features"
+
+# One element of `top_features`: an input (features.input_names) and its share of the
+# row's error, sum of its squared error / sum over all inputs (0..1).
+TOP_FEATURE_TYPE = pa.struct([pa.field("name", pa.string()), pa.field("share", pa.float32())])
 
 # Parquet key-value metadata written on every scored file.
 META_MODEL_VERSION = b"latentbeam.model_version"
@@ -44,6 +50,13 @@ class ScoringOptions:
     key_columns: Tuple[str, ...] = ()  # input columns passed through unchanged
     per_feature_errors: bool = False  # add `feature_errors`
     reconstruction: bool = False  # add `reconstruction` (input units)
+    top_features: int = 0  # > 0: add `top_features`, the K inputs with the largest error share
+
+    def __post_init__(self):
+        if (isinstance(self.top_features, bool) or not isinstance(self.top_features, (int, np.integer))
+                or self.top_features < 0):
+            raise ValueError(f"top_features must be a non-negative integer (0 = no "
+                             f"`top_features` column). Received: top_features={self.top_features!r}")
 
 
 def list_array(matrix: np.ndarray) -> pa.ListArray:
@@ -72,6 +85,8 @@ def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = (
         fields.append(pa.field(COL_FEATURE_ERRORS, pa.list_(pa.float32())))
     if opts.reconstruction:
         fields.append(pa.field(COL_RECONSTRUCTION, pa.list_(pa.float32())))
+    if opts.top_features:
+        fields.append(pa.field(COL_TOP_FEATURES, pa.list_(TOP_FEATURE_TYPE)))
     return pa.schema(fields, metadata=output_metadata(info))
 
 
@@ -98,7 +113,55 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
         columns.append(float_list_array(scores.feature_errors))
     if opts.reconstruction:
         columns.append(float_list_array(scores.reconstruction))
+    if opts.top_features:
+        columns.append(top_features_array(scores.feature_errors, _input_names(tuple(info.features)),
+                                          opts.top_features))
     return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
+
+
+@functools.lru_cache(maxsize=32)
+def _input_names(features: tuple) -> pa.Array:
+    return pa.array(input_names(features), type=pa.string())
+
+
+def top_features(feature_errors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The k inputs with the largest share of each row's error, largest first.
+
+    Args:
+      feature_errors: (n, n_inputs) per-input squared error (Scores.feature_errors).
+      k: inputs per row; at most n_inputs are returned.
+
+    Returns:
+      (indices (n, k') int64 into the inputs, shares (n, k') float32), k' = min(k, n_inputs);
+      share = input's error / sum of the row's errors (0 when the row's error is 0).
+      Equal shares are ordered by input index.
+    """
+    ferr = np.asarray(feature_errors, dtype=np.float64)
+    n, d = ferr.shape
+    k = min(int(k), d)
+    if k < d:
+        idx = np.argpartition(-ferr, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(d), (n, d))
+    vals = np.take_along_axis(ferr, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    total = ferr.sum(axis=1, keepdims=True)
+    shares = np.divide(vals, total, out=np.zeros_like(vals), where=total > 0)
+    return idx.astype(np.int64), shares.astype(np.float32)
+
+
+def top_features_array(feature_errors: np.ndarray, names: pa.Array, k: int) -> pa.ListArray:
+    """`top_features` column: list<struct<name: string, share: float32>>, k per row."""
+    idx, shares = top_features(feature_errors, k)
+    n, k = idx.shape
+    entries = pa.StructArray.from_arrays(
+        [names.take(pa.array(idx.reshape(-1))), pa.array(shares.reshape(-1), type=pa.float32())],
+        fields=list(TOP_FEATURE_TYPE))
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n and k
+                       else np.zeros(n + 1, np.int32))
+    return pa.ListArray.from_arrays(offsets, entries, type=pa.list_(TOP_FEATURE_TYPE))
 
 
 def dead_letter(source: str, row: Optional[int], reason: str, detail: str,
@@ -273,8 +336,8 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
 
 
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
-           "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
+           "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "TOP_FEATURE_TYPE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
            "dead_letters_to_batch", "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
-           "whole_file_dead_letter"]
+           "top_features", "top_features_array", "whole_file_dead_letter"]

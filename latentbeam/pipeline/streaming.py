@@ -791,7 +791,8 @@ def config_from_args(args) -> StreamConfig:
         early_firing_seconds=args.early_firing_seconds,
         bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
         scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
-                               reconstruction=args.reconstruction),
+                               reconstruction=args.reconstruction,
+                               top_features=args.top_features),
         adaptive=adaptive)
 
 

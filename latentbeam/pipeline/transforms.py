@@ -202,7 +202,8 @@ class Score(_BundleTransform):
 
     Output columns (fields for the row path): the key columns, `latent`,
     `reconstruction_error`, `anomaly_score`, `is_anomaly`, `model_version`, and
-    optionally `feature_errors` and `reconstruction` (see the README's output schema).
+    optionally `feature_errors`, `reconstruction` and `top_features` (see the README's
+    output schema).
 
     Example::
 
@@ -217,6 +218,8 @@ class Score(_BundleTransform):
       key_columns: input columns copied to the output unchanged.
       per_feature_errors: add `feature_errors` (per-input squared error).
       reconstruction: add `reconstruction` (X-hat in input units).
+      top_features: K > 0 adds `top_features`, the K inputs with the largest share of
+        the row's error as `{name, share}` structs (dicts on the row path).
       max_batch_rows: rows per model call on the row path.
       source: `source` of dead letters (default: the bundle path).
     """
@@ -225,11 +228,13 @@ class Score(_BundleTransform):
 
     def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
                  per_feature_errors: bool = False, reconstruction: bool = False,
+                 top_features: int = 0,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
                          _opts=ScoringOptions(key_columns=tuple(key_columns),
                                               per_feature_errors=per_feature_errors,
-                                              reconstruction=reconstruction))
+                                              reconstruction=reconstruction,
+                                              top_features=top_features))
 
 
 class Encode(_BundleTransform):
