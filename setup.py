@@ -27,6 +27,8 @@ setup(
         "numpy>=1.26,<3",
         "PyYAML>=6,<7",
         "scikit-learn>=1.4,<2",
+        # `latentbeam report`: PNG plots (Agg backend, no display needed).
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.

@@ -112,7 +112,7 @@ DEMO_CONFIG = {
 
 
 def run_demo(workdir: str) -> int:
-    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> bundle summary."""
+    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report."""
     import copy
 
     import yaml
@@ -137,9 +137,23 @@ def run_demo(workdir: str) -> int:
     print(f"tfds:            {DIGITS_TFDS_NAME} (train/test) in {tfds_dir}")
     print(f"config:          {os.path.join(workdir, 'demo.yaml')}")
     print(summarize_bundle(bundle.info))
-    score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"),
-                           os.path.join(workdir, "scored"))
+    scored_dir = os.path.join(workdir, "scored")
+    score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"), scored_dir)
+    report_digits(bundle_dir, scored_dir, os.path.join(workdir, "report"))
     return 0
+
+
+def report_digits(bundle_dir: str, scored_dir: str, out: str) -> str:
+    """Writes the HTML report of the demo run and prints where to open it."""
+    from latentbeam.report import build_report
+
+    result = build_report(bundle_dir, out, scored=scored_dir)
+    print()
+    print(f"== report (latentbeam report) -> {out} ==")
+    print("the 2-number code of every digit, grouped by class, anomalies marked; originals")
+    print("beside reconstructions; a grid of generated digits and the decoded latent plane")
+    print(f"open: file://{os.path.abspath(result.index)}")
+    return result.index
 
 
 def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 10) -> None:
@@ -148,13 +162,16 @@ def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 1
     from latentbeam.pipeline.records import ScoringOptions
 
     summary = run_file_job(FileJob(bundle_dir, pattern, out, overwrite=True,
-                                   opts=ScoringOptions(key_columns=("id", "label"))))
+                                   opts=ScoringOptions(key_columns=("id", "label", "image"),
+                                                       per_feature_errors=True,
+                                                       top_features=3)))
     print()
     print(f"== Beam batch scoring (latentbeam score) -> {out} ==")
     print(format_summary(summary))
-    table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score"])
+    table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score", "top_features"])
     rows = table.sort_by([("anomaly_score", "descending"), ("id", "ascending")]).slice(0, top)
     print(f"\nmost anomalous {top} digits (anomaly_score > 1 is flagged):")
-    print(f"{'id':>6} {'label':>5} {'anomaly_score':>14}")
+    print(f"{'id':>6} {'label':>5} {'anomaly_score':>14}  top_features (share of the error)")
     for r in rows.to_pylist():
-        print(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}")
+        why = ", ".join(f"{t['name']} {t['share']:.0%}" for t in r["top_features"])
+        print(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}  {why}")
