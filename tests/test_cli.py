@@ -114,6 +114,12 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capsys):
         assert "latent_dim 2" in out
         assert "rows scored:          1797" in out
         assert "most anomalous 10 digits" in out
+        assert f"open: file://{tmp_path}/report/index.html" in out
     import pyarrow.parquet as pq
     scored = pq.read_table(str(tmp_path / "scored")).to_pandas()
     assert len(scored) == 1797 and scored["id"].is_unique
+    # The demo trains on the 8x8 image column, so explanations name pixels by row and column.
+    assert all(t["name"].startswith("image[") for top in scored["top_features"] for t in top)
+    report = {f for f in os.listdir(tmp_path / "report")}
+    assert {"index.html", "latent_calibration.png", "latent_scored.png", "anomalies_scored.png",
+            "generated.png", "latent_plane.png"} <= report

@@ -359,7 +359,7 @@ def stream_timeline(starts: Sequence, rates: np.ndarray, quantiles: np.ndarray, 
         ax2.set_yscale("log")
     ax2.set_ylabel("reconstruction error")
     ax2.set_xlabel("window start (UTC)")
-    ax2.legend(loc="upper left", fontsize=8, ncol=4)
+    ax2.legend(loc="best", fontsize=8, ncol=4)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         for when, version in version_changes:
