@@ -292,7 +292,7 @@ def _calibration_section(page: _Page, bundle, cal, names, image: Optional[ImageF
         body += _image_panel(page, "anomalies_calibration.png", image, cal.x[shown],
                              s.reconstruction[shown], s.feature_errors[shown],
                              [f"{s.anomaly_score[i]:.2f}" for i in shown],
-                             f"Most anomalous calibration rows (anomaly_score above each)")
+                             "Most anomalous calibration rows (anomaly_score above each)")
         typical = np.argsort(np.abs(err - np.median(err)), kind="stable")[:IMAGES_SHOWN]
         body += _image_panel(page, "typical_calibration.png", image, cal.x[typical],
                              s.reconstruction[typical], s.feature_errors[typical],
@@ -381,8 +381,8 @@ def _latent_plane(page: _Page, bundle, image: ImageFeature) -> str:
     x = decode(bundle, grid)
     return page.figure("latent_plane.png", plots.image_grid(
         image.images(x), PLANE_STEPS,
-        title=f"The latent plane decoded: z[0] left to right, z[1] top to bottom "
-              f"(mean ± 2 std of the codes)"),
+        title="The latent plane decoded: z[0] left to right, z[1] top to bottom "
+              "(mean ± 2 std of the codes)"),
         "the 2-D latent plane decoded on a grid",
         "Each cell decodes one point of a regular grid over the 2-number code: neighbouring "
         "codes decode to similar images.")

@@ -9,6 +9,7 @@ columns, the histograms and the sample; nothing grows with the number of rows.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import json
@@ -75,11 +76,25 @@ def scored_files(location: str) -> List[str]:
 
 @dataclass
 class _File:
+    """A scored file's footer facts (the file itself is opened only while it is read:
+    a long stream leaves thousands of files, more than a process may hold open)."""
     path: str
-    pf: Any  # pq.ParquetFile
-    handle: Any
+    metadata: Any  # pq.FileMetaData
+    names: List[str]  # Arrow column names
     window: Optional[Tuple[dt.datetime, dt.datetime]]
     versions: List[str]
+
+
+@contextlib.contextmanager
+def _parquet(path: str):
+    """An open pq.ParquetFile on any Beam filesystem, closed on exit."""
+    with fs.open_read(path) as handle:
+        try:
+            pf = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"Cannot read scored file {path}: {e}. Remove it or point "
+                             f"--scored at the scored files only.") from e
+        yield pf
 
 
 @dataclass
@@ -159,37 +174,31 @@ def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, levels: Sequence[fl
     return out
 
 
-def _open(path: str) -> _File:
-    handle = fs.open_read(path)
-    try:
-        pf = pq.ParquetFile(handle)
-    except (pa.ArrowException, OSError) as e:
-        handle.close()
-        raise ValueError(f"Cannot read scored file {path}: {e}. Remove it or point --scored at "
-                         f"the scored files only.") from e
-    names = pf.schema_arrow.names
+def _inspect(path: str) -> _File:
+    with _parquet(path) as pf:
+        metadata, schema = pf.metadata, pf.schema_arrow
+    names = schema.names
     missing = [c for c in REQUIRED if c not in names]
     if missing:
-        handle.close()
         raise ValueError(f"{path} is not scored output: column(s) {', '.join(missing)} missing "
                          f"(columns present: {', '.join(names)}). Pass --scored the output of "
                          f"`latentbeam score` or `latentbeam stream`.")
-    meta = pf.schema_arrow.metadata or {}
-    kv = pf.metadata.metadata or {}
+    meta = schema.metadata or {}
+    kv = metadata.metadata or {}
     if META_MODEL_VERSIONS in kv:
         versions = json.loads(kv[META_MODEL_VERSIONS])
     elif META_MODEL_VERSION in meta:
         versions = [meta[META_MODEL_VERSION].decode()]
     else:
         versions = []
-    return _File(path, pf, handle, window_of(path), versions)
+    return _File(path, metadata, names, window_of(path), versions)
 
 
 def _error_range(files: List[_File]) -> Tuple[float, float]:
     """Min and max reconstruction_error from the row-group statistics (a scan without them)."""
     lo, hi = np.inf, -np.inf
     for f in files:
-        md = f.pf.metadata
+        md = f.metadata
         # The Parquet leaf column (nested columns such as `latent` shift leaf positions).
         leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == COL_ERROR)
         for g in range(md.num_row_groups):
@@ -200,7 +209,8 @@ def _error_range(files: List[_File]) -> Tuple[float, float]:
             if stats is not None and stats.has_min_max:
                 lo, hi = min(lo, float(stats.min)), max(hi, float(stats.max))
             else:
-                err = f.pf.read_row_group(g, columns=[COL_ERROR]).column(0).to_numpy()
+                with _parquet(f.path) as pf:
+                    err = pf.read_row_group(g, columns=[COL_ERROR]).column(0).to_numpy()
                 if len(err):
                     lo, hi = min(lo, float(np.nanmin(err))), max(hi, float(np.nanmax(err)))
     if not np.isfinite(lo):
@@ -243,16 +253,12 @@ def summarize_scored(location: str, *, top_n: int = 20, sample_rows: int = 20000
       ValueError: no files, an unreadable file, or a file without the scored columns.
     """
     paths = scored_files(location)
-    files = [_open(p) for p in paths]
-    try:
-        return _summarize(location, files, top_n, sample_rows, seed, label_column)
-    finally:
-        for f in files:
-            f.handle.close()
+    files = [_inspect(p) for p in paths]
+    return _summarize(location, files, top_n, sample_rows, seed, label_column)
 
 
 def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_column):
-    columns = files[0].pf.schema_arrow.names
+    columns = files[0].names
     if label_column is not None and label_column not in columns:
         raise ValueError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
                          f"{', '.join(columns)}). Pass --label-column one of them, or none.")
@@ -272,32 +278,34 @@ def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_col
         if f.window is not None:
             win = windows.setdefault(f.window, Window(*f.window))
             win.versions.update(f.versions)
-        for g in range(f.pf.metadata.num_row_groups):
-            n = f.pf.metadata.row_group(g).num_rows
-            if not n:
-                continue
-            groups.append((fi, g, n))
-            t = f.pf.read_row_group(g, columns=[COL_ERROR, COL_SCORE, COL_FLAG])
-            err = t.column(COL_ERROR).to_numpy()
-            score = t.column(COL_SCORE).to_numpy()
-            flag = t.column(COL_FLAG).to_numpy(zero_copy_only=False)
-            counts = np.bincount(_bin_index(err, edges), minlength=FINE_BINS)
-            hist += counts
-            rows += n
-            k = int(flag.sum())
-            anomalies += k
-            if win is not None:
-                win.rows += n
-                win.anomalies += k
-                win.hist += counts.reshape(WINDOW_BINS, stride).sum(axis=1)
-            if top_n > 0:
-                cand = np.argpartition(-score, min(top_n, n) - 1)[:top_n] if n > top_n else np.arange(n)
-                for r in cand:
-                    item = (float(score[r]), -fi, -g, -int(r))
-                    if len(heap) < top_n:
-                        heapq.heappush(heap, item)
-                    elif item > heap[0]:
-                        heapq.heapreplace(heap, item)
+        with _parquet(f.path) as pf:
+            for g in range(f.metadata.num_row_groups):
+                n = f.metadata.row_group(g).num_rows
+                if not n:
+                    continue
+                groups.append((fi, g, n))
+                t = pf.read_row_group(g, columns=[COL_ERROR, COL_SCORE, COL_FLAG])
+                err = t.column(COL_ERROR).to_numpy()
+                score = t.column(COL_SCORE).to_numpy()
+                flag = t.column(COL_FLAG).to_numpy(zero_copy_only=False)
+                counts = np.bincount(_bin_index(err, edges), minlength=FINE_BINS)
+                hist += counts
+                rows += n
+                k = int(flag.sum())
+                anomalies += k
+                if win is not None:
+                    win.rows += n
+                    win.anomalies += k
+                    win.hist += counts.reshape(WINDOW_BINS, stride).sum(axis=1)
+                if top_n > 0:
+                    cand = (np.argpartition(-score, top_n - 1)[:top_n] if n > top_n
+                            else np.arange(n))
+                    for r in cand:
+                        item = (float(score[r]), -fi, -g, -int(r))
+                        if len(heap) < top_n:
+                            heapq.heappush(heap, item)
+                        elif item > heap[0]:
+                            heapq.heapreplace(heap, item)
 
     # Highest score first; ties by file, row group, row (deterministic).
     winners = sorted(heap, key=lambda it: (-it[0], -it[1], -it[2], -it[3]))
@@ -328,12 +336,18 @@ def read_rows(files: List[_File], positions: List[Tuple[int, int, int]],
     by_group: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
     for i, (fi, g, r) in enumerate(positions):
         by_group.setdefault((fi, g), []).append((i, r))
-    for (fi, g), wanted in sorted(by_group.items()):
+    by_file: Dict[int, List[int]] = {}
+    for fi, g in sorted(by_group):
+        by_file.setdefault(fi, []).append(g)
+    for fi, group_list in by_file.items():
         f = files[fi]
-        t = f.pf.read_row_group(g, columns=[c for c in columns if c in f.pf.schema_arrow.names])
-        picked = t.take(pa.array([r for _, r in wanted])).to_pylist()
-        for (i, _), row in zip(wanted, picked):
-            found[i] = dict(row, _source=f.path)
+        with _parquet(f.path) as pf:
+            for g in group_list:
+                wanted = by_group[(fi, g)]
+                t = pf.read_row_group(g, columns=[c for c in columns if c in f.names])
+                picked = t.take(pa.array([r for _, r in wanted])).to_pylist()
+                for (i, _), row in zip(wanted, picked):
+                    found[i] = dict(row, _source=f.path)
     out: Dict[str, list] = {c: [] for c in list(columns) + ["_source"]}
     for i in range(len(positions)):
         for c in out:
@@ -366,6 +380,8 @@ def _sample(files, groups, rows: int, sample_rows: int, seed: int, label_column:
     parts: Dict[str, list] = {c: [] for c in cols}
     positions: List[np.ndarray] = []
     start = 0
+    reader = contextlib.ExitStack()
+    open_file, pf = -1, None
     for i in chosen:
         fi, g, n = groups[i]
         lo, hi = np.searchsorted(picks, [start, start + n])
@@ -373,10 +389,15 @@ def _sample(files, groups, rows: int, sample_rows: int, seed: int, label_column:
         start += n
         if not len(local):
             continue
-        t = files[fi].pf.read_row_group(g, columns=cols).take(pa.array(local))
+        if fi != open_file:  # `chosen` is sorted: each file is opened once
+            reader.close()
+            pf = reader.enter_context(_parquet(files[fi].path))
+            open_file = fi
+        t = pf.read_row_group(g, columns=cols).take(pa.array(local))
         positions.append(np.stack([np.full(len(local), fi), np.full(len(local), g), local], axis=1))
         for c in cols:
             parts[c].append(t.column(c))
+    reader.close()
     sample: Dict[str, np.ndarray] = {}
     for c in cols:
         col = pa.chunked_array(parts[c]).combine_chunks() if parts[c] else None

@@ -1,6 +1,5 @@
 """`top_features` is the same in the batch job, the transforms (Arrow and rows) and the stream."""
 import glob
-import os
 
 import apache_beam as beam
 import numpy as np
