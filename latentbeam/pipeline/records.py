@@ -53,10 +53,10 @@ class ScoringOptions:
     top_features: int = 0  # > 0: add `top_features`, the K inputs with the largest error share
 
     def __post_init__(self):
-        if (isinstance(self.top_features, bool) or not isinstance(self.top_features, (int, np.integer))
-                or self.top_features < 0):
-            raise ValueError(f"top_features must be a non-negative integer (0 = no "
-                             f"`top_features` column). Received: top_features={self.top_features!r}")
+        k = self.top_features
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"top_features (--top-features) must be a non-negative integer "
+                             f"(0 = no `top_features` column). Received: top_features={k!r}")
 
 
 def list_array(matrix: np.ndarray) -> pa.ListArray:

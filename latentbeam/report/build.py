@@ -116,13 +116,16 @@ def _features_cell(entries: Sequence[Tuple[str, float]]) -> str:
     return ", ".join(f"<code>{_esc(n)}</code>&nbsp;{s:.0%}" for n, s in entries)
 
 
-def _top_entries(ferr_rows: np.ndarray, names: Sequence[str], k: int) -> List[List[Tuple[str, float]]]:
+def _top_entries(ferr_rows: np.ndarray, names: Sequence[str], k: int
+                 ) -> List[List[Tuple[str, float]]]:
+    """(input name, share) of the k largest shares per row: records.top_features, named."""
     from latentbeam.pipeline.records import top_features
 
     if not len(ferr_rows):
         return []
     idx, shares = top_features(np.asarray(ferr_rows, dtype=np.float32), k)
-    return [[(names[j], float(s)) for j, s in zip(i_row, s_row)] for i_row, s_row in zip(idx, shares)]
+    return [[(names[j], float(s)) for j, s in zip(i_row, s_row)]
+            for i_row, s_row in zip(idx, shares)]
 
 
 def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None, top_n: int = 20,
@@ -275,7 +278,8 @@ def _calibration_section(page: _Page, bundle, cal, names, image: Optional[ImageF
     entries = _top_entries(s.feature_errors[order], names, TOP_FEATURES_SHOWN)
     rows = []
     for rank, (i, top) in enumerate(zip(order, entries), 1):
-        rows.append([rank, f"#{int(i)}"] + ([f"{cal.labels[i]:g}"] if cal.labels is not None else [])
+        label = [f"{cal.labels[i]:g}"] if cal.labels is not None else []
+        rows.append([rank, f"#{int(i)}"] + label
                     + [f"{s.anomaly_score[i]:.3f}", f"{s.reconstruction_error[i]:.4g}",
                        "yes" if s.is_anomaly[i] else "no", _features_cell(top)])
     header = ["rank", "calibration row"] + (["label"] if cal.labels is not None else []) + [

@@ -103,7 +103,8 @@ def _features_text(features: List[dict], limit: int = 8) -> List[str]:
         return f"{f['name']} {f['dtype']} {shape}"
     lines = [one(f) for f in features[:limit]]
     if len(features) > limit:
-        lines.append(f"... and {len(features) - limit} more ({', '.join(f['name'] for f in features[limit:limit + 3])}, ...)")
+        more_names = ", ".join(f["name"] for f in features[limit:limit + 3])
+        lines.append(f"... and {len(features) - limit} more ({more_names}, ...)")
     return lines
 
 
@@ -146,7 +147,8 @@ def format_info(s: Dict[str, Any]) -> str:
              f"{cal['average_precision']:.4f}, positives {cal['label_positive_fraction']:.2%}")
     t = s["training"]
     h = t["history"]
-    add("training", f"{t.get('rows')} rows {t.get('rows_by_split')}, skipped {t.get('rows_skipped')}"
+    add("training", f"{t.get('rows')} rows {t.get('rows_by_split')}, "
+        f"skipped {t.get('rows_skipped')}"
         + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
     hist = f"epochs {h['epochs']} (best {h['best_epoch']})"
     if "final_loss" in h:

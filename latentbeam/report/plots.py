@@ -70,7 +70,8 @@ def _rebin(edges: np.ndarray, counts: np.ndarray, bins: int) -> Tuple[np.ndarray
 
 
 def error_histogram(edges: np.ndarray, counts: np.ndarray, *, threshold: float, flagged: int,
-                    total: int, title: str, overlay: Optional[Tuple[np.ndarray, np.ndarray, str]] = None,
+                    total: int, title: str,
+                    overlay: Optional[Tuple[np.ndarray, np.ndarray, str]] = None,
                     note: str = "") -> bytes:
     """Histogram of reconstruction errors with the threshold line and the flagged fraction.
 
@@ -132,8 +133,11 @@ def stored_quantiles(quantiles: Dict[str, float], threshold: float, rows: int,
     return _png(fig)
 
 
-def project_2d(z: np.ndarray, basis: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
-               ) -> Tuple[np.ndarray, List[str], Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+Basis = Tuple[np.ndarray, np.ndarray, np.ndarray]  # PCA: mean, components (2, d), variance ratio
+
+
+def project_2d(z: np.ndarray, basis: Optional[Basis] = None
+               ) -> Tuple[np.ndarray, List[str], Optional[Basis]]:
     """2-D coordinates of latent codes: the code itself when it has 2 numbers, else PCA.
 
     Returns (points (n, 2), axis labels, PCA basis (mean, components (2, d), explained
@@ -239,7 +243,8 @@ def image_rows(rows: Sequence[Tuple[str, Sequence[np.ndarray]]], *, titles: Sequ
     n_cols = max(len(images) for _, images in rows)
     h, w = np.asarray(rows[0][1][0]).shape[:2]
     cell = 0.95
-    fig = _figure(cell * n_cols * max(w / h, 0.5) + 1.4, cell * len(rows) + (0.75 if title else 0.35))
+    fig = _figure(cell * n_cols * max(w / h, 0.5) + 1.4,
+                  cell * len(rows) + (0.75 if title else 0.35))
     axes = np.atleast_1d(fig.subplots(len(rows), 1))
     first = np.asarray([np.asarray(i, dtype=np.float64) for i in rows[0][1]])
     lo, hi = float(np.nanmin(first)), float(np.nanmax(first))

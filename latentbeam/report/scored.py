@@ -130,7 +130,8 @@ class ScoredSummary:
     window_edges: Optional[np.ndarray]  # (WINDOW_BINS + 1,) bin edges of Window.hist
     top: Dict[str, list]  # top-N rows by anomaly_score: column -> values (see read_rows)
     typical: Dict[str, list]  # up to N sampled rows with errors nearest the median
-    sample: Dict[str, np.ndarray]  # latent (s, d), is_anomaly, anomaly_score, reconstruction_error, label
+    # The sample: latent (s, d), is_anomaly, anomaly_score, reconstruction_error, label.
+    sample: Dict[str, np.ndarray]
     sample_rows: int
     sample_from_rows: int  # rows the sample was drawn from (all rows, or the chosen row groups)
     seed: int
@@ -144,7 +145,8 @@ class ScoredSummary:
         return quantiles_from_hist(self.hist, self.edges, levels)
 
 
-def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, levels: Sequence[float]) -> List[float]:
+def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, levels: Sequence[float]
+                        ) -> List[float]:
     """Quantiles of binned data, defined as numpy's default (linear between order statistics).
 
     The k-th smallest value is placed inside its bin by rank (geometrically for
@@ -322,7 +324,8 @@ def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_col
         location=location, files=[f.path for f in files], rows=rows, anomalies=anomalies,
         columns=columns, model_versions=sorted(versions), edges=edges, hist=hist,
         windows=window_list, window_edges=edges[::stride] if window_list else None, top=top,
-        typical=typical, sample=sample, sample_rows=len(sample[COL_ERROR]), sample_from_rows=drawn_from,
+        typical=typical, sample=sample, sample_rows=len(sample[COL_ERROR]),
+        sample_from_rows=drawn_from,
         seed=seed, label_column=label_column)
 
 
