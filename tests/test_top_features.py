@@ -37,7 +37,8 @@ def test_input_names_index_list_and_image_elements_row_major():
 
 
 def test_top_features_option_is_validated():
-    with pytest.raises(ValueError, match="top_features must be a non-negative integer"):
+    with pytest.raises(ValueError, match=r"top_features \(--top-features\) must be a "
+                                         r"non-negative integer .* Received: top_features=-1"):
         ScoringOptions(top_features=-1)
 
 
