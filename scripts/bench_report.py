@@ -83,7 +83,9 @@ def child_data(bundle_dir: str, out: str, rows: int) -> None:
             z = centres[label] + rng.normal(size=(m, info.latent_dim))
             ferr = rng.gamma(0.5, 0.02, size=(m, info.n_inputs)).astype(np.float32)
             spike = rng.random(m) < 0.01
-            ferr[spike, rng.integers(0, info.n_inputs, int(spike.sum()))] += 40.0
+            # One input of each spiked row carries 3x the threshold's total error.
+            ferr[spike, rng.integers(0, info.n_inputs, int(spike.sum()))] += \
+                3.0 * threshold * info.n_inputs
             err = ferr.mean(axis=1).astype(np.float32)
             score = (err / threshold).astype(np.float32)
             batch = pa.RecordBatch.from_arrays([
