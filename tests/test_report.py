@@ -403,3 +403,16 @@ def test_info_text_json_and_integrity(tmp_path, capsys, tiny_image_bundle_dir):
     assert "integrity:       FAILED, sha256 of" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "bundle.json is missing" in capsys.readouterr().err
+
+
+def test_info_loads_neither_tensorflow_nor_matplotlib(tiny_image_bundle_dir):
+    import subprocess
+    import sys
+
+    code = ("import sys; from latentbeam.cli import main; rc = main(['info', sys.argv[1]]); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules)); "
+            "sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, tiny_image_bundle_dir],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

@@ -1,8 +1,19 @@
 """Human-facing views: `latentbeam report` (static HTML + PNG) and `latentbeam info`.
 
 Nothing here is on a scoring path: it reads bundles and scored output and draws them.
+Attributes are imported on first use, so `latentbeam info` loads neither matplotlib nor
+TensorFlow.
 """
-from latentbeam.report.build import ReportResult, build_report
-from latentbeam.report.info import bundle_summary, format_info
+from __future__ import annotations
 
-__all__ = ["ReportResult", "build_report", "bundle_summary", "format_info"]
+_EXPORTS = {"ReportResult": "latentbeam.report.build", "build_report": "latentbeam.report.build",
+            "bundle_summary": "latentbeam.report.info", "format_info": "latentbeam.report.info"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'latentbeam.report' has no attribute {name!r}")
