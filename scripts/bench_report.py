@@ -5,7 +5,8 @@ synthetic scored rows with the scored-output schema of that bundle (`id`, `label
 `latent`, `reconstruction_error`, `anomaly_score`, `is_anomaly`, `model_version`,
 `top_features` with K=3; built by records.output_schema / top_features_array) as 8
 Parquet files in 8192-row row groups, as `latentbeam score` writes them. Then, each in its
-own child process (wall time and that child's peak RSS from os.wait4):
+own child process: wall time, the work time after the child's imports, and that
+child's peak RSS from os.wait4:
 
   (a) baseline   pyarrow reads the columns the report needs (reconstruction_error,
                  anomaly_score, is_anomaly, latent) of every row into memory: the
@@ -13,7 +14,11 @@ own child process (wall time and that child's peak RSS from os.wait4):
   (b) start-up   import TensorFlow + load the bundle: paid by any report, whatever N
   (c) scan       report.scored.summarize_scored only: the one pass over the data
                  (histogram, counts, top-N, sample), no model, no plots
-  (d) report     `latentbeam report --bundle B --scored OUT --output R`, end to end
+  (d) report     build_report (scan, bundle load, calibration rows, every figure, the
+                 page); work = build_report after importing TensorFlow
+  (e) CLI        `latentbeam report --bundle B --scored OUT --output R`, end to end
+
+The machine's other load shows in wall times; compare within one run.
 
     .venv/bin/python scripts/bench_report.py [--rows 1000000] [--big-rows 10000000]
 """
@@ -98,26 +103,42 @@ def child_data(bundle_dir: str, out: str, rows: int) -> None:
         writer.close()
 
 
-def child_baseline(scored: str) -> int:
+def child_baseline(scored: str) -> float:
     import glob
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(sorted(glob.glob(os.path.join(scored, "*.parquet"))), columns=NEEDED)
-    return table.num_rows
+    t = time.perf_counter()
+    pq.read_table(sorted(glob.glob(os.path.join(scored, "*.parquet"))), columns=NEEDED)
+    return time.perf_counter() - t
 
 
-def child_startup(bundle_dir: str) -> int:
+def child_startup(bundle_dir: str) -> float:
+    t = time.perf_counter()
+    import tensorflow  # noqa: F401  (imported before the clock starts)
+
     from latentbeam.model import load_bundle
 
     load_bundle(bundle_dir)
-    return 0
+    return time.perf_counter() - t
 
 
-def child_scan(scored: str) -> int:
+def child_scan(scored: str) -> float:
     from latentbeam.report.scored import summarize_scored
 
-    return summarize_scored(scored, label_column="label").rows
+    t = time.perf_counter()
+    summarize_scored(scored, label_column="label")
+    return time.perf_counter() - t
+
+
+def child_report(bundle_dir: str, scored: str, out: str) -> float:
+    import tensorflow  # noqa: F401  (imported before the clock starts)
+
+    from latentbeam.report import build_report
+
+    t = time.perf_counter()
+    build_report(bundle_dir, out, scored=scored)
+    return time.perf_counter() - t
 
 
 # --------------------------------------------------------------------------- measurement
@@ -142,8 +163,13 @@ def measure(cmd) -> dict:
     if code != 0:
         sys.stderr.write(out_err[1].decode(errors="replace")[-4000:])
         raise SystemExit(f"child failed ({code}): {' '.join(cmd)}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024,
-            "stdout": out_err[0].decode(errors="replace")}
+    stdout = out_err[0].decode(errors="replace")
+    try:
+        work = float(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        work = float("nan")
+    return {"seconds": seconds, "work": work, "peak_rss": usage.ru_maxrss * 1024,
+            "stdout": stdout}
 
 
 def run_child(mode: str, *args: str) -> dict:
@@ -161,17 +187,20 @@ def bench(bundle: str, workdir: str, rows: int) -> None:
           flush=True)
     run_child("data", bundle, scored, str(rows))
     size = sum(os.path.getsize(os.path.join(scored, f)) for f in os.listdir(scored))
+    report_dir = os.path.join(workdir, f"report-{rows}")
     results = [("(a) baseline: pyarrow reads the needed columns", run_child("baseline", scored)),
                ("(b) start-up: import TensorFlow + load bundle", run_child("startup", bundle)),
                ("(c) scan: summarize_scored (no model, no plots)", run_child("scan", scored)),
-               ("(d) latentbeam report, end to end",
-                run_report(bundle, scored, os.path.join(workdir, f"report-{rows}")))]
-    base = results[0][1]["seconds"]
+               ("(d) build_report: scan + model + figures + page",
+                run_child("report", bundle, scored, report_dir)),
+               ("(e) latentbeam report CLI, end to end", run_report(bundle, scored, report_dir))]
+    base = results[0][1]["work"]
     print(f"\n{rows:,d} scored rows, {size / 2**20:,.0f} MiB of Parquet")
-    print(f"{'path':<50} {'seconds':>8} {'x (a)':>6} {'peak RSS':>10}")
+    print(f"{'path':<50} {'wall s':>7} {'work s':>7} {'work/(a)':>9} {'peak RSS':>10}")
     for name, r in results:
-        print(f"{name:<50} {r['seconds']:>8.2f} {r['seconds'] / base:>6.2f} "
-              f"{r['peak_rss'] / 2**20:>7,.0f} MiB")
+        work = f"{r['work']:>7.2f} {r['work'] / base:>9.2f}" if r["work"] == r["work"] else \
+            f"{'-':>7} {'-':>9}"
+        print(f"{name:<50} {r['seconds']:>7.2f} {work} {r['peak_rss'] / 2**20:>7,.0f} MiB")
     shutil.rmtree(scored, ignore_errors=True)
 
 
@@ -185,7 +214,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         fn = {"train": child_train, "data": lambda b, o, n: child_data(b, o, int(n)),
-              "baseline": child_baseline, "startup": child_startup, "scan": child_scan}
+              "baseline": child_baseline, "startup": child_startup, "scan": child_scan,
+              "report": child_report}
         print(fn[args.child](*args.args))
         return
 
