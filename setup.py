@@ -6,6 +6,8 @@ from setuptools import find_packages, setup
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _README = os.path.join(_HERE, "README.md")
 
+_DASK = ["dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"]
+
 setup(
     name="latentbeam",
     version="0.1.0",
@@ -16,6 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["latentbeam", "latentbeam.*"]),
+    package_data={"latentbeam.pipeline": ["providers.yaml"]},
     install_requires=[
         "tensorflow>=2.18,<2.22",
         "keras>=3.6,<4",
@@ -29,11 +32,21 @@ setup(
         "scikit-learn>=1.4,<2",
         # `latentbeam report`: PNG plots (Agg backend, no display needed).
         "matplotlib>=3.8,<4",
+        # Beam YAML (`python -m apache_beam.yaml.main`, the latentbeam YAML provider) and
+        # Beam DataFrames import these; the ranges are Beam 2.77's own ([yaml] extra),
+        # pandas below 2.4 because Beam's DataFrame API fails to import with pandas 3.
+        "jsonschema>=4,<5",
+        "jinja2>=3,<3.2",
+        "docstring-parser>=0.15,<1",
+        "pandas>=2,<2.4",
     ],
     extras_require={
         # `train.tensorboard_dir`: TensorFlow no longer pulls TensorBoard in.
         "tensorboard": ["tensorboard>=2.18,<3"],
-        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3"],
+        # `--runner dask`: what apache-beam[dask] installs (Beam 2.77 asks for >=2024.4.2).
+        "dask": _DASK,
+        "test": ["pytest>=8,<10", "duckdb>=1.1,<3", "pandas>=2,<4", "tensorboard>=2.18,<3",
+                 "hypothesis>=6.100,<7"] + _DASK,
     },
     entry_points={"console_scripts": ["latentbeam=latentbeam.cli:main"]},
 )

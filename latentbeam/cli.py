@@ -1,4 +1,4 @@
-"""Command line: `latentbeam {train,score,stream,decode,generate,report,info,demo}` (also `python -m latentbeam`).
+"""Command line: `latentbeam {train,score,stream,decode,generate,rethreshold,report,info,demo}` (also `python -m latentbeam`).
 
 Flags a subcommand does not know are passed to Beam's PipelineOptions, so
 `--runner DataflowRunner --project P --temp_location gs://... --setup_file ./setup.py`
@@ -7,6 +7,7 @@ works unchanged on `score`, `stream` and `decode`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -15,9 +16,23 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
+PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")
+
+
+def _add_output_flags(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    """--log-level (also accepted after the command) and, for jobs, progress flags."""
+    p.add_argument("--log-level", default=argparse.SUPPRESS,
+                   help="Python logging level: WARNING (default) shows warnings only; INFO "
+                        "also shows Beam's, absl's and TensorFlow's INFO lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (the final summary is still printed)")
+    if progress:
+        p.add_argument("--progress-seconds", type=float, default=10.0,
+                       help="seconds between progress lines when stderr is not a terminal "
+                            "(default 10; a terminal gets one live line)")
 
 
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
@@ -27,6 +42,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="add `feature_errors`: per-feature squared error (normalized space)")
     p.add_argument("--reconstruction", action="store_true",
                    help="add `reconstruction`: X-hat in input units")
+    p.add_argument("--latent-distance", action="store_true",
+                   help="add `latent_distance`: the code's distance to the nearest training "
+                        "code (the score's density term)")
     p.add_argument("--top-features", type=int, default=0, metavar="K",
                    help="add `top_features`: the K inputs with the largest share of each "
                         "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
@@ -38,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentbeam",
         description="Keras autoencoder anomaly scoring for Apache Beam.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="Python logging level (default WARNING; INFO shows Beam's, "
+                             "absl's and TensorFlow's INFO lines)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an autoencoder and write a model bundle")
@@ -46,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.latent_dim=2 (repeatable)")
     p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
+    _add_output_flags(p, progress=False)
 
     p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -56,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty output directory")
     _add_scoring_flags(p)
+    _add_output_flags(p)
 
     p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
@@ -87,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-key", default=None,
                    help="input column: keep one adaptive threshold per value")
     _add_scoring_flags(p)
+    _add_output_flags(p)
 
     p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True)
@@ -94,12 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--key-columns", default="")
+    _add_output_flags(p)
 
     p = sub.add_parser("generate", help="sample the latent space and decode to new rows")
     p.add_argument("--bundle", required=True)
     p.add_argument("--num-samples", type=int, required=True)
     p.add_argument("--output", required=True, help="output directory (one Parquet file)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier latentbeam run wrote to --output")
+
+    p = sub.add_parser("rethreshold", help="re-seal a bundle with a new threshold")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", type=float, default=None,
+                     help="explicit reconstruction-error threshold (> 0)")
+    how.add_argument("--method", default=None,
+                     choices=("quantile", "contamination", "mad", "mean_std", "f1"),
+                     help="compute the threshold from the calibration summary in the bundle")
+    p.add_argument("--value", type=float, default=None,
+                   help="the method's parameter (level, anomaly fraction, k)")
+    p.add_argument("--output", default=None,
+                   help="write the new bundle here (default: replace --bundle in place)")
 
     p = sub.add_parser("report", help="write a static HTML report (PNG plots) of a bundle and "
                                       "its scored output")
@@ -128,29 +167,55 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _own_flags(parser: argparse.ArgumentParser, command: str) -> List[str]:
+    """The long flags of `command` (and the global ones), offered as corrections."""
+    flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            flags += [f for a in action.choices[command]._actions
+                      for f in a.option_strings if f.startswith("--")]
+    return flags
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_tensorflow()
+    # A quoted '~/x' reaches us unexpanded; expand it as the shell would, once, so the
+    # output checks and every read and write see the same place.
+    from latentbeam.paths import expand_user
+    for name in PATH_ARGS:
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, expand_user(getattr(args, name)))
+    from latentbeam.console import NativeLogFilter, configure_logging
+
     try:
-        return COMMANDS[args.command](args, beam_args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        # User errors: one clear line, no traceback (use --log-level DEBUG for it).
-        log.debug("failed", exc_info=True)
-        print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        level = configure_logging(args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
+    _quiet_tensorflow()
+    native = NativeLogFilter() if level > logging.INFO else contextlib.nullcontext()
+    with native:
+        try:
+            if args.command in BEAM_COMMANDS:
+                from latentbeam.pipeline.options import check_beam_flags
+                beam_args = check_beam_flags(beam_args, _own_flags(parser, args.command))
+            return COMMANDS[args.command](args, beam_args)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            # User errors: one clear line, no traceback (use --log-level DEBUG for it).
+            log.debug("failed", exc_info=True)
+            print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
+            return 2
 
 
 def cmd_train(args, beam_args: List[str]) -> int:
     from latentbeam.config import load_config
     from latentbeam.model import train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["train.verbose=0"] if args.quiet else [])
+    config = load_config(args.config, overrides)
     bundle = train(config, args.output)
     print(summarize_bundle(bundle.info))
     return 0
@@ -189,16 +254,20 @@ def _pipeline_command(module: str, function: str):
 
 
 def cmd_generate(args, beam_args: List[str]) -> int:
+    import uuid
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from latentbeam import fs
+    from latentbeam import fs, outputs, paths
     from latentbeam.model import load_bundle, sample_latent
     from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
+    paths.check_output(args.output, [("bundle", args.bundle)])
+    replace = outputs.check_output_dir(args.output, args.overwrite)
     bundle = load_bundle(args.bundle)
     z = sample_latent(bundle, args.num_samples, args.seed)
     codes = pa.RecordBatch.from_pydict({"sample": pa.array(np.arange(len(z), dtype=np.int64)),
@@ -206,12 +275,34 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     # The same decoding as `latentbeam decode`, so generated rows have its schema.
     decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
     table = pa.Table.from_batches([decoded]).add_column(1, COL_LATENT, codes.column(COL_LATENT))
-    fs.makedirs(args.output)
-    path = fs.join(args.output, "generated-00000-of-00001.parquet")
+    name = "generated-00000-of-00001.parquet"
+    staging = fs.join(args.output, f"{outputs.STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    staged = fs.join(staging, name + outputs.PARTIAL_SUFFIX)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    fs.write_bytes(path, sink.getvalue().to_pybytes())
-    print(f"wrote {len(z)} samples to {path}")
+    try:
+        fs.write_bytes(staged, sink.getvalue().to_pybytes())
+        outputs.commit(args.output, [(staged, name)],
+                       {"job": "generate", "model_version": bundle.info.model_version,
+                        "num_samples": len(z), "seed": args.seed}, replace, staging)
+    except BaseException:
+        outputs.remove_tree(staging)
+        raise
+    print(f"wrote {len(z)} samples to {fs.join(args.output, name)}")
+    return 0
+
+
+def cmd_rethreshold(args, beam_args: List[str]) -> int:
+    from latentbeam.model.rethreshold import rethreshold
+
+    old, new = rethreshold(args.bundle, threshold=args.threshold, method=args.method,
+                           value=args.value, output=args.output)
+    print(f"threshold:       {old.threshold.threshold:.6g} ({old.threshold.method}) -> "
+          f"{new.threshold.threshold:.6g} ({new.threshold.method}, value={new.threshold.value})")
+    print(f"model_version:   {old.model_version} -> {new.model_version}")
+    print(f"flagged:         {new.calibration['flagged_fraction']:.2%} of the calibration rows "
+          f"(estimated from the stored error quantiles)")
+    print(f"bundle:          {new.path}")
     return 0
 
 
@@ -255,6 +346,7 @@ COMMANDS = {
     "decode": _pipeline_command("latentbeam.pipeline.batch", "run_decode_command"),
     "stream": _pipeline_command("latentbeam.pipeline.streaming", "run_stream_command"),
     "generate": cmd_generate,
+    "rethreshold": cmd_rethreshold,
     "report": cmd_report,
     "info": cmd_info,
     "demo": cmd_demo,

@@ -2,11 +2,14 @@
 
 A config that gives only `data` trains well: every other key has a default chosen
 for detection quality. Unknown keys and wrong types are rejected with the list of
-valid keys.
+valid keys. Hostile files are refused quickly: duplicate keys, NaN / infinite numbers,
+files over MAX_CONFIG_BYTES and documents whose aliases expand past MAX_CONFIG_NODES
+values ("billion laughs"); echoed values are clipped.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -14,6 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import yaml
+
+from latentbeam.text import clip, echo
+
+# A config is a few hundred bytes; these bounds only stop hostile or broken input.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values after alias expansion
+MAX_CONFIG_NESTING = 64  # levels of [ { or indentation; PyYAML recurses per level
 
 DATA_SOURCES = ("parquet", "tfds")
 MODEL_KINDS = ("dense", "conv2d")
@@ -69,7 +79,8 @@ class TrainConfig:
     cache_mb: int = 256  # decoded rows kept in memory and replayed each epoch, up to this size
     disk_cache: bool = True  # rows past cache_mb: decoded once into a temp file and replayed
     tensorboard_dir: Optional[str] = None
-    verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+    verbose: int = 1  # 0 silent, 1 one bar over the epochs (a line per epoch if not a TTY), 2 a line per epoch
+    trim_fraction: float = 0.0  # share of each batch's largest row errors left out of the loss
 
 
 @dataclass(frozen=True)
@@ -80,11 +91,19 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    latent_neighbors: int = 1  # k of the latent-distance term; 0 scores reconstruction only
+    reference_rows: int = 1024  # training codes kept in the model for the latent distance
+    reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
@@ -116,39 +135,46 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"`{where}` expects a list, received: {value!r}")
+            raise TypeError(f"`{where}` expects a list, received: {echo(value)}")
         return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"`{where}` expects true or false, received: {value!r}")
+            raise TypeError(f"`{where}` expects true or false, received: {echo(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{where}` expects an integer, received: {value!r}")
+            raise TypeError(f"`{where}` expects an integer, received: {echo(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"`{where}` expects a number, received: {value!r}")
-        return float(value)
+            raise TypeError(f"`{where}` expects a number, received: {echo(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"`{where}` expects a finite number, received: {echo(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"`{where}` expects a string, received: {value!r}")
+            raise TypeError(f"`{where}` expects a string, received: {echo(value)}")
         return value
     raise TypeError(f"unsupported config type {tp} at `{where}`")
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
-        raise TypeError(f"`{prefix or 'config'}` expects a mapping, received: {raw!r}")
+        raise TypeError(f"`{prefix or 'config'}` expects a mapping, received: {echo(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names), key=str)
     if unknown:
         where = f"in `{prefix}`" if prefix else "at the top level"
         valid = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
+        shown = ", ".join(clip(k, 40) for k in map(str, unknown[:5]))
+        more = f", ... ({len(unknown)} in all)" if len(unknown) > 5 else ""
         raise ValueError(
-            f"Unknown config key(s) {where}: {', '.join(map(str, unknown))}. "
-            f"Valid keys: {valid}.")
+            f"Unknown config key(s) {where}: {shown}{more}. Valid keys: {valid}.")
     kwargs = {}
     for name in names:
         if name not in raw:
@@ -166,7 +192,7 @@ def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
     if value not in choices:
         raise ValueError(
             f"Received an invalid value for `{key}`, expected one of {', '.join(choices)}. "
-            f"Received: {key}={value!r}")
+            f"Received: {key}={echo(value)}")
 
 
 def validate(config: Config) -> Config:
@@ -203,6 +229,18 @@ def validate(config: Config) -> Config:
                    ("threshold.calibration_fraction", th.calibration_fraction)):
         if not 0.0 < v < 0.5:
             raise ValueError(f"`{key}` must be in (0, 0.5). Received: {v}")
+    if not 0.0 <= t.trim_fraction < 0.5:
+        raise ValueError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
+    sc = config.score
+    if sc.latent_neighbors < 0 or sc.reference_rows < 1:
+        raise ValueError("`score.latent_neighbors` must be >= 0 and `score.reference_rows` >= 1. "
+                         f"Received: {sc.latent_neighbors}, {sc.reference_rows}")
+    if not (sc.reconstruction_weight >= 0 and math.isfinite(sc.reconstruction_weight)):
+        raise ValueError("`score.reconstruction_weight` must be a finite number >= 0. "
+                         f"Received: {sc.reconstruction_weight}")
+    if sc.latent_neighbors > sc.reference_rows:
+        raise ValueError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed "
+                         f"`score.reference_rows` ({sc.reference_rows}).")
     value = config.threshold_value()
     if th.method in ("quantile",) and not 0.0 < value < 1.0:
         raise ValueError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")
@@ -238,8 +276,80 @@ _YamlLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+def _construct_mapping(loader: _YamlLoader, node, deep: bool = False):
+    """SafeLoader's mapping, refusing a key given twice (YAML keeps the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges; its keys may be overridden on purpose
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader refuses it below
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {echo(key, 40)} (first given on line {first})",
+                    key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_YamlLoader.construct_mapping = _construct_mapping
+
+
+def _check_size(obj: Any) -> None:
+    """Refuses a document whose values, aliases expanded, exceed MAX_CONFIG_NODES.
+
+    Aliases are shared references after loading; every later traversal (merging, the
+    training config copied into bundle.json) expands them, so 9 levels of 10 aliases
+    ("billion laughs") would take forever. The walk stops at the budget.
+    """
+    budget = MAX_CONFIG_NODES
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ValueError(f"The config expands to more than {MAX_CONFIG_NODES} values "
+                             f"(YAML aliases repeated inside each other?). Write the values "
+                             f"out; a training config needs a few dozen.")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _nesting(text: str) -> int:
+    """An upper bound of the nesting depth: open flow brackets, or indentation / 2."""
+    depth = deepest = 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    return max(deepest, indent // 2)
+
+
 def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"YAML text of {len(text)} characters; a config is at most "
+                         f"{MAX_CONFIG_BYTES} (a few hundred bytes is typical).")
+    if _nesting(text) > MAX_CONFIG_NESTING:
+        # Checked before parsing: PyYAML recurses per level, and unwinding a RecursionError
+        # from thousands of levels takes seconds.
+        raise ValueError(f"YAML nested more than {MAX_CONFIG_NESTING} levels deep; a config "
+                         f"has at most a few levels.")
+    try:
+        obj = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError as e:
+        raise ValueError("YAML nested too deeply; a config has at most a few levels.") from e
+    _check_size(obj)
+    return obj
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -247,15 +357,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     nested: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value (e.g. model.latent_dim=2). Received: {item!r}")
+            raise ValueError(f"--set expects key=value (e.g. model.latent_dim=2). Received: "
+                             f"{echo(item)}")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: `{part}` is not a section")
-        node[parts[-1]] = _yaml_load(text) if text.strip() else None
+                raise ValueError(f"--set {clip(key)}: `{clip(part)}` is not a section")
+        try:
+            node[parts[-1]] = _yaml_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {clip(key)}: the value is not valid YAML "
+                             f"({clip(getattr(e, 'problem', None) or e, 200)}). Received: "
+                             f"{echo(text)}") from e
     return nested
 
 
@@ -272,7 +388,7 @@ def _merge(base: dict, extra: Mapping) -> dict:
 def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     if raw is not None and not isinstance(raw, Mapping):
         raise TypeError(f"The config expects a mapping of sections (data, model, train, "
-                        f"threshold), received: {raw!r}")
+                        f"threshold), received: {echo(raw)}")
     merged = _merge(dict(raw or {}), parse_overrides(overrides))
     return validate(_build(Config, merged, ""))
 
@@ -288,11 +404,23 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     if not fs.exists(path):
         raise ValueError(f"Config file {path} does not exist. Pass --config with a YAML file "
                          f"such as configs/tabular_parquet.yaml.")
-    text = fs.read_bytes(path).decode("utf-8")
+    data = fs.read_bytes(path)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"Config file {path} has {len(data)} bytes; a config is at most "
+                         f"{MAX_CONFIG_BYTES}. Pass the YAML training config, not a data file.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Config file {path} is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start}). Pass a YAML file.") from e
     try:
         raw = _yaml_load(text) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
+        # One line: PyYAML's message spans several (and quotes the offending line).
+        raise ValueError(f"Config file {path} is not valid YAML: "
+                         f"{clip(' '.join(str(e).split()), 600)}") from e
+    except ValueError as e:
+        raise ValueError(f"Config file {path}: {e}") from e
     try:
         return from_dict(raw, overrides)
     except (TypeError, ValueError) as e:

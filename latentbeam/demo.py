@@ -4,12 +4,19 @@ The data ships with scikit-learn, so the demo and the tests run offline.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import sys
+import time
 from typing import List
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 DIGITS_TFDS_NAME = "latentbeam_digits"
 PIXELS = 64
@@ -94,9 +101,21 @@ def write_digits_tfds(data_dir: str, name: str = DIGITS_TFDS_NAME) -> str:
         "test": tf.data.Dataset.from_tensor_slices({"image": images[1500:], "label": labels[1500:]}),
     }
     shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name=name, version="1.0.0", features=features, split_datasets=splits,
-        data_dir=data_dir, description="scikit-learn 8x8 digits", disable_shuffling=True)
+    # TFDS prints "Downloading and preparing dataset ..." and progress bars per split and
+    # shard, and warns that the new folder has no dataset_info.json yet: keep them out
+    # of the demo's screen (they go to the debug log).
+    tfds.disable_progress_bar()
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            tfds.dataset_builders.store_as_tfds_dataset(
+                name=name, version="1.0.0", features=features, split_datasets=splits,
+                data_dir=data_dir, description="scikit-learn 8x8 digits", disable_shuffling=True)
+    finally:
+        absl_log.setLevel(level)
+    log.debug("TFDS: %s", printed.getvalue().strip())
     return data_dir
 
 
@@ -111,67 +130,89 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(workdir: str) -> int:
-    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report."""
+def run_demo(workdir: str, top: int = 5) -> int:
+    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report,
+    on one screen."""
     import copy
+    import time
 
     import yaml
 
     from latentbeam.cli import summarize_bundle
     from latentbeam.config import from_dict
+    from latentbeam.console import ProgressLine
     from latentbeam.model import train
 
+    out = sys.stdout
     workdir = os.path.abspath(workdir)
     data_dir = os.path.join(workdir, "data")
+    out.write("== latentbeam demo: 8x8 digits (scikit-learn), autoencoder 64 -> 2 -> 64 ==\n")
     paths = write_digits_parquet(data_dir, images=True)
     tfds_dir = write_digits_tfds(os.path.join(workdir, "tensorflow_datasets"))
+    out.write(f"[1/4] data: 1797 digits as {len(paths)} Parquet files in {data_dir}/\n"
+              f"      and as TFDS {DIGITS_TFDS_NAME} (train 1500 / test 297) in {tfds_dir}/\n")
     raw = copy.deepcopy(DEMO_CONFIG)
     raw["data"]["path"] = os.path.join(workdir, raw["data"]["path"])
-    with open(os.path.join(workdir, "demo.yaml"), "w") as f:
+    config_path = os.path.join(workdir, "demo.yaml")
+    with open(config_path, "w") as f:
         yaml.safe_dump(raw, f, sort_keys=False)
     bundle_dir = os.path.join(workdir, "bundle")
-    bundle = train(from_dict(raw, ["train.verbose=2"]), bundle_dir)
-    print()
-    print("== latentbeam demo: 8x8 digits, autoencoder 64 -> 2 -> 64 ==")
-    print(f"parquet:         {len(paths)} files in {data_dir}")
-    print(f"tfds:            {DIGITS_TFDS_NAME} (train/test) in {tfds_dir}")
-    print(f"config:          {os.path.join(workdir, 'demo.yaml')}")
-    print(summarize_bundle(bundle.info))
-    scored_dir = os.path.join(workdir, "scored")
-    score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"), scored_dir)
-    report_digits(bundle_dir, scored_dir, os.path.join(workdir, "report"))
+    # A live bar over the epochs on a terminal; nothing per epoch otherwise.
+    verbose = 1 if ProgressLine().tty else 0
+    out.write(f"[2/4] train: {config_path} -> {bundle_dir}/\n")
+    out.flush()
+    t0 = time.time()
+    bundle = train(from_dict(raw, [f"train.verbose={verbose}"]), bundle_dir)
+    out.write("\n".join("      " + line for line in summarize_bundle(bundle.info).splitlines()[1:]))
+    out.write(f"\n      ({time.time() - t0:.1f} s)\n")
+    scored = os.path.join(workdir, "scored")
+    out.write(f"[3/4] score: Beam batch job (latentbeam score) -> {scored}/\n")
+    out.flush()
+    score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"), scored, top=top)
+    index = report_digits(bundle_dir, scored, os.path.join(workdir, "report"))
+    out.write(f"\nnext: latentbeam score --bundle {bundle_dir} --input 'DATA/*.parquet' "
+              f"--output OUT --key-columns id --top-features 3\n"
+              f"      latentbeam report --bundle {bundle_dir} --scored OUT --output REPORT\n")
+    out.write(f"\nopen the report: file://{os.path.abspath(index)}\n")
     return 0
 
 
 def report_digits(bundle_dir: str, scored_dir: str, out: str) -> str:
-    """Writes the HTML report of the demo run and prints where to open it."""
+    """Writes the HTML report of the demo run (`latentbeam report`); prints where to open it."""
     from latentbeam.report import build_report
 
+    t0 = time.time()
+    sys.stdout.write(f"[4/4] report: latentbeam report -> {out}/\n")
+    sys.stdout.flush()
     result = build_report(bundle_dir, out, scored=scored_dir)
-    print()
-    print(f"== report (latentbeam report) -> {out} ==")
-    print("the 2-number code of every digit, grouped by class, anomalies marked; originals")
-    print("beside reconstructions; a grid of generated digits and the decoded latent plane")
-    print(f"open: file://{os.path.abspath(result.index)}")
+    sys.stdout.write("      the 2-number code of every digit grouped by class, anomalies marked;\n"
+                     "      originals beside reconstructions; generated digits; the latent plane "
+                     f"decoded ({time.time() - t0:.1f} s)\n")
     return result.index
 
 
 def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 10) -> None:
     """Runs the `latentbeam score` job over the digits and prints the most anomalous rows."""
+    from latentbeam.console import ProgressLine
     from latentbeam.pipeline.batch import FileJob, format_summary, run_file_job
     from latentbeam.pipeline.records import ScoringOptions
 
+    t0 = time.time()
+    line = ProgressLine()
     summary = run_file_job(FileJob(bundle_dir, pattern, out, overwrite=True,
                                    opts=ScoringOptions(key_columns=("id", "label", "image"),
                                                        per_feature_errors=True,
-                                                       top_features=3)))
-    print()
-    print(f"== Beam batch scoring (latentbeam score) -> {out} ==")
-    print(format_summary(summary))
+                                                       top_features=3)),
+                           progress=line if line.tty else None)
+    text = format_summary(summary)
+    sys.stdout.write("\n".join("      " + line for line in text.splitlines()
+                                if not line.startswith("  /")))  # not one line per file
+    sys.stdout.write(f"\n      ({time.time() - t0:.1f} s)\n")
     table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score", "top_features"])
     rows = table.sort_by([("anomaly_score", "descending"), ("id", "ascending")]).slice(0, top)
-    print(f"\nmost anomalous {top} digits (anomaly_score > 1 is flagged):")
-    print(f"{'id':>6} {'label':>5} {'anomaly_score':>14}  top_features (share of the error)")
+    sys.stdout.write(f"\nmost anomalous {top} digits (anomaly_score > 1 is flagged):\n"
+                     f"{'id':>6} {'label':>5} {'anomaly_score':>14}  top_features "
+                     f"(share of the error)\n")
     for r in rows.to_pylist():
         why = ", ".join(f"{t['name']} {t['share']:.0%}" for t in r["top_features"])
-        print(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}  {why}")
+        sys.stdout.write(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}  {why}\n")

@@ -18,16 +18,32 @@ Data generation and training also run in children: Linux charges a child's
 ru_maxrss with the launching process's RSS (the address space it had before exec), so
 the launcher stays small (no TensorFlow, no data in memory).
 
-Prints rows/s, peak RSS and the ratios (targets: a >= 0.6 x b, a >= 50 x c).
+  (a0) recon   (a) on a bundle whose score is the reconstruction term alone
+                (score.latent_neighbors=0): what scoring cost before the latent-distance
+                term; the term may cost at most 20% (a >= 0.8 x a0).
+
+Prints rows/s, peak RSS and the ratios (targets: a >= 0.8 x a0, a >= 0.6 x b, a >= 50 x c).
 With --rss-rows N (e.g. 10000000) also runs (a) on N rows and reports its peak RSS
 (target < 1.5 GB).
 
+With --runner dask also runs
+
+  (d) dask      `latentbeam score --runner dask` on a Dask cluster: --dask-address, or a
+                local one started here (a scheduler and 2 single-thread worker processes
+                on 127.0.0.1, from this virtualenv's `dask` command, stopped at the end).
+                The data is then split into 8 files (--rows-per-file) so both workers get
+                files. Peak RSS is the launcher's; the workers are separate processes.
+                Wall time includes the workers' start-up (TensorFlow import and bundle load,
+                in parallel on each worker) on a fresh cluster.
+
     .venv/bin/python scripts/bench_score.py [--rows 1000000] [--rows-rowwise 50000]
-                                            [--rss-rows 10000000]
+                                            [--rss-rows 10000000] [--runner dask]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import filecmp
 import glob
 import json
 import os
@@ -47,6 +63,7 @@ import pyarrow.parquet as pq
 
 FEATURES = 64
 ROWS_PER_FILE = 1_000_000
+TARGET_VS_RECON = 0.8
 TARGET_VS_BARE = 0.6
 TARGET_VS_ROWWISE = 50.0
 TARGET_RSS_GB = 1.5
@@ -72,17 +89,21 @@ def write_data(directory: str, rows: int, seed: int = 0, rows_per_file: int = RO
         pq.write_table(table, os.path.join(directory, f"data-{i:05d}.parquet"))
 
 
-def child_train(workdir: str) -> str:
+def child_train(workdir: str, name: str = "bundle", latent_neighbors: int = -1) -> str:
+    """Trains the benchmark bundle; latent_neighbors >= 0 overrides score.latent_neighbors."""
     from latentbeam.config import from_dict
     from latentbeam.model import train
 
     sample_dir = os.path.join(workdir, "train")
-    write_data(sample_dir, 50_000, seed=1)
-    bundle_dir = os.path.join(workdir, "bundle")
-    train(from_dict({"data": {"path": os.path.join(sample_dir, "*.parquet"),
-                              "key_columns": ["id"]},
-                     "model": {"latent_dim": 8, "hidden_units": [32]},
-                     "train": {"epochs": 3, "seed": 0, "verbose": 0}}), bundle_dir)
+    if not os.path.isdir(sample_dir):
+        write_data(sample_dir, 50_000, seed=1)
+    bundle_dir = os.path.join(workdir, name)
+    config = {"data": {"path": os.path.join(sample_dir, "*.parquet"), "key_columns": ["id"]},
+              "model": {"latent_dim": 8, "hidden_units": [32]},
+              "train": {"epochs": 3, "seed": 0, "verbose": 0}}
+    if latent_neighbors >= 0:
+        config["score"] = {"latent_neighbors": latent_neighbors}
+    train(from_dict(config), bundle_dir)
     return bundle_dir
 
 
@@ -209,10 +230,10 @@ def measure(cmd) -> dict:
             "stdout": out_err[0].decode(errors="replace")}
 
 
-def run_beam(bundle: str, pattern: str, out: str) -> dict:
+def run_beam(bundle: str, pattern: str, out: str, beam_args=()) -> dict:
     r = measure([sys.executable, "-m", "latentbeam", "--log-level", "WARNING", "score",
                  "--bundle", bundle, "--input", pattern, "--output", out, "--key-columns", "id",
-                 "--overwrite"])
+                 "--overwrite", "--quiet", *beam_args])
     done = json.load(open(os.path.join(out, "_SUCCESS")))
     r["rows"] = done["rows_scored"]
     return r
@@ -223,6 +244,45 @@ def run_child(mode: str, bundle: str, pattern: str, out: str, rows: int = 0) -> 
                  "--pattern", pattern, "--out", out, "--child-rows", str(rows)])
     r["rows"] = int(r["stdout"].strip().splitlines()[-1])
     return r
+
+
+class LocalDaskCluster:
+    """A scheduler and 2 single-thread worker processes on 127.0.0.1 (this venv's `dask`)."""
+
+    def __init__(self, workers: int = 2):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.procs = []
+
+    def __enter__(self) -> str:
+        dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1",
+                                            "--port", str(self.port), "--no-dashboard"], **quiet))
+        self.procs.append(subprocess.Popen([dask_cli, "worker", self.address, "--nworkers",
+                                            str(self.workers), "--nthreads", "1",
+                                            "--no-dashboard"], **quiet))
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(self.workers, timeout=120)
+        return self.address
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
 
 
 def _fmt(name: str, r: dict, startup: float) -> str:
@@ -239,6 +299,13 @@ def main() -> None:
     ap.add_argument("--rss-rows", type=int, default=0,
                     help="also run (a) on this many rows and report its peak RSS")
     ap.add_argument("--workdir", default=None, help="default: a temporary directory")
+    ap.add_argument("--runner", choices=["dask"], default=None,
+                    help="also run (d): latentbeam score on a Dask cluster")
+    ap.add_argument("--dask-address", default=None,
+                    help="scheduler of an existing cluster (default: start 2 local workers)")
+    ap.add_argument("--rows-per-file", type=int, default=None,
+                    help=f"rows per input file (default {ROWS_PER_FILE:,d}; rows / 8 with "
+                         f"--runner dask)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--pattern", default=None, help=argparse.SUPPRESS)
@@ -249,11 +316,16 @@ def main() -> None:
         print(child_bare(args.bundle, args.pattern, args.out))
         return
     if args.child == "data":
-        write_data(args.out, args.child_rows, seed=int(args.pattern))
+        seed, per_file = (int(v) for v in args.pattern.split(":"))
+        write_data(args.out, args.child_rows, seed=seed, rows_per_file=per_file)
         print(args.child_rows)
         return
     if args.child == "train":
-        child_train(args.out)
+        if args.pattern:  # NAME:K, a second bundle with score.latent_neighbors=K
+            name, k = args.pattern.split(":")
+            child_train(args.out, name, int(k))
+        else:
+            child_train(args.out)
         print(0)
         return
     if args.child == "startup":
@@ -268,7 +340,9 @@ def main() -> None:
         data = os.path.join(workdir, "data")
         print(f"writing {args.rows:,d} rows x {FEATURES} float32 features to {data} ...",
               flush=True)
-        run_child("data", "", "0", data, args.rows)
+        per_file = args.rows_per_file or (max(1, -(-args.rows // 8)) if args.runner
+                                          else ROWS_PER_FILE)
+        run_child("data", "", f"0:{per_file}", data, args.rows)
         pattern = os.path.join(data, "*.parquet")
         print("training the 64-32-8 dense autoencoder on a 50k-row sample ...", flush=True)
         run_child("train", "", "", workdir)
@@ -280,19 +354,36 @@ def main() -> None:
               f"peak RSS {s['peak_rss'] / 2**30:.2f} GB", flush=True)
         a = run_beam(bundle, pattern, os.path.join(workdir, "out-a"))
         print(_fmt("(a) latentbeam score, in-process runner", a, startup), flush=True)
+        # (a0): the same job on a bundle whose score is the reconstruction term alone (no
+        # latent-distance term): the cost of scoring before that term existed.
+        run_child("train", "", "bundle-recon:0", workdir)
+        a0 = run_beam(os.path.join(workdir, "bundle-recon"), pattern,
+                      os.path.join(workdir, "out-a0"))
+        print(_fmt("(a0) latentbeam score, reconstruction-only score", a0, startup),
+              flush=True)
         b = run_child("bare", bundle, pattern, os.path.join(workdir, "out-b"))
         print(_fmt("(b) bare pyarrow loop, no Beam", b, startup), flush=True)
         c = run_child("rowwise", bundle, pattern, os.path.join(workdir, "out-c"),
                       min(args.rows_rowwise, args.rows))
         print(_fmt("(c) RunInference, numpy handler, row/element", c, startup), flush=True)
+        d = None
+        if args.runner == "dask":
+            cluster = (contextlib.nullcontext(args.dask_address) if args.dask_address
+                       else LocalDaskCluster(workers=2))
+            with cluster as address:
+                d = run_beam(bundle, pattern, os.path.join(workdir, "out-d"),
+                             ["--runner", "dask", "--dask_client_address", address])
+            print(_fmt("(d) latentbeam score, Dask, 2 workers", d, startup), flush=True)
         ra, rb, rc = (r["rows"] / r["seconds"] for r in (a, b, c))
         na, nb, nc = (r["rows"] / max(r["seconds"] - startup, 1e-9) for r in (a, b, c))
+        ra0, na0 = a0["rows"] / a0["seconds"], a0["rows"] / max(a0["seconds"] - startup, 1e-9)
         print()
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
               f"{platform.python_version()}")
         # "wall" includes the start-up every path pays once (it dominates a 1M-row run);
         # "net" is the steady-state throughput. Both are judged.
-        for label, wall, net, target in (("(a) / (b)", ra / rb, na / nb, TARGET_VS_BARE),
+        for label, wall, net, target in (("(a) / (a0)", ra / ra0, na / na0, TARGET_VS_RECON),
+                                         ("(a) / (b)", ra / rb, na / nb, TARGET_VS_BARE),
                                          ("(a) / (c)", ra / rc, na / nc, TARGET_VS_ROWWISE)):
             print(f"{label} = {wall:.2f} wall {'OK' if wall >= target else 'MISSED'}, "
                   f"{net:.2f} net {'OK' if net >= target else 'MISSED'}   (target >= {target:g})")
@@ -300,7 +391,7 @@ def main() -> None:
             big = os.path.join(workdir, "big")
             shutil.rmtree(data)
             print(f"\nwriting {args.rss_rows:,d} rows for the memory run ...", flush=True)
-            run_child("data", "", "2", big, args.rss_rows)
+            run_child("data", "", f"2:{ROWS_PER_FILE}", big, args.rss_rows)
             r = run_beam(bundle, os.path.join(big, "*.parquet"), os.path.join(workdir, "out-big"))
             print(_fmt("(a) latentbeam score, memory run", r, startup))
             print(f"(a, {args.rss_rows:,d} rows) / (c) = {r['rows'] / r['seconds'] / rc:.1f} wall")
@@ -311,6 +402,14 @@ def main() -> None:
             pq.read_table(os.path.join(workdir, "out-b", n)))
             for n in sorted(os.listdir(os.path.join(workdir, "out-b"))))
         print(f"(a) and (b) outputs equal: {same}")
+        if d is not None:
+            print(f"(d) / (a) = {d['rows'] / d['seconds'] / ra:.2f} wall, "
+                  f"{d['rows'] / max(d['seconds'] - startup, 1e-9) / na:.2f} net")
+            same_d = all(filecmp.cmp(os.path.join(workdir, "out-a", n),
+                                     os.path.join(workdir, "out-d", n), shallow=False)
+                         for n in sorted(os.listdir(os.path.join(workdir, "out-a")))
+                         if n.endswith(".parquet"))
+            print(f"(a) and (d) part files byte-identical: {same_d}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

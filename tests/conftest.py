@@ -64,3 +64,53 @@ def tiny_bundle(tiny_bundle_dir):
     from latentbeam.model import load_bundle
 
     return load_bundle(tiny_bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A real Dask cluster on 127.0.0.1: a scheduler and two single-thread worker processes.
+
+    Started with the `dask` command of this virtualenv, so the workers import the same
+    (editable) latentbeam. Yields the scheduler address; stopped when the test run ends.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    logs = tmp_path_factory.mktemp("dask")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    procs = []
+
+    def start(name, *args):
+        log_file = open(logs / f"{name}.log", "wb")
+        procs.append(subprocess.Popen([dask_cli, *args], stdout=log_file,
+                                      stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True))
+
+    try:
+        start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+              "--no-dashboard")
+        start("workers", "worker", address, "--nworkers", "2", "--nthreads", "1",
+              "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(logs))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address
+    finally:
+        for proc in reversed(procs):  # workers first; each owns its process group
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()

@@ -7,17 +7,20 @@ import pytest
 
 from latentbeam.config import ModelConfig
 from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
-                                            OUTPUT_RECONSTRUCTION, Sampling, SquaredError,
-                                            build_autoencoder, default_latent_dim, image_shape)
+                                            OUTPUT_LATENT_DISTANCE, OUTPUT_RECONSTRUCTION,
+                                            OUTPUT_SCORE, AnomalyScore, LatentDistance,
+                                            Sampling, SquaredError, build_autoencoder,
+                                            default_latent_dim, image_shape)
 
 
-def build(n_inputs, seed=0, image=None, **model):
+def build(n_inputs, seed=0, image=None, latent_neighbors=0, reference_rows=1, **model):
     rng = np.random.default_rng(1)
     mean = rng.normal(size=n_inputs).astype(np.float32)
     variance = rng.uniform(0.5, 2.0, size=n_inputs).astype(np.float32)
     keras.utils.set_random_seed(seed)
     return build_autoencoder(ModelConfig(**model), n_inputs=n_inputs, mean=mean,
-                             variance=variance, image_feature_shape=image, seed=seed)
+                             variance=variance, image_feature_shape=image, seed=seed,
+                             latent_neighbors=latent_neighbors, reference_rows=reference_rows)
 
 
 def inputs(n_rows, n_inputs):
@@ -32,16 +35,18 @@ def predict(model, x, training=False):
     (10, None, dict(latent_dim=3, hidden_units=(8, 4)), 3),
     (64, (8, 8), dict(kind="conv2d", latent_dim=4, conv_filters=(4, 8)), 4),
     (35, (7, 5), dict(kind="conv2d", latent_dim=2, conv_filters=(4, 8)), 2),
-    (24, (2, 4, 3), dict(kind="conv2d", conv_filters=(4,)), 6),
-    (12, None, dict(variational=True, hidden_units=(8,)), 3),
-    (12, None, dict(noise_stddev=0.1, hidden_units=(8,)), 3),
-    (12, None, dict(dropout=0.2, l2=1e-3, batch_norm=True, hidden_units=(8, 6)), 3),
+    (24, (2, 4, 3), dict(kind="conv2d", conv_filters=(4,)), 8),
+    (12, None, dict(variational=True, hidden_units=(8,)), 6),
+    (12, None, dict(noise_stddev=0.1, hidden_units=(8,)), 6),
+    (12, None, dict(dropout=0.2, l2=1e-3, batch_norm=True, hidden_units=(8, 6)), 6),
 ])
 def test_outputs_have_the_contract_shapes(n_inputs, image, model, latent_dim):
     m = build(n_inputs, image=image, **model)
     assert m.name == "autoencoder"
     out = predict(m, inputs(5, n_inputs))
-    assert set(out) == {OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS}
+    assert set(out) == {OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS,
+                        OUTPUT_SCORE}
+    assert out[OUTPUT_SCORE].shape == (5,)
     assert out[OUTPUT_LATENT].shape == (5, latent_dim)
     assert out[OUTPUT_RECONSTRUCTION].shape == (5, n_inputs)
     assert out[OUTPUT_FEATURE_ERRORS].shape == (5, n_inputs)
@@ -164,4 +169,59 @@ def test_invalid_shapes_are_explained():
 
 
 def test_default_latent_dim():
-    assert [default_latent_dim(n) for n in (1, 8, 12, 32, 64, 784)] == [2, 2, 3, 8, 8, 8]
+    # About half the inputs for small tables, at most 8.
+    assert [default_latent_dim(n) for n in (1, 5, 6, 9, 12, 21, 64, 784)] == [2, 2, 3, 4, 6, 8, 8, 8]
+
+
+def test_latent_distance_is_the_mean_distance_to_the_k_nearest_reference_codes():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], np.float32)
+    z = np.array([[0.0, 1.0], [3.0, 4.0], [-3.0, -4.0]], np.float32)
+    one = LatentDistance(3, 2, k=1)
+    one.reference.assign(ref)
+    np.testing.assert_allclose(np.asarray(one(z)), [1.0, 0.0, 5.0], atol=1e-3)
+    two = LatentDistance(3, 2, k=2)
+    two.reference.assign(ref)
+    # [0, 1]: 1 and sqrt(9 + 9); [3, 4]: 0 and 5; [-3, -4]: 5 and 10.
+    np.testing.assert_allclose(np.asarray(two(z)), [(1 + 18 ** 0.5) / 2, 2.5, 7.5], atol=1e-3)
+    with pytest.raises(ValueError, match=r"expected 1 <= k <= num_reference=3. Received: k=4"):
+        LatentDistance(3, 2, k=4)
+
+
+def test_anomaly_score_weighs_standardized_errors_and_distance():
+    layer = AnomalyScore(3, reconstruction_weight=0.5)
+    layer.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
+    layer.term_scale.assign(np.array([0.5, 2.0], np.float32))
+    errors = np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 12.0]], np.float32)
+    distance = np.array([2.0, 0.0], np.float32)
+    # row 0: mean(1, 1, 1) / 0.5 = 2 -> 0.5 * 2 + 2 / 2 = 2; row 1: mean(0, 0, 3) / 0.5 = 2 -> 1.
+    np.testing.assert_allclose(np.asarray(layer([errors, distance])), [2.0, 1.0], rtol=1e-6)
+    alone = AnomalyScore(3, with_distance=False)
+    alone.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
+    np.testing.assert_allclose(np.asarray(alone(errors)), [1.0, 1.0], rtol=1e-6)
+
+
+def test_trimmed_loss_leaves_out_the_worst_rows_in_training_only():
+    layer = SquaredError(trim_fraction=0.25)
+    x = np.zeros((4, 2), np.float32)
+    x_hat = np.array([[1, 1], [2, 2], [3, 3], [10, 10]], np.float32)  # row errors 1, 4, 9, 100
+    layer([x, x_hat], training=True)
+    assert float(layer.losses[-1]) == pytest.approx((1 + 4 + 9) / 3)
+    layer([x, x_hat], training=False)
+    assert float(layer.losses[-1]) == pytest.approx((1 + 4 + 9 + 100) / 4)
+
+
+def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_path):
+    m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=2, reference_rows=5)
+    m.get_layer(OUTPUT_LATENT_DISTANCE).reference.assign(
+        np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32))
+    m.get_layer(OUTPUT_SCORE).term_scale.assign(np.array([0.3, 0.7], np.float32))
+    path = str(tmp_path / "m.keras")
+    m.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    x = inputs(7, 6)
+    before, after = predict(m, x), predict(loaded, x)
+    assert set(before) == {OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS,
+                           OUTPUT_LATENT_DISTANCE, OUTPUT_SCORE}
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], rtol=1e-6, atol=1e-6)
+    assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).k == 2

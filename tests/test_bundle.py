@@ -12,7 +12,7 @@ from latentbeam.model import load_bundle, load_bundle_info, score
 from latentbeam.model.bundle import (BUNDLE_FILE, FORMAT_VERSION, MODEL_FILE, model_version,
                                      save_bundle)
 
-COMPUTED = ("format_version", "model_version", "versions", "sha256")
+COMPUTED = ("format_version", "model_version", "versions", "sha256", "files", "seal")
 
 
 def meta_of(info) -> dict:
@@ -26,11 +26,14 @@ def bundle_copy(tmp_path, tiny_bundle_dir) -> str:
     return path
 
 
-def rewrite_json(path: str, change) -> None:
+def rewrite_json(path: str, change, reseal: bool = False) -> None:
     json_path = os.path.join(path, BUNDLE_FILE)
     with open(json_path) as f:
         doc = json.load(f)
     change(doc)
+    if reseal:  # a consistent forgery: only the checks past the seal can catch it
+        from latentbeam.model.bundle import seal_of
+        doc["seal"] = seal_of(doc)
     with open(json_path, "w") as f:
         json.dump(doc, f)
 
@@ -143,11 +146,11 @@ def test_tampered_model_file_is_refused(bundle_copy):
 
 
 def test_unknown_format_version_is_refused(bundle_copy):
-    rewrite_json(bundle_copy, lambda d: d.update(format_version=2))
+    rewrite_json(bundle_copy, lambda d: d.update(format_version=3))
     with pytest.raises(ValueError) as e:
         load_bundle(bundle_copy)
-    assert str(e.value).startswith(f"Unknown bundle format_version 2 in {bundle_copy}; this "
-                                   f"latentbeam reads format_version 1.")
+    assert str(e.value).startswith(f"Unknown bundle format_version 3 in {bundle_copy}; this "
+                                   f"latentbeam reads format_version 2.")
 
 
 def test_malformed_json_is_refused(bundle_copy):
@@ -178,7 +181,7 @@ def test_invalid_contents_are_refused(bundle_copy, change, message):
 
 
 def test_features_that_do_not_match_the_model_are_refused(bundle_copy):
-    rewrite_json(bundle_copy, lambda d: d["features"].pop())
+    rewrite_json(bundle_copy, lambda d: d["features"].pop(), reseal=True)
     with pytest.raises(ValueError, match=r"model input width 64 != 63 inputs described by "
                                          r"bundle.json features"):
         load_bundle(bundle_copy)

@@ -102,17 +102,65 @@ def test_calibration_summary_quantiles_and_label_metrics():
     assert "label_positive_fraction" not in s and "roc_auc" not in s
 
 
-def test_trained_threshold_is_the_quantile_of_calibration_errors(tiny_bundle, digits_glob):
-    info = tiny_bundle.info
+def _calibration_rows(digits_glob):
     source = data_mod.make_source(data_mod.DataConfig(path=digits_glob, label="label",
                                                       key_columns=("id",)))
-    rows = np.concatenate([m for m, _ in data_mod.split_chunks(
+    return np.concatenate([m for m, _ in data_mod.split_chunks(
         source, data_mod.SPLIT_CALIBRATION, 0.1, 0.1)])
+
+
+def test_trained_threshold_is_the_quantile_of_calibration_scores(tiny_bundle, digits_glob):
+    info = tiny_bundle.info
+    rows = _calibration_rows(digits_glob)
     assert len(rows) == info.calibration["rows"] == info.training["rows_by_split"]["calibration"]
-    errors = score(tiny_bundle, rows).reconstruction_error
+    errors = score(tiny_bundle, rows).score
     assert info.threshold.method == "quantile" and info.threshold.value == 0.99
     assert info.threshold.threshold == pytest.approx(float(np.quantile(errors, 0.99)), rel=1e-6)
     expected = calibration_summary(errors, None, info.threshold.threshold)
     assert info.calibration["quantiles"] == pytest.approx(expected["quantiles"], rel=1e-6)
     assert info.calibration["flagged_fraction"] == pytest.approx(expected["flagged_fraction"])
     assert info.calibration["flagged_fraction"] == pytest.approx(2 / len(rows))
+
+
+def test_score_terms_are_scaled_by_their_calibration_spread(tiny_bundle, digits_glob):
+    """score = w * mean(e_j / s_j) / s_rec + latent_distance / s_dist, with s_rec and s_dist
+    the robust spreads (1.4826 x MAD) of the two terms on the calibration rows."""
+    s = score(tiny_bundle, _calibration_rows(digits_glob))
+    desc = tiny_bundle.info.raw["score"]
+    assert desc["terms"] == ["reconstruction", "latent_distance"]
+    assert desc["latent_neighbors"] == 1 and desc["reconstruction_weight"] == 1.0
+    layer = tiny_bundle.model.get_layer("score")
+    feature_scale = np.asarray(layer.feature_scale, dtype=np.float64)
+    # Pixels that are (almost) always 0 are reconstructed almost exactly: their scale is
+    # floored at a tenth of the mean scale (taken before flooring), so they cannot dominate.
+    floored = np.isclose(feature_scale, feature_scale.min())
+    assert floored.sum() >= 3 and feature_scale.min() >= 0.09 * feature_scale.mean()
+    rec = (s.feature_errors / feature_scale).mean(axis=1)
+    mad = lambda v: 1.4826 * np.median(np.abs(v - np.median(v)))  # noqa: E731
+    assert desc["reconstruction_scale"] == pytest.approx(mad(rec), rel=1e-4)
+    assert desc["latent_distance_scale"] == pytest.approx(mad(s.latent_distance), rel=1e-4)
+    expected = rec / desc["reconstruction_scale"] + s.latent_distance / desc["latent_distance_scale"]
+    np.testing.assert_allclose(s.score, expected, rtol=1e-4)
+    np.testing.assert_allclose(s.anomaly_score, s.score / tiny_bundle.info.threshold.threshold,
+                               rtol=1e-6)
+    # The density term is what it says: codes of calibration rows lie near training codes,
+    # a code far outside them gets a large distance.
+    ref = np.asarray(tiny_bundle.model.get_layer("latent_distance").reference)
+    assert ref.shape == (desc["reference_rows"], 2)
+    nearest = np.sqrt(((s.latent[:, None, :] - ref[None]) ** 2).sum(-1)).min(axis=1)
+    np.testing.assert_allclose(s.latent_distance, nearest, rtol=1e-3, atol=1e-4)
+
+
+def test_term_spread_is_robust_and_never_zero():
+    from latentbeam.model.training import _spread
+
+    normal = np.random.default_rng(0).normal(3.0, 2.0, size=200_000)
+    assert _spread(normal) == pytest.approx(2.0, rel=0.01)
+    # A few huge values (anomalies among the calibration rows) barely move it.
+    assert _spread(np.r_[normal, np.full(2_000, 1e6)]) == pytest.approx(2.0, rel=0.03)
+    # Mostly duplicated rows (latent distance 0): the MAD is 0, the 10-90% range is not.
+    assert _spread(np.r_[np.zeros(80), np.arange(1.0, 21.0)]) == pytest.approx(
+        (np.quantile(np.r_[np.zeros(80), np.arange(1.0, 21.0)], 0.9) - 0) / 2.5631)
+    # Over 90% equal: the mean absolute deviation.
+    assert _spread(np.r_[np.zeros(95), np.full(5, 4.0)]) == pytest.approx(1.2533 * 0.2)
+    assert _spread(np.zeros(10)) == 1.0

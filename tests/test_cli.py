@@ -80,7 +80,7 @@ def test_generate_writes_num_samples_decoded_rows(tmp_path, tiny_bundle_dir, tin
     out = str(tmp_path / "generated")
     assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "25",
                  "--output", out, "--seed", "3"]) == 0
-    assert os.listdir(out) == ["generated-00000-of-00001.parquet"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "generated-00000-of-00001.parquet"]
     path = os.path.join(out, "generated-00000-of-00001.parquet")
     assert capsys.readouterr().out.strip() == f"wrote 25 samples to {path}"
     table = pq.read_table(path)
@@ -105,16 +105,30 @@ def test_generate_rejects_zero_samples(tmp_path, tiny_bundle_dir, capsys):
     assert "--num-samples must be >= 1. Received: 0" in capsys.readouterr().err
 
 
-def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capsys):
+def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
     from latentbeam.cli import main
 
     for _ in range(2):  # a second run replaces the TFDS copy, the bundle and the scores
         assert main(["demo", "--workdir", str(tmp_path)]) == 0
-        out = capsys.readouterr().out
+        captured = capfd.readouterr()
+        out = captured.out
         assert "latent_dim 2" in out
         assert "rows scored:          1797" in out
-        assert "most anomalous 10 digits" in out
-        assert f"open: file://{tmp_path}/report/index.html" in out
+        assert "most anomalous 5 digits" in out
+        # One screen: what each phase did and where its output is; no per-epoch lines,
+        # TFDS progress or INFO lines from Beam, absl or TensorFlow.
+        lines = out.splitlines()
+        assert len(lines) <= 40
+        assert [line.split(":")[0] for line in lines if line.startswith("[")] == [
+            "[1/4] data", "[2/4] train", "[3/4] score", "[4/4] report"]
+        assert f"2 Parquet files in {tmp_path}/data/" in out
+        assert f"in {tmp_path}/tensorflow_datasets/" in out
+        assert f"[2/4] train: {tmp_path}/demo.yaml -> {tmp_path}/bundle/" in out
+        assert f"[3/4] score: Beam batch job (latentbeam score) -> {tmp_path}/scored/" in out
+        assert f"[4/4] report: latentbeam report -> {tmp_path}/report/" in out
+        # It ends with the page to open.
+        assert lines[-1] == f"open the report: file://{tmp_path}/report/index.html"
+        assert captured.err == ""
     import pyarrow.parquet as pq
     scored = pq.read_table(str(tmp_path / "scored")).to_pandas()
     assert len(scored) == 1797 and scored["id"].is_unique

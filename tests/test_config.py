@@ -77,7 +77,7 @@ def test_parse_overrides_builds_a_nested_dict():
      "model.hidden_units, model.conv_filters, model.activation, model.dropout, model.l2, "
      "model.batch_norm, model.variational, model.kl_weight, model.noise_stddev."),
     (["modle.latent_dim=2"],
-     "Unknown config key(s) at the top level: modle. Valid keys: data, model, train, threshold."),
+     "Unknown config key(s) at the top level: modle. Valid keys: data, model, train, threshold, score."),
 ])
 def test_unknown_keys_are_rejected_with_the_valid_keys(overrides, message):
     with pytest.raises(ValueError) as e:

@@ -92,11 +92,13 @@ def test_nulls_nan_and_inf_name_the_row_and_column():
     np.testing.assert_array_equal(conv.matrix, [[1, 1], [5, 5]])
 
 
-def test_values_beyond_float32_range_are_not_finite():
+def test_values_beyond_float32_range_are_out_of_range():
+    # Finite in the input, infinite as float32: `out_of_range`, not `not_finite`.
     batch = pa.table({"a": [1.0, 1e300, -1e39]})
     conv = to_matrix(batch, infer_features(batch))
-    assert reasons(conv) == [(1, REASON_NOT_FINITE), (2, REASON_NOT_FINITE)]
-    assert conv.faults[1][2] == "column 'a' is -inf"
+    assert reasons(conv) == [(1, "out_of_range"), (2, "out_of_range")]
+    assert conv.faults[1][2] == ("column 'a' value -1e+39 is beyond float32's range "
+                                 "(|x| <= 3.403e+38)")
     assert np.isfinite(conv.matrix).all() and conv.matrix.tolist() == [[1.0]]
 
 

@@ -154,9 +154,11 @@ def test_parquet_with_a_list_column_and_a_bad_row(tmp_path):
     amount[37] = np.nan
     table = pa.table({"txn": np.arange(n), "amount": amount,
                       "v": pa.array(v.astype(np.float32).tolist(), pa.list_(pa.float32()))})
-    pq.write_table(table.slice(0, 150), str(tmp_path / "a.parquet"))
-    pq.write_table(table.slice(150), str(tmp_path / "b.parquet"))
-    config = from_dict({"data": {"path": str(tmp_path / "*.parquet"), "key_columns": ["txn"],
+    # The bundle must not lie inside the data's directory: the data goes in its own.
+    (tmp_path / "data").mkdir()
+    pq.write_table(table.slice(0, 150), str(tmp_path / "data" / "a.parquet"))
+    pq.write_table(table.slice(150), str(tmp_path / "data" / "b.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "data" / "*.parquet"), "key_columns": ["txn"],
                                  "batch_rows": 64}},
                        TINY + ["train.epochs=2", "train.validation_fraction=0.2",
                                "threshold.calibration_fraction=0.15",

@@ -6,6 +6,9 @@ Every model built here has the same interface, which the scoring core relies on:
     output "latent"          (batch, latent_dim) the code Z (the mean for a VAE)
     output "reconstruction"  (batch, n_inputs) X-hat in input units
     output "feature_errors"  (batch, n_inputs) squared error in normalized space
+    output "latent_distance" (batch,) distance of the code to the nearest training codes
+                             (only when the latent-distance term is on)
+    output "score"           (batch,) the anomaly score (see `AnomalyScore`)
 
 The normalization (adapted on training rows) is a layer of the model, so scoring takes
 raw features. The training loss is added by the `SquaredError` layer itself: it is, by
@@ -27,6 +30,8 @@ PACKAGE = "latentbeam"
 OUTPUT_LATENT = "latent"
 OUTPUT_RECONSTRUCTION = "reconstruction"
 OUTPUT_FEATURE_ERRORS = "feature_errors"
+OUTPUT_LATENT_DISTANCE = "latent_distance"
+OUTPUT_SCORE = "score"
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -60,27 +65,131 @@ class Sampling(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SquaredError(layers.Layer):
-    """Per-feature squared error (x - x_hat)^2; adds its mean as the reconstruction loss."""
+    """Per-feature squared error (x - x_hat)^2; adds its mean as the reconstruction loss.
 
-    def __init__(self, loss_weight: float = 1.0, **kwargs):
+    With `trim_fraction` > 0 the training loss leaves out that share of each batch's rows
+    with the largest errors (a trimmed mean): anomalies hidden in the training data then
+    do not pull the model towards reconstructing them. Evaluation (validation loss,
+    scoring) always uses every row.
+    """
+
+    def __init__(self, loss_weight: float = 1.0, trim_fraction: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.loss_weight = float(loss_weight)
+        self.trim_fraction = float(trim_fraction)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x, x_hat = inputs
         err = ops.square(x - x_hat)
-        self.add_loss(self.loss_weight * ops.mean(err))
+        if training and self.trim_fraction > 0:
+            rows = ops.mean(err, axis=-1)
+            n = ops.cast(ops.shape(rows)[0], "float32")
+            keep = ops.maximum(1.0, ops.floor((1.0 - self.trim_fraction) * n))
+            rank = ops.cast(ops.argsort(ops.argsort(rows)), "float32")
+            mask = ops.cast(rank < keep, err.dtype)
+            self.add_loss(self.loss_weight * ops.sum(rows * mask) / ops.sum(mask))
+        else:
+            self.add_loss(self.loss_weight * ops.mean(err))
         return err
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
     def get_config(self):
-        return {**super().get_config(), "loss_weight": self.loss_weight}
+        return {**super().get_config(), "loss_weight": self.loss_weight,
+                "trim_fraction": self.trim_fraction}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LatentDistance(layers.Layer):
+    """Mean Euclidean distance from each code to its `k` nearest reference codes.
+
+    The reference codes (the codes of a seeded sample of training rows, set after
+    training) are a non-trainable weight, so the distance is part of the saved model's
+    forward pass. It is a density term: large when the row's code lies where no
+    training row's code does, even when the decoder reconstructs the row well (a smooth
+    decoder fills the empty regions between training codes with plausible rows).
+    """
+
+    def __init__(self, num_reference: int, dim: int, k: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if not 1 <= k <= num_reference:
+            raise ValueError(f"Received an invalid value for `k`, expected 1 <= k <= "
+                             f"num_reference={num_reference}. Received: k={k}")
+        self.num_reference = int(num_reference)
+        self.dim = int(dim)
+        self.k = int(k)
+        self.reference = self.add_weight(shape=(self.num_reference, self.dim),
+                                         initializer="zeros", trainable=False, name="reference")
+
+    def call(self, points):
+        ref = ops.convert_to_tensor(self.reference)
+        d2 = (ops.sum(ops.square(points), axis=-1, keepdims=True)
+              - 2.0 * ops.matmul(points, ops.transpose(ref))
+              + ops.sum(ops.square(ref), axis=-1)[None, :])
+        # The expanded form finds the neighbours fast but cancels badly for close pairs
+        # (its rounding depends on the batch's size); their distances are recomputed
+        # from the differences, so a row scores the same in any batch.
+        if self.k == 1:
+            index = ops.expand_dims(ops.argmin(d2, axis=-1), -1)
+        else:
+            index = ops.top_k(-d2, self.k, sorted=False)[1]
+        nearest = ops.take(ref, index, axis=0)  # (batch, k, dim)
+        diff = ops.expand_dims(points, 1) - nearest
+        return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=-1)), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def get_config(self):
+        return {**super().get_config(), "num_reference": self.num_reference, "dim": self.dim,
+                "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AnomalyScore(layers.Layer):
+    """The anomaly score: calibrated reconstruction term + calibrated latent-distance term.
+
+        score = w * mean_j(e_j / s_j) / s_error  [+ latent_distance / s_distance]
+
+    e_j are the per-feature squared errors (normalized space) and s_j their mean on the
+    calibration rows, so a feature that is always hard to reconstruct does not drown the
+    others; s_error and s_distance are the calibration medians of the two terms, so each
+    term is about 1 on a typical row; w (`reconstruction_weight`) sets their balance.
+    The scales are non-trainable weights set after training (ones until then).
+    """
+
+    def __init__(self, n_inputs: int, with_distance: bool = True,
+                 reconstruction_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_inputs = int(n_inputs)
+        self.with_distance = bool(with_distance)
+        self.reconstruction_weight = float(reconstruction_weight)
+        self.feature_scale = self.add_weight(shape=(self.n_inputs,), initializer="ones",
+                                             trainable=False, name="feature_scale")
+        self.term_scale = self.add_weight(shape=(2,), initializer="ones", trainable=False,
+                                          name="term_scale")
+
+    def call(self, inputs):
+        errors = inputs[0] if self.with_distance else inputs
+        scale = ops.convert_to_tensor(self.term_scale)
+        score = ops.mean(errors / self.feature_scale, axis=-1) / scale[0]
+        if self.with_distance:
+            score = self.reconstruction_weight * score + inputs[1] / scale[1]
+        return score
+
+    def compute_output_shape(self, input_shape):
+        first = input_shape[0] if self.with_distance else input_shape
+        return (first[0],)
+
+    def get_config(self):
+        return {**super().get_config(), "n_inputs": self.n_inputs,
+                "with_distance": self.with_distance,
+                "reconstruction_weight": self.reconstruction_weight}
 
 
 def default_latent_dim(n_inputs: int) -> int:
-    return int(min(8, max(2, n_inputs // 4)))
+    return int(min(8, max(2, n_inputs // 2)))
 
 
 def _hidden(x, units: int, cfg: ModelConfig, name: str):
@@ -173,7 +282,9 @@ def _conv_encoder_decoder(shape, latent_dim: int, cfg: ModelConfig, seed):
 
 def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, variance: np.ndarray,
                       image_feature_shape: Optional[Sequence[int]] = None,
-                      seed: Optional[int] = None) -> keras.Model:
+                      seed: Optional[int] = None, trim_fraction: float = 0.0,
+                      latent_neighbors: int = 0, reference_rows: int = 1,
+                      reconstruction_weight: float = 1.0) -> keras.Model:
     """Builds the full scoring/training model (see the module docstring for its outputs).
 
     Args:
@@ -183,6 +294,10 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         zero variances must already be replaced (see training.normalization_stats).
       image_feature_shape: the feature's shape for `kind: conv2d`.
       seed: seeds sampling and input noise.
+      trim_fraction: share of each training batch's worst rows left out of the loss.
+      latent_neighbors: k of the latent-distance term (0: no such term).
+      reference_rows: number of reference codes the latent distance compares against.
+      reconstruction_weight: weight of the reconstruction term beside the latent distance.
 
     Returns:
       An uncompiled keras.Model named "autoencoder".
@@ -207,10 +322,20 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
     x_hat_norm = decoder(z)
     recon = layers.Normalization(mean=mean, variance=variance, invert=True,
                                  name="denormalize")(x_hat_norm)
-    errors = SquaredError(name=OUTPUT_FEATURE_ERRORS)([x_norm, x_hat_norm])
+    errors = SquaredError(trim_fraction=trim_fraction,
+                          name=OUTPUT_FEATURE_ERRORS)([x_norm, x_hat_norm])
     z_out = layers.Identity(name=OUTPUT_LATENT)(z)
     recon = layers.Identity(name=OUTPUT_RECONSTRUCTION)(recon)
-    return keras.Model(
-        x, {OUTPUT_LATENT: z_out, OUTPUT_RECONSTRUCTION: recon, OUTPUT_FEATURE_ERRORS: errors},
-        name="autoencoder")
+    outputs = {OUTPUT_LATENT: z_out, OUTPUT_RECONSTRUCTION: recon, OUTPUT_FEATURE_ERRORS: errors}
+    if latent_neighbors:
+        distance = LatentDistance(reference_rows, latent_dim, k=latent_neighbors,
+                                  name=OUTPUT_LATENT_DISTANCE)(z_out)
+        outputs[OUTPUT_LATENT_DISTANCE] = distance
+        outputs[OUTPUT_SCORE] = AnomalyScore(
+            n_inputs, reconstruction_weight=reconstruction_weight,
+            name=OUTPUT_SCORE)([errors, distance])
+    else:
+        outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False,
+                                             name=OUTPUT_SCORE)(errors)
+    return keras.Model(x, outputs, name="autoencoder")
 

@@ -1,9 +1,19 @@
 """The model bundle: `model.keras` + `bundle.json`, the contract between training and scoring.
 
-`bundle.json` is written last and holds the sha256 of `model.keras`, so a directory
-with a bundle.json whose hash matches is a whole bundle; anything else is refused.
-`load_bundle_info` reads only the JSON (cheap: use it at pipeline construction time);
-`load_bundle` also verifies and loads the Keras model (on workers, in `setup()`).
+`bundle.json` is written last and is sealed: `files` maps every other file of the
+bundle to its sha256 (`sha256` repeats the one of model.keras), and `seal` is the
+sha256 of the canonical JSON of the whole document without `seal`. `model_version`
+is a hash of what changes scores (architecture, weights including the normalization
+layer, features in order, latent_dim, threshold).
+`load_bundle_info` reads only the JSON and checks the seal (cheap: use it at pipeline
+construction time); `load_bundle` also checks every file's hash, loads the Keras
+model and re-derives `model_version` from it (on workers, in `setup()`). An edited or
+partially copied bundle is refused, so scores never carry a stale model_version.
+The seal detects edits and partial copies; it is not a signature (anyone can re-seal
+with `latentbeam rethreshold`).
+
+A bundle is written to a hidden sibling directory and swapped in whole, so a failed
+write leaves the previous bundle loadable.
 """
 from __future__ import annotations
 
@@ -17,14 +27,21 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from latentbeam import fs
+from latentbeam import fs, outputs, paths
 from latentbeam.model.features import Feature, n_inputs
 
-FORMAT_VERSION = 1
+# 2: `files` and `seal` (format 1 had neither; `latentbeam rethreshold` re-seals one).
+FORMAT_VERSION = 2
+UNSEALED_FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"
-_REQUIRED = ("format_version", "model_version", "features", "latent_dim", "threshold",
-             "calibration", "training", "versions", "sha256")
+_REQUIRED_V1 = ("format_version", "model_version", "features", "latent_dim", "threshold",
+                "calibration", "training", "versions", "sha256")
+_REQUIRED = _REQUIRED_V1 + ("files", "seal")
+# bundle.json keys that model_version covers (with the model's architecture and weights).
+SCORING_KEYS = ("features", "latent_dim", "threshold")
+# bundle.json keys computed when a bundle is written (never taken from `meta`).
+COMPUTED_KEYS = ("format_version", "model_version", "versions", "sha256", "files", "seal")
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class BundleInfo:
     variational: bool = False
     latent_stats: Optional[Dict[str, Any]] = None  # latent mean/cov of calibration rows
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+    files: Dict[str, str] = field(default_factory=dict)  # bundle file -> sha256 (not bundle.json)
 
     @property
     def n_inputs(self) -> int:
@@ -70,20 +88,66 @@ def _bad(path: str, what: str) -> ValueError:
                       f"`latentbeam train --config CONFIG --output {path}`.")
 
 
-def parse_bundle_json(path: str, text: str | bytes) -> BundleInfo:
+def canonical_json(doc: Dict[str, Any]) -> bytes:
+    """The bytes the seal hashes: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=_json_default).encode("utf-8")
+
+
+def seal_of(doc: Dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of `doc` without its `seal` key."""
+    return hashlib.sha256(canonical_json({k: v for k, v in doc.items() if k != "seal"})
+                          ).hexdigest()
+
+
+def _is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and \
+        all(c in "0123456789abcdef" for c in value)
+
+
+def _safe_name(name: Any) -> bool:
+    """A relative path inside the bundle (no absolute path, no `..`, not bundle.json)."""
+    if not isinstance(name, str) or not name or name == BUNDLE_FILE:
+        return False
+    parts = name.split("/")
+    return not name.startswith("/") and "\\" not in name and ":" not in name and \
+        all(p not in ("", ".", "..") for p in parts)
+
+
+def _show(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = False) -> BundleInfo:
+    """Parses and validates bundle.json text; checks the seal.
+
+    Args:
+      path: the bundle directory (for messages).
+      text: the content of bundle.json.
+      allow_unsealed: also accept format_version 1 (no seal); only for re-sealing.
+    """
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(path, f"not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise _bad(path, f"not valid JSON ({_show(str(e))})") from e
     if not isinstance(raw, dict):
         raise _bad(path, "expected a JSON object")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == UNSEALED_FORMAT_VERSION and not allow_unsealed:
+        th = raw.get("threshold") if isinstance(raw.get("threshold"), dict) else {}
         raise ValueError(
-            f"Unknown bundle format_version {version!r} in {path}; this latentbeam reads "
+            f"Bundle {path} has format_version 1, which has no seal: edits to its "
+            f"{BUNDLE_FILE} cannot be detected. This latentbeam reads format_version "
+            f"{FORMAT_VERSION}. Check its threshold and re-seal it with `latentbeam rethreshold "
+            f"--bundle {path} --threshold {_show(th.get('threshold', 'T'))}`, or re-train it.")
+    if version not in (FORMAT_VERSION, UNSEALED_FORMAT_VERSION):
+        raise ValueError(
+            f"Unknown bundle format_version {_show(version)} in {path}; this latentbeam reads "
             f"format_version {FORMAT_VERSION}. Use the latentbeam version that wrote it, or "
             f"re-train the bundle.")
-    missing = [k for k in _REQUIRED if k not in raw]
+    missing = [k for k in (_REQUIRED if version == FORMAT_VERSION else _REQUIRED_V1)
+               if k not in raw]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)}")
     try:
@@ -94,30 +158,53 @@ def parse_bundle_json(path: str, text: str | bytes) -> BundleInfo:
                               threshold=float(th["threshold"]),
                               parameters={k: float(v) for k, v in th.get("parameters", {}).items()})
         latent_dim = int(raw["latent_dim"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise _bad(path, f"invalid features/threshold/latent_dim ({e!r})") from e
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise _bad(path, f"invalid features/threshold/latent_dim ({_show(e)})") from e
     if not features or latent_dim < 1:
         raise _bad(path, "`features` is empty or `latent_dim` < 1")
     if not (np.isfinite(threshold.threshold) and threshold.threshold > 0):
         raise _bad(path, f"threshold must be a positive number, got {threshold.threshold}")
-    if not (isinstance(raw["sha256"], str) and len(raw["sha256"]) == 64):
+    if not _is_hex64(raw["sha256"]):
         raise _bad(path, "`sha256` must be the 64-hex-digit hash of model.keras")
+    files = raw.get("files", {MODEL_FILE: raw["sha256"]})
+    if not isinstance(files, dict) or not all(_safe_name(k) and _is_hex64(v)
+                                              for k, v in files.items()):
+        raise _bad(path, "`files` must map relative file names in the bundle to 64-hex-digit "
+                         "sha256 values")
+    if files.get(MODEL_FILE) != raw["sha256"]:
+        raise _bad(path, f"`files` must list {MODEL_FILE} with the hash in `sha256`")
+    # Last: a malformed document gets the more specific message above.
+    if version == FORMAT_VERSION:
+        if not _is_hex64(raw["seal"]):
+            raise _bad(path, "`seal` must be a 64-hex-digit sha256")
+        expected = seal_of(raw)
+        if raw["seal"] != expected:
+            raise ValueError(
+                f"{fs.join(path, BUNDLE_FILE)} was changed after it was written: its seal "
+                f"{raw['seal'][:16]}... does not match its content ({expected[:16]}...). "
+                f"Every field can change scores or describe them (threshold, feature order, "
+                f"model_version), so an edited bundle is refused. To change the threshold run "
+                f"`latentbeam rethreshold --bundle {path} --threshold T` (or --method M "
+                f"--value V); otherwise copy the bundle again from its source or re-train it.")
     return BundleInfo(
         path=path, format_version=version, model_version=str(raw["model_version"]),
         features=features, latent_dim=latent_dim, threshold=threshold,
         calibration=dict(raw["calibration"]), training=dict(raw["training"]),
         versions=dict(raw["versions"]), sha256=raw["sha256"],
         variational=bool(raw.get("variational", False)),
-        latent_stats=raw.get("latent_stats"), raw=raw)
+        latent_stats=raw.get("latent_stats"), raw=raw, files=dict(files))
 
 
-def load_bundle_info(path: str) -> BundleInfo:
-    """Reads and validates `path/bundle.json` (local or remote); no model loading."""
+def load_bundle_info(path: str, *, allow_unsealed: bool = False) -> BundleInfo:
+    """Reads and validates `path/bundle.json` (local or remote) and checks its seal.
+
+    No model loading; `allow_unsealed` (format_version 1) is for re-sealing only.
+    """
     json_path = fs.join(path, BUNDLE_FILE)
     if not fs.exists(json_path):
         raise ValueError(f"No bundle at {path}: {BUNDLE_FILE} is missing. Expected a directory "
                          f"written by `latentbeam train --output {path}`.")
-    return parse_bundle_json(path, fs.read_bytes(json_path))
+    return parse_bundle_json(path, fs.read_bytes(json_path), allow_unsealed=allow_unsealed)
 
 
 class Bundle:
@@ -164,30 +251,47 @@ def _build_function(model, name: str):
     raise KeyError(name)
 
 
-def load_bundle(path: str) -> Bundle:
-    """Loads a bundle from a local or remote directory.
+def read_verified_files(info: BundleInfo) -> Dict[str, bytes]:
+    """The bytes of every file bundle.json lists, each checked against its sha256.
 
     Raises:
-      ValueError: bundle.json missing, malformed or of an unknown format version;
-        model.keras missing or not matching the recorded sha256 (tampered or
-        partially copied).
+      ValueError: a listed file is missing or its content does not match (names the file).
+    """
+    out = {}
+    for name, expected in sorted(info.files.items()):
+        file_path = fs.join(info.path, name)
+        if not fs.exists(file_path):
+            raise ValueError(f"Bundle {info.path} has no {name}. Copy the whole bundle directory, "
+                             f"or re-create it with `latentbeam train`.")
+        data = fs.read_bytes(file_path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected:
+            raise ValueError(
+                f"{file_path} does not match bundle.json: sha256 {digest} != recorded "
+                f"{expected}. The file was modified or partially copied; copy the bundle "
+                f"again or re-train it.")
+        out[name] = data
+    return out
+
+
+def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
+    """Loads a bundle from a local or remote directory.
+
+    Args:
+      path: the bundle directory.
+      allow_unsealed: also load format_version 1 (no seal); only for re-sealing.
+
+    Raises:
+      ValueError: bundle.json missing, malformed, edited (seal mismatch) or of an unknown
+        format version; a listed file missing or not matching its sha256 (tampered or
+        partially copied); model_version not matching the model and bundle.json.
     """
     import keras
 
     import latentbeam.model.architectures  # noqa: F401  registers the custom layers
 
-    info = load_bundle_info(path)
-    model_path = fs.join(path, MODEL_FILE)
-    if not fs.exists(model_path):
-        raise ValueError(f"Bundle {path} has no {MODEL_FILE}. Copy the whole bundle directory, "
-                         f"or re-create it with `latentbeam train`.")
-    data = fs.read_bytes(model_path)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != info.sha256:
-        raise ValueError(
-            f"{model_path} does not match bundle.json: sha256 {digest} != recorded "
-            f"{info.sha256}. The model file was modified or partially copied; copy the "
-            f"bundle again or re-train it.")
+    info = load_bundle_info(path, allow_unsealed=allow_unsealed)
+    data = read_verified_files(info)[MODEL_FILE]
     with tempfile.TemporaryDirectory(prefix="latentbeam-bundle-") as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         with open(local, "wb") as f:
@@ -197,7 +301,19 @@ def load_bundle(path: str) -> Bundle:
     if width != info.n_inputs:
         raise ValueError(f"Bundle {path}: model input width {width} != {info.n_inputs} "
                          f"inputs described by bundle.json features.")
+    derived = model_version(model, scoring_meta(info.raw))
+    if derived != info.model_version:
+        raise ValueError(
+            f"Bundle {path}: model_version {info.model_version!r} in bundle.json does not match "
+            f"its model and scoring fields, which give {derived!r}. Scores would carry a stale "
+            f"model_version; re-seal the bundle with `latentbeam rethreshold --bundle {path} "
+            f"--threshold T` or re-train it.")
     return Bundle(info, model)
+
+
+def scoring_meta(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The bundle.json fields model_version covers, besides the model itself."""
+    return {k: doc[k] for k in SCORING_KEYS}
 
 
 def model_version(model, meta: Dict[str, Any]) -> str:
@@ -222,29 +338,96 @@ def library_versions() -> Dict[str, str]:
     return out
 
 
-def save_bundle(model, path: str, meta: Dict[str, Any]) -> BundleInfo:
-    """Writes model.keras, then bundle.json (the commit marker) to a local or remote dir.
+def save_bundle(model, path: str, meta: Dict[str, Any],
+                extra_files: Optional[Dict[str, bytes]] = None) -> BundleInfo:
+    """Writes a bundle (model.keras, any `extra_files`, then bundle.json) to a local or remote dir.
 
-    `meta` holds every bundle.json key except format_version, model_version, versions
-    and sha256, which are computed here.
+    `meta` holds every bundle.json key except the computed ones (COMPUTED_KEYS), which
+    are computed here; computed keys in `meta` are ignored. The bundle is written to a
+    hidden sibling directory and swapped in whole (see `write_bundle`).
     """
-    fs.makedirs(path)
-    json_path = fs.join(path, BUNDLE_FILE)
-    if fs.exists(json_path):
-        # Remove the old commit marker first: a failure below must not leave a bundle.json
-        # that describes a model file it no longer matches.
-        from apache_beam.io.filesystems import FileSystems
-        FileSystems.delete([json_path])
+    meta = _plain(meta)
     with tempfile.TemporaryDirectory(prefix="latentbeam-save-") as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         model.save(local)
         with open(local, "rb") as f:
             data = f.read()
-    fs.write_bytes(fs.join(path, MODEL_FILE), data)
-    doc = _document(model, meta, hashlib.sha256(data).hexdigest())
-    text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default)
-    fs.write_bytes(json_path, text.encode("utf-8"))
-    return parse_bundle_json(path, text)
+    return write_bundle(path, {**(extra_files or {}), MODEL_FILE: data}, meta,
+                        model_version(model, scoring_meta(meta)))
+
+
+def write_bundle(path: str, files: Dict[str, bytes], meta: Dict[str, Any], version: str
+                 ) -> BundleInfo:
+    """Writes `files` and a sealed bundle.json into a staging sibling, then swaps it in.
+
+    `files` covers every file of the bundle but bundle.json; their hashes are read back
+    from the staging directory, so whatever is written there is covered by `files`.
+    A failure before the swap leaves the previous bundle at `path` untouched.
+
+    Raises:
+      ValueError: `path` holds entries that are not part of a latentbeam bundle, or the
+        document does not validate.
+    """
+    check_bundle_target(path)
+    for name in files:
+        if not _safe_name(name):
+            raise ValueError(f"Bundle file name {name!r} must be a relative path inside the "
+                             f"bundle (no '..', not {BUNDLE_FILE}).")
+    staging = outputs.staging_sibling(path)
+    try:
+        for name, data in files.items():
+            fs.write_bytes(fs.join(staging, name), data)
+        hashes = {rel: hashlib.sha256(fs.read_bytes(fs.join(staging, rel))).hexdigest()
+                  for rel in outputs.list_tree(staging) if not rel.endswith("/")}
+        doc = _document(_plain(meta), version, hashes)
+        text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default)
+        info = parse_bundle_json(path, text)  # refuse what a loader would refuse, before the swap
+        fs.write_bytes(fs.join(staging, BUNDLE_FILE), text.encode("utf-8"))
+        outputs.swap_in(staging, path, BUNDLE_FILE)
+    except BaseException:
+        outputs.remove_tree(staging)
+        raise
+    return info
+
+
+def check_bundle_target(path: str) -> None:
+    """Refuses to replace a directory holding anything but a latentbeam bundle.
+
+    An absent or empty directory, or one with a bundle.json (any format) and only the
+    files it lists, may be replaced.
+
+    Raises:
+      ValueError: naming the entries that are not part of a bundle.
+    """
+    tree = outputs.list_tree(path)
+    if not tree:
+        return
+    listed = {BUNDLE_FILE, MODEL_FILE}
+    doc = None
+    if BUNDLE_FILE in tree:
+        try:
+            doc = json.loads(fs.read_bytes(fs.join(path, BUNDLE_FILE)))
+        except (ValueError, RecursionError):
+            doc = None
+    if not (isinstance(doc, dict) and "format_version" in doc and "model_version" in doc):
+        raise ValueError(
+            f"Bundle output {path} is a non-empty directory that is not a latentbeam bundle "
+            f"(no valid {BUNDLE_FILE}; it holds {outputs.describe(tree)}). Writing a bundle "
+            f"there would delete those files. Choose an empty or new directory.")
+    if isinstance(doc.get("files"), dict):
+        listed.update(k for k in doc["files"] if isinstance(k, str))
+    foreign = [rel for rel in tree if rel not in listed]
+    if foreign:
+        raise ValueError(
+            f"Bundle output {path} holds {outputs.describe(foreign)}, which the bundle there "
+            f"does not list. Replacing the bundle would delete them. Move them away or "
+            f"choose another directory.")
+
+
+def check_bundle_output(path: str, reads=()) -> None:
+    """All checks before writing a bundle to `path`: no overlap with what is read, no foreign files."""
+    paths.check_output(path, reads, flag="--output")
+    check_bundle_target(path)
 
 
 def in_memory_info(model, meta: Dict[str, Any]) -> BundleInfo:
@@ -252,19 +435,28 @@ def in_memory_info(model, meta: Dict[str, Any]) -> BundleInfo:
 
     `path` is empty and `sha256` all zeros: there is no model file to hash.
     """
-    doc = _document(model, meta, "0" * 64)
+    meta = _plain(meta)
+    doc = _document(meta, model_version(model, scoring_meta(meta)), {MODEL_FILE: "0" * 64})
     return parse_bundle_json("", json.dumps(doc, default=_json_default))
 
 
-def _document(model, meta: Dict[str, Any], sha256: str) -> Dict[str, Any]:
-    return {
+def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """`meta` as JSON values (numpy scalars/arrays converted), computed keys dropped."""
+    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in COMPUTED_KEYS},
+                                 default=_json_default))
+
+
+def _document(meta: Dict[str, Any], version: str, files: Dict[str, str]) -> Dict[str, Any]:
+    doc = {
         "format_version": FORMAT_VERSION,
-        "model_version": model_version(
-            model, {k: meta[k] for k in ("features", "latent_dim", "threshold")}),
+        "model_version": version,
         **meta,
         "versions": library_versions(),
-        "sha256": sha256,
+        "sha256": files[MODEL_FILE],
+        "files": dict(sorted(files.items())),
     }
+    doc["seal"] = seal_of(doc)
+    return doc
 
 
 def _json_default(obj):

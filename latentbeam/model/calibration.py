@@ -95,6 +95,10 @@ def calibration_summary(errors: np.ndarray, labels: Optional[np.ndarray],
         "rows": int(errors.size),
         "quantiles": {str(q): float(np.quantile(errors, q)) for q in QUANTILE_LEVELS},
         "mean": float(errors.mean()), "max": float(errors.max()),
+        # With mean and the quantiles: what `latentbeam rethreshold` needs for mad / mean_std.
+        "std": float(errors.std()),
+        "median": float(np.median(errors)),
+        "mad": float(np.median(np.abs(errors - np.median(errors)))) * MAD_SCALE,
         "flagged_fraction": float((errors > threshold).mean()),
     }
     if labels is not None and is_binary(labels):

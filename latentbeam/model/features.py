@@ -2,8 +2,12 @@
 
 Columnar and vectorized: a record batch becomes one (rows, n_inputs) float32 matrix in
 bundle feature order. Rows that cannot be scored (nulls, NaN/inf, non-numeric text,
-lists of the wrong length) are reported as faults with a reason code, never dropped
-silently.
+lists of the wrong length, numbers too large for float32) are reported as faults with a
+reason code, never dropped silently. Any value of any Arrow type either converts or
+is such a fault: integers of any width (int64 / uint64 beyond float64's 53-bit
+precision are rounded, as float32 rounds anything beyond 24 bits), decimals,
+dictionary-encoded and all-null columns, text; a column of another type (timestamps,
+structs, binary, ...) is a whole-batch `wrong_type` fault.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from latentbeam.text import clip, echo  # noqa: F401  (echoed values are clipped)
+
 # Dead-letter reason codes (short, stable; documented in the README).
 REASON_NULL = "null_value"
 REASON_NOT_FINITE = "not_finite"
@@ -23,7 +29,13 @@ REASON_NON_NUMERIC = "non_numeric"
 REASON_WRONG_LENGTH = "wrong_length"
 REASON_MISSING_COLUMN = "missing_column"
 REASON_UNREADABLE = "unreadable_file"
-REASON_MODEL_ERROR = "model_error"
+REASON_MODEL_ERROR = "model_error"  # finite inputs, non-finite reconstruction error
+REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole file)
+REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
+REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
+
+# Dead-letter payloads longer than this are replaced by a JSON object with their head.
+MAX_PAYLOAD_CHARS = 16384
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,8 @@ def _is_numeric(t: pa.DataType) -> bool:
 def _dtype_name(t: pa.DataType) -> str:
     if pa.types.is_decimal(t):
         return "float64"
-    return np.dtype(t.to_pandas_dtype()).name
+    # Not t.to_pandas_dtype(): it imports pandas, which a plain install does not have.
+    return pa.array([], type=t).to_numpy(zero_copy_only=False).dtype.name
 
 
 def _list_value_type(t: pa.DataType) -> Optional[pa.DataType]:
@@ -161,26 +174,53 @@ class Conversion:
 
 
 class SchemaMismatch(ValueError):
-    """A whole batch cannot be used (e.g. a feature column is missing)."""
+    """A whole batch cannot be used; `reason` says why (missing_column, wrong_type, ...)."""
 
     reason = REASON_MISSING_COLUMN
 
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
 
 def _values(array) -> np.ndarray:
-    """Numbers of a numeric Arrow array as numpy, nulls as NaN (floats are not widened)."""
+    """Numbers of a numeric Arrow array as numpy, nulls as NaN (floats are not widened).
+
+    Integers, booleans and decimals go through an unchecked cast: Arrow's checked cast
+    refuses int64 / uint64 values beyond 2**53 (and so would fail the whole file on
+    one large id); rounding them is what float32 model inputs do anyway.
+    """
     if pa.types.is_floating(array.type):
         return array.to_numpy(zero_copy_only=False)
-    return array.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or \
+        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+
+
+def _plain_column(column):
+    """One Arrow array, dictionary encoding removed."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
 
 
 def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]]) -> np.ndarray:
     """(n, feature.size) values (float64, or float32/16 as stored) for one column; marks bad rows in `bad`."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = _plain_column(column)
     t = column.type
     name = feature.name
+    if pa.types.is_null(t):  # a column of nulls only (e.g. written from an empty frame)
+        for i in range(n):
+            bad.setdefault(i, (REASON_NULL, f"column {name!r} is null"))
+        return np.full((n, feature.size), np.nan)
     if feature.shape == ():
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
+        if _is_text(t):
             values = np.full(n, np.nan)
             for i, s in enumerate(column.to_pylist()):
                 if s is None:
@@ -188,11 +228,13 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
                     continue
                 try:
                     values[i] = float(s)
-                except ValueError:
-                    bad.setdefault(i, (REASON_NON_NUMERIC, f"column {name!r} value {s!r} is not a number"))
+                except (ValueError, OverflowError):
+                    bad.setdefault(i, (REASON_NON_NUMERIC,
+                                       f"column {name!r} value {echo(s)} is not a number"))
             return values.reshape(n, 1)
         if not _is_numeric(t):
-            raise SchemaMismatch(f"column {name!r} has type {t}, expected a number")
+            raise SchemaMismatch(f"column {name!r} has type {clip(t)}, expected a number",
+                                 REASON_WRONG_TYPE)
         values = _values(column)
         if column.null_count:
             for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
@@ -200,7 +242,8 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
         return values.reshape(n, 1)
     inner = _list_value_type(t)
     if inner is None or not _is_numeric(inner):
-        raise SchemaMismatch(f"column {name!r} has type {t}, expected a list of {feature.size} numbers")
+        raise SchemaMismatch(f"column {name!r} has type {clip(t)}, expected a list of "
+                             f"{feature.size} numbers", REASON_WRONG_TYPE)
     # Flatten nested lists down to the values, tracking the row each value came from.
     flat = column
     row_of = None
@@ -272,10 +315,19 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
     for f in features:
         if f.name not in names:
             raise SchemaMismatch(
-                f"feature column {f.name!r} is missing (columns present: {', '.join(names)})")
+                f"feature column {f.name!r} is missing (columns present: "
+                f"{clip(', '.join(names), 400)})")
+        values = _column_to_array(batch.column(names.index(f.name)), f, n, bad)
+        block = matrix[:, offset:offset + f.size]
         with np.errstate(over="ignore", invalid="ignore"):
-            matrix[:, offset:offset + f.size] = _column_to_array(
-                batch.column(names.index(f.name)), f, n, bad)
+            block[...] = values
+        overflow = ~np.isfinite(block) & np.isfinite(values)
+        for i in np.flatnonzero(overflow.any(axis=1)):
+            j = int(np.flatnonzero(overflow[i])[0])
+            bad.setdefault(int(i), (REASON_OUT_OF_RANGE,
+                                    f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
+                                    f"{float(values[i, j])!r} is beyond float32's range "
+                                    f"(|x| <= {float(np.finfo(np.float32).max):.4g})"))
         offset += f.size
     finite = np.isfinite(matrix)
     if not finite.all():
@@ -304,11 +356,40 @@ def _locate(features: Sequence[Feature], col: int) -> Tuple[str, str]:
 
 
 def row_payload(batch: pa.RecordBatch | pa.Table, row: int) -> str:
-    """The original row as JSON (NaN/inf written as strings, bytes as hex)."""
-    record = batch.slice(row, 1).to_pylist()[0]
-    return json.dumps(record, default=_json_default, allow_nan=False, sort_keys=False,
-                      ensure_ascii=False) if not _has_nonfinite(record) else \
-        json.dumps(_clean(record), default=_json_default, ensure_ascii=False)
+    """The original row as JSON (NaN/inf written as strings, bytes as hex); never raises.
+
+    A value Python cannot represent (a timestamp past year 9999, a date beyond
+    datetime's range) is written as Arrow's text form of it; a payload longer than
+    MAX_PAYLOAD_CHARS becomes {"truncated": true, "chars": N, "head": "<first chars>"}.
+    """
+    try:
+        try:
+            record = batch.slice(row, 1).to_pylist()[0]
+        except Exception:  # noqa: BLE001  (OverflowError, ValueError, ...: per column below)
+            record = {name: _safe_value(batch.column(i), row)
+                      for i, name in enumerate(batch.schema.names)}
+        if _has_nonfinite(record):
+            record = _clean(record)
+        text = json.dumps(record, default=_json_default, ensure_ascii=False)
+    except Exception as e:  # noqa: BLE001  a dead letter must still be written
+        text = json.dumps({"unrepresentable": clip(f"{type(e).__name__}: {e}", 400)})
+    if len(text) > MAX_PAYLOAD_CHARS:
+        text = json.dumps({"truncated": True, "chars": len(text),
+                           "head": text[:MAX_PAYLOAD_CHARS]}, ensure_ascii=False)
+    return text
+
+
+def _safe_value(column, row: int):
+    """One cell as a Python value, else as Arrow's text form, else a placeholder."""
+    cell = column.slice(row, 1)
+    try:
+        return cell.to_pylist()[0]
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return cell.cast(pa.string()).to_pylist()[0]
+    except Exception:  # noqa: BLE001
+        return f"<{clip(column.type, 60)} value not representable>"
 
 
 def _has_nonfinite(obj) -> bool:

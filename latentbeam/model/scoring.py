@@ -20,7 +20,9 @@ class Scores:
     reconstruction: np.ndarray  # (n, n_inputs) float32, X-hat in input units
     feature_errors: np.ndarray  # (n, n_inputs) float32, squared error in normalized space
     reconstruction_error: np.ndarray  # (n,) float32, mean of feature_errors
-    anomaly_score: np.ndarray  # (n,) float32, reconstruction_error / threshold
+    latent_distance: np.ndarray  # (n,) float32, code's distance to training codes (0: term off)
+    score: np.ndarray  # (n,) float32, the combined score the threshold applies to
+    anomaly_score: np.ndarray  # (n,) float32, score / threshold
     is_anomaly: np.ndarray  # (n,) bool, anomaly_score > 1
 
     def __len__(self) -> int:
@@ -50,28 +52,27 @@ def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
     # Imported here, not at module level: `latentbeam.model` (and so load_bundle_info,
     # used at pipeline construction time) must not pull in Keras/TensorFlow.
     from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
-                                                OUTPUT_RECONSTRUCTION)
+                                                OUTPUT_LATENT_DISTANCE, OUTPUT_RECONSTRUCTION,
+                                                OUTPUT_SCORE)
 
     forward = bundle.function("forward")
-    keys = (OUTPUT_LATENT, OUTPUT_RECONSTRUCTION, OUTPUT_FEATURE_ERRORS)
-    parts = {k: [] for k in keys}
+    parts = {}
     for start in range(0, max(len(x), 1), chunk_rows):
         out = forward(x[start:start + chunk_rows])
-        for key in keys:
+        for key, value in out.items():
             # np.asarray views the (immutable) tensor's buffer; .numpy() would copy it.
-            parts[key].append(np.asarray(out[key]))
-    latent, recon, ferr = (parts[k][0] if len(parts[k]) == 1 else np.concatenate(parts[k])
-                           for k in keys)
-    return from_feature_errors(latent, recon, ferr,
-                               bundle.info.threshold.threshold if threshold is None else threshold)
-
-
-def from_feature_errors(latent, recon, ferr, threshold: float) -> Scores:
+            parts.setdefault(key, []).append(np.asarray(value))
+    outs = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+    ferr = outs[OUTPUT_FEATURE_ERRORS]
     error = ferr.mean(axis=1, dtype=np.float64).astype(np.float32)
-    anomaly_score = (error / np.float32(threshold)).astype(np.float32)
-    return Scores(latent=latent, reconstruction=recon, feature_errors=ferr,
-                  reconstruction_error=error, anomaly_score=anomaly_score,
-                  is_anomaly=anomaly_score > 1.0)
+    # Models without the score head (bundles of format 1) score the reconstruction error.
+    combined = outs.get(OUTPUT_SCORE, error)
+    distance = outs.get(OUTPUT_LATENT_DISTANCE, np.zeros_like(error))
+    t = np.float32(bundle.info.threshold.threshold if threshold is None else threshold)
+    anomaly_score = (combined / t).astype(np.float32)
+    return Scores(latent=outs[OUTPUT_LATENT], reconstruction=outs[OUTPUT_RECONSTRUCTION],
+                  feature_errors=ferr, reconstruction_error=error, latent_distance=distance,
+                  score=combined, anomaly_score=anomaly_score, is_anomaly=anomaly_score > 1.0)
 
 
 def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:

@@ -14,7 +14,8 @@ import numpy as np
 from latentbeam.config import Config
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
-from latentbeam.model.bundle import Bundle, BundleInfo, in_memory_info, save_bundle
+from latentbeam.model.bundle import (Bundle, BundleInfo, check_bundle_output, in_memory_info,
+                                     save_bundle)
 from latentbeam.model.calibration import calibration_summary, fit_threshold
 from latentbeam.model.features import n_inputs
 
@@ -236,6 +237,9 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     """
     t0 = time.time()
     tc = config.train
+    if output:
+        # Before hours of training: the bundle must not overwrite its data or foreign files.
+        check_bundle_output(output, _data_locations(config))
     if tc.tensorboard_dir:
         try:
             import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
@@ -256,9 +260,23 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
             shutil.rmtree(spill_dir, ignore_errors=True)
 
 
-def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
-    import keras
+def _data_locations(config: Config) -> List[tuple]:
+    """(what, path) of everything training reads, for the output check."""
+    from latentbeam import fs, paths
 
+    d = config.data
+    if d.source == "tfds":
+        return [("TFDS data_dir", paths.tfds_data_dir(d.data_dir))]
+    if not d.path:
+        return []
+    try:
+        files = fs.match(fs.parquet_pattern(d.path))
+    except (IOError, OSError, ValueError):
+        files = []  # the data source names the problem when it reads
+    return paths.input_locations(d.path, files, "training data")
+
+
+def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     mc, tc, thc = config.model, config.train, config.threshold
     vf, cf = tc.validation_fraction, thc.calibration_fraction
     log.info("Scanning %s", source.describe())
@@ -266,70 +284,22 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
-    width = n_inputs(source.features)
-    image_feature_shape = None
-    if mc.kind == "conv2d":
-        if len(source.features) != 1:
-            raise ValueError(f"`model.kind: conv2d` needs exactly one image feature; got "
-                             f"{[f.name for f in source.features]}. Set `data.features`.")
-        image_feature_shape = image_shape(source.features[0].shape)
-    model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,
-                              image_feature_shape=image_feature_shape, seed=tc.seed)
-    model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
-
-    epoch = {"n": 0}
-
-    def train_gen():
-        rng = np.random.default_rng([tc.seed, epoch["n"]])
-        epoch["n"] += 1
-        chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, vf, cf)
-        yield from _stacked_batches(
-            _shuffled_blocks(chunks, tc.batch_size, tc.shuffle_buffer, rng), tc.batch_size)
-
-    def val_gen():
-        yield from _batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, vf, cf),
-                            val_batch)
-
-    callbacks = []
-    n_val = stats.rows_by_split["validation"]
-    val_batch = max(tc.batch_size, 1024)
-    if n_val:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=tc.patience, restore_best_weights=True))
-    if tc.tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=tc.tensorboard_dir))
-    # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
-    # explicit step counts gives whole passes per epoch and a progress bar with a total.
+    model = _build_model(config, source, stats)
     t_fit = time.time()
-    history = model.fit(
-        make_dataset(train_gen, width, stacked=True, repeat=True),
-        steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
-        validation_data=make_dataset(
-            val_gen, width, repeat=True,
-            cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None,
-        validation_steps=math.ceil(n_val / val_batch) if n_val else None,
-        epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose, shuffle=False)
+    history = _fit(model, config, source, stats)
     fit_seconds = time.time() - t_fit
 
-    # Calibrate on rows the model never trained on, through the scoring core.
-    from latentbeam.model.scoring import score
-
-    provisional = Bundle(_provisional_info(source.features, mc.latent_dim or default_latent_dim(width)), model)
-    errors, labels, latents = [], [], []
-    for matrix, lab in data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf):
-        s = score(provisional, matrix, threshold=1.0)
-        errors.append(s.reconstruction_error)
-        latents.append(s.latent)
-        if lab is not None:
-            labels.append(lab)
-    errors = np.concatenate(errors)
-    latents = np.concatenate(latents).astype(np.float64)
-    labels = np.concatenate(labels) if labels else None
-    threshold = fit_threshold(errors, thc.method, config.threshold_value(), labels)
+    width = n_inputs(source.features)
+    provisional = Bundle(_provisional_info(source.features,
+                                           mc.latent_dim or default_latent_dim(width)), model)
+    _set_reference_codes(provisional, source, config, stats.rows_by_split["train"])
+    scores, labels = _calibrate_score(provisional, source, config)
+    threshold = fit_threshold(scores.score, thc.method, config.threshold_value(), labels)
 
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     best_epoch = int(np.argmin(hist["val_loss"])) + 1 if "val_loss" in hist else len(hist["loss"])
     latent_dim = provisional.info.latent_dim
+    latents = scores.latent.astype(np.float64)
     cov = np.cov(latents, rowvar=False).reshape(latent_dim, latent_dim) if len(latents) > 1 \
         else np.eye(latent_dim)
     meta = {
@@ -337,7 +307,8 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
         "latent_dim": latent_dim,
         "threshold": threshold.to_json(),
         "variational": mc.variational,
-        "calibration": calibration_summary(errors, labels, threshold.threshold),
+        "score": _score_description(model, config),
+        "calibration": calibration_summary(scores.score, labels, threshold.threshold),
         "latent_stats": {"mean": latents.mean(axis=0).tolist(), "cov": cov.tolist()},
         "training": {
             "source": source.describe(),
@@ -360,6 +331,172 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
              threshold.threshold, threshold.method, output)
     return Bundle(info, model)
+
+
+def _build_model(config: Config, source, stats):
+    import keras
+
+    mc, tc, sc = config.model, config.train, config.score
+    width = n_inputs(source.features)
+    image_feature_shape = None
+    if mc.kind == "conv2d":
+        if len(source.features) != 1:
+            raise ValueError(f"`model.kind: conv2d` needs exactly one image feature; got "
+                             f"{[f.name for f in source.features]}. Set `data.features`.")
+        image_feature_shape = image_shape(source.features[0].shape)
+    reference_rows = max(1, min(sc.reference_rows, stats.rows_by_split["train"]))
+    model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,
+                              image_feature_shape=image_feature_shape, seed=tc.seed,
+                              trim_fraction=tc.trim_fraction,
+                              latent_neighbors=min(sc.latent_neighbors, reference_rows),
+                              reference_rows=reference_rows,
+                              reconstruction_weight=sc.reconstruction_weight)
+    model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
+    return model
+
+
+def _fit(model, config: Config, source, stats):
+    """Adam with early stopping on the validation loss (best weights restored)."""
+    import keras
+
+    tc = config.train
+    vf, cf = tc.validation_fraction, config.threshold.calibration_fraction
+    width = n_inputs(source.features)
+    epoch = [0]
+
+    def train_gen():
+        rng = np.random.default_rng([tc.seed, epoch[0]])
+        epoch[0] += 1
+        chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, vf, cf)
+        yield from _stacked_batches(
+            _shuffled_blocks(chunks, tc.batch_size, tc.shuffle_buffer, rng), tc.batch_size)
+
+    n_val = stats.rows_by_split["validation"]
+    val_batch = max(tc.batch_size, 1024)
+
+    def val_gen():
+        yield from _batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, vf, cf),
+                            val_batch)
+
+    callbacks = []
+    if n_val:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=tc.patience, restore_best_weights=True))
+    if tc.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tc.tensorboard_dir))
+    if tc.verbose:
+        # One bar over all epochs on a terminal, else one line per epoch; Keras' own
+        # output (a bar per epoch) stays off so the two never mix.
+        from latentbeam.console import ProgressLine, epoch_progress
+        callbacks.append(epoch_progress(tc.epochs, tc.verbose, ProgressLine()))
+    # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
+    # explicit step counts gives whole passes per epoch and a progress bar with a total.
+    return model.fit(
+        make_dataset(train_gen, width, stacked=True, repeat=True),
+        steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
+        validation_data=make_dataset(
+            val_gen, width, repeat=True,
+            cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None,
+        validation_steps=math.ceil(n_val / val_batch) if n_val else None,
+        epochs=tc.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+
+
+def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:
+    """Stores the codes of a seeded sample of training rows in the LatentDistance layer."""
+    from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE
+    from latentbeam.model.scoring import score
+
+    layer = _layer_or_none(bundle.model, OUTPUT_LATENT_DISTANCE)
+    if layer is None:
+        return
+    tc = config.train
+    rng = np.random.default_rng([tc.seed, 1])
+    wanted = np.sort(rng.choice(n_train, size=layer.num_reference, replace=False))
+    rows, start = [], 0
+    for matrix, _ in data_mod.split_chunks(source, data_mod.SPLIT_TRAIN,
+                                           tc.validation_fraction,
+                                           config.threshold.calibration_fraction):
+        lo, hi = np.searchsorted(wanted, [start, start + len(matrix)])
+        rows.append(matrix[wanted[lo:hi] - start])
+        start += len(matrix)
+    codes = score(bundle, np.concatenate(rows), threshold=1.0).latent
+    layer.reference.assign(codes.astype(np.float32))
+
+
+def _calibrate_score(bundle: Bundle, source, config: Config):
+    """Sets the AnomalyScore scales from the calibration rows; returns their Scores.
+
+    The calibration rows were never trained on, so their errors and distances are what
+    new normal rows get. Scales are robust statistics (per-feature means of errors
+    clipped at their 99th percentile, medians of the two terms): anomalies among the
+    calibration rows barely move them.
+    """
+    from latentbeam.model.architectures import OUTPUT_SCORE
+    from latentbeam.model.scoring import score
+
+    vf, cf = config.train.validation_fraction, config.threshold.calibration_fraction
+    chunks = list(data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf))
+    if not chunks:
+        raise ValueError("No calibration rows: the data has too few rows for "
+                         "`threshold.calibration_fraction`. Give more rows or raise it.")
+    x = np.concatenate([m for m, _ in chunks])
+    labels = np.concatenate([lab for _, lab in chunks]) if chunks[0][1] is not None else None
+    first = score(bundle, x, threshold=1.0)
+    ferr = first.feature_errors.astype(np.float64)
+    clipped = np.minimum(ferr, np.quantile(ferr, 0.99, axis=0))
+    feature_scale = clipped.mean(axis=0)
+    # No input may weigh more than 10x an average one: inputs that are almost always
+    # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
+    feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
+    term = (ferr / feature_scale).mean(axis=1)
+    term_scale = [_spread(term), _spread(first.latent_distance)]
+    layer = bundle.model.get_layer(OUTPUT_SCORE)
+    layer.feature_scale.assign(feature_scale.astype(np.float32))
+    layer.term_scale.assign(np.asarray(term_scale, np.float32))
+    return score(bundle, x, threshold=1.0), labels
+
+
+def _spread(values: np.ndarray) -> float:
+    """Robust spread of a term over the calibration rows (a standard deviation for normal data).
+
+    1.4826 x the median absolute deviation; when more than half the rows share one value
+    (duplicated rows have latent distance 0) the 10-90% quantile range / 2.5631, then the
+    mean absolute deviation x 1.2533; 1.0 when all values are equal (the term then
+    separates nothing and any positive scale will do).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    deviation = np.abs(values - np.median(values))
+    q10, q90 = np.quantile(values, [0.1, 0.9])
+    for spread in (1.4826 * np.median(deviation), (q90 - q10) / 2.5631,
+                   1.2533 * deviation.mean()):
+        if spread > 1e-12:
+            return float(spread)
+    return 1.0
+
+
+def _score_description(model, config: Config) -> dict:
+    """The score's recipe and its calibrated scales (bundle.json `score`)."""
+    from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE, OUTPUT_SCORE
+
+    layer = model.get_layer(OUTPUT_SCORE)
+    distance = _layer_or_none(model, OUTPUT_LATENT_DISTANCE)
+    scales = np.asarray(layer.term_scale).tolist()
+    return {
+        "terms": ["reconstruction"] + (["latent_distance"] if distance is not None else []),
+        "latent_neighbors": distance.k if distance is not None else 0,
+        "reference_rows": distance.num_reference if distance is not None else 0,
+        "reconstruction_scale": scales[0],
+        "latent_distance_scale": scales[1] if distance is not None else None,
+        "reconstruction_weight": layer.reconstruction_weight if distance is not None else 1.0,
+        "trim_fraction": config.train.trim_fraction,
+    }
+
+
+def _layer_or_none(model, name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
 
 
 def _provisional_info(features, latent_dim: int) -> BundleInfo:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from latentbeam.pipeline.records import COL_ERROR, COL_MODEL_VERSION
+from latentbeam.pipeline.records import COL_MODEL_VERSION, COL_SCORE
 
 COL_ADAPTIVE_THRESHOLD = "adaptive_threshold"
 COL_ADAPTIVE_FLAG = "is_anomaly_adaptive"
@@ -63,8 +63,13 @@ class AdaptiveConfig:
                 f"{self.warmup_rows}, window_rows={self.window_rows}")
 
 
+def scores(batch: pa.RecordBatch, threshold: float) -> np.ndarray:
+    """The rows' scores (what the bundle threshold applies to): anomaly_score x threshold."""
+    return batch.column(COL_SCORE).to_numpy().astype(np.float64) * float(threshold)
+
+
 def adaptive_scale(info, quantile: float) -> float:
-    """bundle threshold / calibration error quantile at `quantile` (from bundle.json)."""
+    """bundle threshold / calibration score quantile at `quantile` (from bundle.json)."""
     quantiles = (info.calibration or {}).get("quantiles") or {}
     level = next((k for k in quantiles if abs(float(k) - quantile) < 1e-9), None)
     if level is None:
@@ -174,7 +179,7 @@ class _AdaptiveDoFn(beam.DoFn):
         current = state.read()
         if current is None or current.scale != chunk.adaptive_scale:
             current = AdaptiveState(self._config, chunk.adaptive_scale, chunk.base_threshold)
-        thresholds, flags = current.update(chunk.batch.column(COL_ERROR).to_numpy())
+        thresholds, flags = current.update(scores(chunk.batch, chunk.base_threshold))
         state.write(current)
         yield chunk._replace(batch=with_adaptive_columns(chunk.batch, thresholds, flags))
 

@@ -5,18 +5,21 @@ one DoFn call per file that streams its record batches through `records.apply_bu
 Parquet file in a job-private temporary directory `OUT/.tmp-<job id>/`. Output names
 come from the file's index in the sorted match (`part-00003.parquet`) and the content
 is in file order, so scoring the same input twice gives byte-identical files, and
-memory stays at about one record batch however large a file is.
+memory stays at about one record batch however large a file is. Staged files end in
+`.partial`, so no `*.parquet` glob picks them up.
 
-Faults: bad rows go to `OUT/dead_letter/part-NNNNN.parquet` (same index as the input
-file). A file that cannot be read, or lacks a needed column, loses its partial output
+Faults: bad rows go to `OUT/_dead_letter/part-NNNNN.pq` (same index as the input
+file; Parquet, named so that readers of OUT as a dataset skip it). A file that cannot be read, or lacks a needed column, loses its partial output
 and becomes ONE dead letter (row null); its rows do not count as read
 (`files_dead_lettered` counts it). So rows_read = rows_scored + rows_dead_lettered.
 
 Commit: only after the pipeline succeeds are the temporary files moved to their final
 names; `_SUCCESS` (JSON: counts, model_version, threshold, files) is written last. A
 failed job removes its temporary directory and leaves no final-looking output. A
-non-empty output directory is refused unless `overwrite`, which replaces its contents
-at commit time, so old shards never mix with new ones.
+non-empty output directory is refused unless `overwrite`, which replaces the files an
+earlier latentbeam run listed there at commit time (anything else is refused up
+front), so old shards never mix with new ones. An output overlapping the inputs, the
+bundle or the working directory is refused (latentbeam.paths).
 """
 from __future__ import annotations
 
@@ -33,30 +36,37 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from latentbeam import fs
+from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import REASON_UNREADABLE, SchemaMismatch
+from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_UNREADABLE,
+                                       SchemaMismatch, clip)
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
-from latentbeam.pipeline.options import pipeline_options
-from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, MODE_DECODE, MODE_SCORE,
-                                         ScoringOptions, apply_bundle, dead_letters_to_batch,
-                                         list_array, whole_file_dead_letter)
+from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_dask
+from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS, MODE_DECODE,
+                                         MODE_SCORE, ScoringOptions, apply_bundle,
+                                         as_file_fault, dead_letters_to_batch, list_array,
+                                         whole_file_dead_letter)
 
 log = logging.getLogger(__name__)
 
 TFDS_PREFIX = "tfds:"
-SUCCESS_FILE = "_SUCCESS"
-DEAD_LETTER_DIR = "dead_letter"
+SUCCESS_FILE = outputs.SUCCESS_FILE
+DEAD_LETTER_DIR = outputs.DEAD_LETTER_DIR
 STATS_DIR = "_stats"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = outputs.STAGING_PREFIX
 
 
 def part_name(index: int) -> str:
     """Output file name of the input file at `index` of the sorted match."""
     return f"part-{index:05d}.parquet"
+
+
+def dead_letter_part_name(index: int) -> str:
+    """Dead-letter file name of the input file at `index` (under OUT/_dead_letter/)."""
+    return outputs.dead_letter_name(f"part-{index:05d}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class JobSummary:
     anomalies: int  # scored rows with is_anomaly
     files: List[str]  # output Parquet files, sorted
     dead_letter_files: List[str]  # dead-letter Parquet files, sorted
-    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics
+    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics; {} if none
     result: Any = field(default=None, repr=False, compare=False)  # the PipelineResult
 
     def to_json(self) -> dict:
@@ -222,15 +232,21 @@ class _FileJobFn(beam.DoFn):
             # Whole rows are read (not just the features): dead letters carry the row.
             reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
         for offset, batch in reader:
-            out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
-                                        row_offset=offset, opts=self._opts)
+            try:
+                out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
+                                            row_offset=offset, opts=self._opts)
+            except DATA_ERRORS as e:
+                raise as_file_fault(e, f"converting rows {offset}.."
+                                       f"{offset + batch.num_rows - 1}") from e
             yield offset, batch.num_rows, out, letters
 
     def process(self, element: Tuple[int, str]):
         index, source = element
         name = part_name(index)
-        out = _LazyParquetWriter(fs.join(self._tmp_dir, name))
-        dead = _LazyParquetWriter(fs.join(self._tmp_dir, DEAD_LETTER_DIR, name))
+        dead_name = dead_letter_part_name(index)
+        out = _LazyParquetWriter(fs.join(self._tmp_dir, name + outputs.PARTIAL_SUFFIX))
+        dead = _LazyParquetWriter(fs.join(self._tmp_dir, DEAD_LETTER_DIR,
+                                          dead_name + outputs.PARTIAL_SUFFIX))
         counts = dict.fromkeys((ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES,
                                 FILES_DEAD_LETTERED), 0)
         errors: List[np.ndarray] = []
@@ -238,7 +254,10 @@ class _FileJobFn(beam.DoFn):
             for _, rows, batch, letters in self._batches(source):
                 counts[ROWS_READ] += rows
                 if batch is not None:
-                    out.write(batch)
+                    try:
+                        out.write(batch)
+                    except DATA_ERRORS as e:  # e.g. a key column type Parquet cannot hold
+                        raise as_file_fault(e, "writing the output rows") from e
                     counts[ROWS_SCORED] += batch.num_rows
                     if self._mode == MODE_SCORE:
                         counts[ANOMALIES] += int(np.count_nonzero(
@@ -251,7 +270,8 @@ class _FileJobFn(beam.DoFn):
             dead.close()
         except (io.UnreadableFile, SchemaMismatch) as e:
             # All or nothing per file: drop the partial output, keep one dead letter.
-            log.warning("Dead-lettering whole file %s: %s", source, e)
+            log.warning("Dead-lettering whole file %s: %s", source, clip(e, 400),
+                        exc_info=getattr(e, "reason", None) == REASON_CONVERSION_ERROR)
             out.discard()
             dead.discard()
             reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
@@ -267,8 +287,8 @@ class _FileJobFn(beam.DoFn):
             self._metrics.record_errors(np.concatenate(errors))
         stats = {"index": index, "source": source, **counts,
                  "output": name if counts[ROWS_SCORED] else None,
-                 "dead_letter": name if (counts[ROWS_DEAD_LETTERED] or
-                                         counts[FILES_DEAD_LETTERED]) else None}
+                 "dead_letter": dead_name if (counts[ROWS_DEAD_LETTERED] or
+                                              counts[FILES_DEAD_LETTERED]) else None}
         fs.write_bytes(fs.join(self._tmp_dir, STATS_DIR, name + ".json"),
                        json.dumps(stats).encode())
         yield stats
@@ -290,40 +310,51 @@ class FileJob:
 
 
 def check_output_dir(output: str, overwrite: bool) -> List[str]:
-    """The current entries of `output`; refuses a non-empty one unless `overwrite`.
+    """The files of an earlier run an overwrite will delete; refuses what it must not touch.
 
     Raises:
-      ValueError: `output` holds files and `overwrite` is False.
+      ValueError: `output` holds files and `overwrite` is False, or it holds files no
+        latentbeam run wrote (named in the message).
     """
-    entries = fs.list_dir(output)
-    if entries and not overwrite:
-        shown = ", ".join(_basename(e) for e in entries[:3])
-        raise ValueError(
-            f"Output directory {output} is not empty ({len(entries)} entries: {shown}"
-            f"{', ...' if len(entries) > 3 else ''}). Writing into it would mix old and new "
-            f"shards. Pass --overwrite to replace its contents, or choose an empty directory.")
-    return entries
+    return outputs.check_output_dir(output, overwrite)
 
 
-def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
+def _reads(job: FileJob, sources: List[str]) -> List[paths.Location]:
+    """Every location the job reads: input files, their directories, a TFDS data_dir, the bundle."""
+    if job.input.startswith(TFDS_PREFIX):
+        reads = [("TFDS data_dir", paths.tfds_data_dir(job.data_dir))]
+    else:
+        reads = paths.input_locations(job.input, sources)
+    return reads + [("bundle", job.bundle)]
+
+
+def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> JobSummary:
     """Runs the job to completion and commits its output (see the module docstring).
 
+    `progress` (a `latentbeam.console.ProgressLine`, optional) shows files done / total,
+    rows, rows/s and the ETA while the job runs, read from the per-file records.
+
     Raises:
-      ValueError: bad bundle, no input, non-empty output without overwrite, or
+      ValueError: bad bundle, no input, an output overlapping what the job reads, a
+        non-empty output without overwrite (or with files no latentbeam run wrote), or
         a job option the input cannot satisfy.
     """
     if job.batch_rows < 1:
         raise ValueError(f"--batch-rows must be a positive integer. Received: {job.batch_rows}")
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
     sources = resolve_inputs(job.input, job.data_dir)
-    inside = [src for src in sources if src.startswith(job.output.rstrip("/") + "/")]
-    if inside:
-        raise ValueError(f"Input {inside[0]} is inside the output directory {job.output}; the "
-                         f"job replaces that directory's contents. Write to another directory.")
-    check_output_dir(job.output, job.overwrite)
+    paths.check_output(job.output, _reads(job, sources))
+    replace = check_output_dir(job.output, job.overwrite)
     tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
+    if uses_dask(beam_args):
+        beam_args = dask_partitions(beam_args, len(sources))
+    watcher = None
+    if progress is not None and progress.enabled:
+        from latentbeam.console import FileJobProgress, input_sizes
+        watcher = FileJobProgress(progress, job.mode, fs.join(tmp_dir, STATS_DIR), sources,
+                                  input_sizes(sources)).start()
     try:
         pipeline = beam.Pipeline(options=pipeline_options(beam_args))
         _ = (pipeline
@@ -337,55 +368,41 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = ()) -> JobSummary:
         if "DONE" not in state:
             raise RuntimeError(f"Beam job ended in state {state}; nothing was committed to "
                                f"{job.output}.")
-        summary = _commit(job, info, sources, tmp_dir, result)
+        if watcher is not None:
+            watcher.stop(succeeded=True)  # reads the records before the commit moves them
+            watcher = None
+        summary = _commit(job, info, sources, tmp_dir, result, replace)
     except BaseException:
+        if watcher is not None:
+            watcher.stop(succeeded=False)
         _delete_tree(tmp_dir)
         raise
     return summary
 
 
 def _delete_tree(path: str) -> None:
-    try:
-        if fs.is_local(path):
-            if FileSystems.exists(path):
-                FileSystems.delete([path])
-        else:
-            files = fs.match(fs.join(path, "**"))
-            if files:
-                FileSystems.delete(files)
-    except (IOError, OSError) as e:
-        log.warning("Could not remove temporary output %s: %s", path, e)
+    outputs.remove_tree(path)
 
 
-def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result) -> JobSummary:
+def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
+            replace: Sequence[str] = ()) -> JobSummary:
     stats = [json.loads(fs.read_bytes(fs.join(tmp_dir, STATS_DIR, part_name(i) + ".json")))
              for i in range(len(sources))]
-    # Old contents go first (commit marker first of all), then the new files move in.
-    old = [e for e in fs.list_dir(job.output) if not e.rstrip("/").startswith(tmp_dir.rstrip("/"))]
-    old.sort(key=lambda e: _basename(e) != SUCCESS_FILE)
-    for entry in old:
-        _delete_tree(entry)
-    dead_dir = fs.join(job.output, DEAD_LETTER_DIR)
-    files, dead_files, src, dst = [], [], [], []
+    files, dead_files, moves = [], [], []
     for s in stats:
         if s["output"]:
-            src.append(fs.join(tmp_dir, s["output"]))
-            dst.append(fs.join(job.output, s["output"]))
-            files.append(dst[-1])
+            moves.append((fs.join(tmp_dir, s["output"] + outputs.PARTIAL_SUFFIX), s["output"]))
+            files.append(fs.join(job.output, s["output"]))
         if s["dead_letter"]:
-            src.append(fs.join(tmp_dir, DEAD_LETTER_DIR, s["dead_letter"]))
-            dst.append(fs.join(dead_dir, s["dead_letter"]))
-            dead_files.append(dst[-1])
-    if dead_files:
-        fs.makedirs(dead_dir)
-    if src:
-        FileSystems.rename(src, dst)
-    _delete_tree(tmp_dir)
+            rel = f"{DEAD_LETTER_DIR}/{s['dead_letter']}"
+            moves.append((fs.join(tmp_dir, DEAD_LETTER_DIR,
+                                  s["dead_letter"] + outputs.PARTIAL_SUFFIX), rel))
+            dead_files.append(fs.join(job.output, DEAD_LETTER_DIR, s["dead_letter"]))
 
     totals = {k: sum(s[k] for s in stats) for k in
               (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, FILES_DEAD_LETTERED, ANOMALIES)}
     metrics = query_metrics(result)
-    if any(metrics.get(k) != v for k, v in totals.items()):
+    if metrics and any(metrics.get(k) != v for k, v in totals.items()):
         log.warning("Runner metrics %s differ from the job's per-file records %s (runners "
                     "without metrics support report 0); the summary uses the records.",
                     {k: metrics.get(k) for k in totals}, totals)
@@ -394,8 +411,9 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result) -> Job
                          metrics=metrics, result=result, **totals)
     doc = {"job": job.mode, "input": job.input, **summary.to_json(),
            "threshold": info.threshold.to_json()}
-    fs.write_bytes(fs.join(job.output, SUCCESS_FILE),
-                   (json.dumps(doc, indent=2) + "\n").encode())
+    # Old files of this directory go first (commit marker first of all), then the new
+    # files move in and _SUCCESS is written last.
+    outputs.commit(job.output, moves, doc, replace, tmp_dir)
     return summary
 
 
@@ -419,6 +437,9 @@ def format_summary(summary: JobSummary, mode: str = MODE_SCORE) -> str:
         if dist is not None:
             lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
                          f"max {dist.max:.6g}")
+    if not summary.metrics:
+        lines.append("runner metrics:       unavailable on this runner; counts above are from "
+                     "the job's per-file records")
     lines.append(f"output files:         {len(summary.files)} in {summary.output}")
     lines += [f"  {p}" for p in summary.files]
     if summary.dead_letter_files:
@@ -434,9 +455,11 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns),
                                       per_feature_errors=args.per_feature_errors,
                                       reconstruction=args.reconstruction,
+                                      latent_distance=args.latent_distance,
                                       top_features=args.top_features),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_SCORE))
     return 0
 
@@ -446,7 +469,8 @@ def run_decode_command(args, beam_args: Sequence[str]) -> int:
     job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_DECODE,
                   opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
                   overwrite=args.overwrite)
-    summary = run_file_job(job, beam_args)
+    from latentbeam.console import progress_line
+    summary = run_file_job(job, beam_args, progress=progress_line(args))
     print(format_summary(summary, MODE_DECODE))
     return 0
 

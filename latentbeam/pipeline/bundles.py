@@ -49,7 +49,10 @@ def newest_bundle_dir(spec: str) -> Optional[str]:
     bundle; its modification time orders versions.
     """
     pattern = bundle_json_pattern(spec)
-    found = FileSystems.match([pattern])[0].metadata_list
+    # Hidden directories are bundles being written or swapped (`.NAME.staging-*`); object
+    # store globs match them too.
+    found = [m for m in FileSystems.match([pattern])[0].metadata_list
+             if not m.path[: -len(BUNDLE_FILE)].rstrip("/").rsplit("/", 1)[-1].startswith(".")]
     if not found:
         return None
     newest = max(found, key=lambda m: (m.last_updated_in_seconds or 0.0, m.path))

@@ -9,6 +9,7 @@ row in millionths (Beam distributions hold integers).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -20,6 +21,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.metrics.metricbase import MetricName
 
 from latentbeam.pipeline.records import COL_ERROR, COL_FLAG
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "latentbeam"
 ROWS_READ = "rows_read"
@@ -82,10 +85,15 @@ def query_metrics(result) -> Dict[str, object]:
     """The "latentbeam" counters (and error distribution) of a finished PipelineResult.
 
     Committed values where the runner supports them, attempted values otherwise.
-    Counters that were never incremented read 0.
+    Counters that were never incremented read 0. An empty dict when the runner
+    collects no metrics (Beam's DaskRunner raises NotImplementedError).
     """
+    try:
+        res = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    except NotImplementedError as e:
+        log.info("Runner metrics unavailable (%s: %s)", type(result).__name__, e)
+        return {}
     out: Dict[str, object] = {name: 0 for name in COUNTERS}
-    res = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
 
     def value(r):
         try:

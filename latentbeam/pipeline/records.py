@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from latentbeam.model.features import (REASON_MISSING_COLUMN, SchemaMismatch, input_names,
+from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_MISSING_COLUMN,
+                                       REASON_MODEL_ERROR, SchemaMismatch, clip, input_names,
                                        row_payload, to_matrix)
 from latentbeam.model.scoring import Scores, score
 
@@ -25,6 +26,7 @@ COL_FLAG = "is_anomaly"
 COL_MODEL_VERSION = "model_version"
 COL_FEATURE_ERRORS = "feature_errors"
 COL_RECONSTRUCTION = "reconstruction"
+COL_LATENT_DISTANCE = "latent_distance"
 COL_TOP_FEATURES = "top_features"
 
 # One element of `top_features`: an input (features.input_names) and its share of the
@@ -50,6 +52,7 @@ class ScoringOptions:
     key_columns: Tuple[str, ...] = ()  # input columns passed through unchanged
     per_feature_errors: bool = False  # add `feature_errors`
     reconstruction: bool = False  # add `reconstruction` (input units)
+    latent_distance: bool = False  # add `latent_distance` (the score's density term)
     top_features: int = 0  # > 0: add `top_features`, the K inputs with the largest error share
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = (
         fields.append(pa.field(COL_FEATURE_ERRORS, pa.list_(pa.float32())))
     if opts.reconstruction:
         fields.append(pa.field(COL_RECONSTRUCTION, pa.list_(pa.float32())))
+    if opts.latent_distance:
+        fields.append(pa.field(COL_LATENT_DISTANCE, pa.float32()))
     if opts.top_features:
         fields.append(pa.field(COL_TOP_FEATURES, pa.list_(TOP_FEATURE_TYPE)))
     return pa.schema(fields, metadata=output_metadata(info))
@@ -113,6 +118,8 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
         columns.append(float_list_array(scores.feature_errors))
     if opts.reconstruction:
         columns.append(float_list_array(scores.reconstruction))
+    if opts.latent_distance:
+        columns.append(pa.array(scores.latent_distance, type=pa.float32()))
     if opts.top_features:
         columns.append(top_features_array(scores.feature_errors, _input_names(tuple(info.features)),
                                           opts.top_features))
@@ -164,9 +171,28 @@ def top_features_array(feature_errors: np.ndarray, names: pa.Array, k: int) -> p
     return pa.ListArray.from_arrays(offsets, entries, type=pa.list_(TOP_FEATURE_TYPE))
 
 
+
+# Errors that data can cause while a file's rows are converted, scored or written (not
+# I/O on the output: OSError fails the job). Callers turn them into a whole-file dead
+# letter with reason `conversion_error` instead of failing every other file's job.
+DATA_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError, UnicodeError,
+               pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
+               pa.ArrowIndexError)
+MAX_DETAIL_CHARS = 2000  # a dead letter's `detail` never grows with the input
+
+
 def dead_letter(source: str, row: Optional[int], reason: str, detail: str,
                 payload: Optional[str] = None) -> Dict[str, Any]:
-    return {"source": source, "row": row, "reason": reason, "detail": detail, "payload": payload}
+    return {"source": source, "row": row, "reason": reason,
+            "detail": clip(detail, MAX_DETAIL_CHARS), "payload": payload}
+
+
+def as_file_fault(error: BaseException, what: str) -> SchemaMismatch:
+    """A DATA_ERRORS exception as a whole-file fault (`conversion_error`), naming the step."""
+    if isinstance(error, SchemaMismatch):
+        return error
+    return SchemaMismatch(f"{what} failed: {type(error).__name__}: {clip(error, 1000)}",
+                          REASON_CONVERSION_ERROR)
 
 
 def dead_letters_to_batch(records: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
@@ -227,12 +253,33 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
     if not len(conv.valid):
         return None, letters
     scores = score(bundle, conv.matrix)
+    valid = conv.valid
+    finite = np.isfinite(scores.reconstruction_error)
+    if not finite.all():
+        # Finite inputs far outside the training range can overflow inside the model; a
+        # NaN error would read as "not anomalous". Such rows are dead letters instead.
+        letters = sorted(letters + [
+            dead_letter(source, row_offset + int(valid[i]), REASON_MODEL_ERROR,
+                        f"reconstruction error is {float(scores.reconstruction_error[i])!r} "
+                        f"for finite inputs (values far outside the training range?)",
+                        row_payload(batch, int(valid[i])))
+            for i in np.flatnonzero(~finite)], key=lambda d: d["row"])
+        if not finite.any():
+            return None, letters
+        scores = _take_scores(scores, np.flatnonzero(finite))
+        valid = valid[finite]
     return scores_to_batch(bundle.info, scores, opts,
-                           _key_rows(batch, opts.key_columns, conv.valid)), letters
+                           _key_rows(batch, opts.key_columns, valid)), letters
+
+
+def _take_scores(scores: Scores, rows: np.ndarray) -> Scores:
+    return Scores(**{f: getattr(scores, f)[rows] for f in (
+        "latent", "reconstruction", "feature_errors", "reconstruction_error", "anomaly_score",
+        "is_anomaly")})
 
 
 def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
-    return dead_letter(source, None, reason, f"{type(error).__name__}: {error}", None)
+    return dead_letter(source, None, reason, f"{type(error).__name__}: {clip(error, 1000)}", None)
 
 
 
@@ -267,13 +314,18 @@ def decode_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str
         return None, letters
     x = decode(bundle, conv.matrix)
     keys = _key_rows(batch, key_columns, conv.valid)
-    fields = list(keys.schema) if keys is not None else []
     columns: List[Any] = list(keys.columns) if keys is not None else []
-    feature_fields, feature_arrays = feature_columns(info.features, x)
-    fields += feature_fields + [pa.field(COL_MODEL_VERSION, pa.string())]
+    _, feature_arrays = feature_columns(info.features, x)
     columns += feature_arrays + [pa.array([info.model_version] * len(x), type=pa.string())]
-    schema = pa.schema(fields, metadata=output_metadata(info))
+    schema = decode_output_schema(info, list(keys.schema) if keys is not None else [])
     return pa.RecordBatch.from_arrays(columns, schema=schema), letters
+
+
+def decode_output_schema(info, key_fields: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of decoded output: key columns, one column per bundle feature, model_version."""
+    feature_fields, _ = feature_columns(info.features, np.zeros((0, info.n_inputs), np.float32))
+    return pa.schema(list(key_fields) + feature_fields + [pa.field(COL_MODEL_VERSION, pa.string())],
+                     metadata=output_metadata(info))
 
 
 def feature_columns(features, x: np.ndarray) -> Tuple[List[pa.Field], List[pa.Array]]:
@@ -335,9 +387,11 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_MODEL_VERSION",
-           "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "TOP_FEATURE_TYPE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
-           "ScoringOptions", "REASON_MISSING_COLUMN", "apply_bundle", "dead_letter",
-           "dead_letters_to_batch", "decode_record_batch", "feature_columns", "float_list_array",
+__all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
+           "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "DEAD_LETTER_SCHEMA", "MODE_DECODE",
+           "MODE_SCORE", "TOP_FEATURE_TYPE",
+           "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
+           "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
+           "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
            "top_features", "top_features_array", "whole_file_dead_letter"]

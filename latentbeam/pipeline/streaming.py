@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -72,25 +73,30 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from latentbeam import fs
-from latentbeam.model.features import (REASON_NULL, REASON_UNREADABLE, SchemaMismatch,
-                                       row_payload)
+from latentbeam import outputs as layout
+from latentbeam import paths
+from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_NULL,
+                                       REASON_UNREADABLE, REASON_WRONG_TYPE,
+                                       SchemaMismatch, clip, echo, row_payload)
 from latentbeam.pipeline.adaptive import (AdaptiveConfig, AdaptiveState, AdaptiveThresholds,
-                                          adaptive_scale, split_by_key, with_adaptive_columns)
+                                          adaptive_scale, scores, split_by_key,
+                                          with_adaptive_columns)
 from latentbeam.pipeline.bundles import BundleResolver
 from latentbeam.pipeline.io import UnreadableFile, iter_file_batches
-from latentbeam.pipeline.records import (COL_ERROR, ScoringOptions, dead_letter,
-                                         dead_letters_to_batch, rows_to_record_batch,
-                                         score_record_batch, whole_file_dead_letter)
+from latentbeam.pipeline.records import (DATA_ERRORS, ScoringOptions, as_file_fault,
+                                         dead_letter, dead_letters_to_batch,
+                                         rows_to_record_batch, score_record_batch,
+                                         whole_file_dead_letter)
 
 log = logging.getLogger(__name__)
 
 REASON_LATE = "late_row"  # event time's window (+ allowed lateness) closed before arrival
-REASON_BAD_TIMESTAMP = "bad_timestamp"  # timestamp column of an unusable type
+REASON_BAD_TIMESTAMP = "bad_timestamp"  # event time present but unusable (NaN, out of range)
 REASON_BAD_MESSAGE = "bad_message"  # Pub/Sub message that is not a JSON object (or list)
 
-DEAD_LETTER_DIR = "dead_letter"
-MANIFEST_DIR = "_manifest"
-TEMP_DIR = "_temp"
+DEAD_LETTER_DIR = layout.DEAD_LETTER_DIR
+MANIFEST_DIR = layout.MANIFEST_DIR
+TEMP_DIR = layout.TEMP_DIR
 META_SOURCES = b"latentbeam.sources"  # footer: JSON {source: rows in this file}
 META_MODEL_VERSIONS = b"latentbeam.model_versions"  # footer: JSON list of model versions
 
@@ -101,7 +107,7 @@ ACCOUNT = "accounting"
 @dataclass(frozen=True)
 class StreamConfig:
     bundle: str  # bundle directory, or a watched location of bundle versions
-    output: str  # OUT: windowed Parquet, OUT/dead_letter/, OUT/_manifest/
+    output: str  # OUT: windowed Parquet, OUT/_dead_letter/, OUT/_manifest/
     watch: Optional[str] = None  # Parquet glob polled for new files
     pubsub_subscription: Optional[str] = None  # projects/P/subscriptions/S
     window_seconds: float = 60.0  # FixedWindows size
@@ -120,6 +126,12 @@ class StreamConfig:
             raise ValueError("Expected exactly one source: --watch GLOB or --pubsub-subscription "
                              f"SUB. Received: watch={self.watch!r}, "
                              f"pubsub_subscription={self.pubsub_subscription!r}")
+        for name in ("window_seconds", "poll_seconds", "allowed_lateness_seconds",
+                     "stop_after_seconds", "early_firing_seconds", "bundle_poll_seconds"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number of "
+                                 f"seconds. Received: {value}")
         for name in ("window_seconds", "poll_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0. Received: "
@@ -127,6 +139,9 @@ class StreamConfig:
         if self.allowed_lateness_seconds < 0:
             raise ValueError(f"--allowed-lateness-seconds must be >= 0. Received: "
                              f"{self.allowed_lateness_seconds}")
+        if self.window_seconds > MAX_WINDOW_SECONDS:
+            raise ValueError(f"--window-seconds must be at most {MAX_WINDOW_SECONDS:g} (10 "
+                             f"years). Received: {self.window_seconds}")
         if self.stop_after_seconds is not None and not self.stop_after_seconds > 0:
             raise ValueError(f"--stop-after-seconds must be > 0. Received: "
                              f"{self.stop_after_seconds}")
@@ -150,26 +165,58 @@ def _micros(seconds: float) -> int:
     return Duration.of(seconds).micros
 
 
-def event_micros(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
-    """Event times as int64 epoch microseconds, with nulls as INT64 min.
+NULL_TIME = np.iinfo(np.int64).min
+# Event times whose windows can be named (window stamps are calendar dates): years
+# 1000..9000 UTC, with room for windows up to MAX_WINDOW_SECONDS on either side.
+MIN_EVENT_US = -30610224000 * 1_000_000  # 1000-01-01T00:00:00Z
+MAX_EVENT_US = 221845392000 * 1_000_000  # 9000-01-01T00:00:00Z
+MAX_WINDOW_SECONDS = 10 * 365.25 * 86400
+_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
 
-    Accepts Arrow timestamps (any unit; naive means UTC) and numbers (epoch seconds).
+
+def event_times(column: pa.Array | pa.ChunkedArray, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(event times as int64 epoch micros, mask of unusable values) of a timestamp column.
+
+    Accepts Arrow timestamps (any unit; naive means UTC; nanoseconds are floored to
+    microseconds) and numbers (epoch seconds). Nulls are NULL_TIME; NaN/inf and times
+    outside MIN_EVENT_US..MAX_EVENT_US are NULL_TIME and flagged unusable (each such row
+    becomes a `bad_timestamp` dead letter; nothing here raises on a value).
 
     Raises:
-      SchemaMismatch: any other type (the whole file is dead-lettered).
+      SchemaMismatch: (wrong_type) a column of another type; the whole file is dead-lettered.
     """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     t = column.type
+    null = column.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_timestamp(t):
-        us = pc.cast(column, pa.timestamp("us", tz=t.tz)).cast(pa.int64())
-    elif pa.types.is_integer(t) or pa.types.is_floating(t):
-        us = pc.cast(pc.round(pc.multiply(pc.cast(column, pa.float64()), 1e6)), pa.int64())
+        raw = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy(zero_copy_only=False)
+        per = _UNIT_US[t.unit]
+        if per is None:
+            us = np.floor_divide(raw, 1000)
+            ok = np.ones(len(raw), dtype=bool)
+        else:
+            ok = (raw >= MIN_EVENT_US // per) & (raw <= MAX_EVENT_US // per)
+            us = np.where(ok, raw, 0) * per
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        seconds = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = np.isfinite(seconds) & (seconds * 1e6 >= MIN_EVENT_US) & \
+                (seconds * 1e6 <= MAX_EVENT_US)
+            us = np.where(ok, np.round(np.where(ok, seconds, 0.0) * 1e6), 0).astype(np.int64)
     else:
-        raise SchemaMismatch(f"timestamp column {name!r} has type {t}; expected a timestamp or "
-                             f"epoch seconds (number)")
-    return pc.fill_null(us, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+        raise SchemaMismatch(f"timestamp column {name!r} has type {clip(t)}; expected a "
+                             f"timestamp or epoch seconds (number)", REASON_WRONG_TYPE)
+    unusable = ~null & (~ok | (us < MIN_EVENT_US) | (us > MAX_EVENT_US))
+    us = np.where(null | unusable, NULL_TIME, us).astype(np.int64)
+    return us, unusable
 
 
-NULL_TIME = np.iinfo(np.int64).min
+def event_micros(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """Event times as int64 epoch microseconds, with nulls (and unusable values) as INT64 min."""
+    return event_times(column, name)[0]
 
 
 def split_by_window(scored: pa.RecordBatch, times_us: np.ndarray, rows: np.ndarray, *,
@@ -222,14 +269,22 @@ def read_manifest(output: str) -> Dict[str, dict]:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    if fs.is_local(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.write_bytes(path, data)  # object stores publish an object only when it is closed
+    layout.write_atomically(path, data)
+
+
+def clean_staging(output: str) -> int:
+    """Deletes the staging a crashed run left in `output` (its `_temp/` and `*.partial` files).
+
+    One stream per output directory: a second stream writing to the same OUT would lose
+    its staging here. Returns the number of files removed.
+    """
+    stale = [rel for rel in layout.list_tree(output)
+             if layout.is_staging(rel) and not rel.endswith("/")]
+    if stale:
+        log.warning("Removing %d staging file(s) of an earlier, interrupted run in %s",
+                    len(stale), output)
+        layout.delete_files(output, stale)
+    return len(stale)
 
 
 _SEEN: Dict[str, set] = {}
@@ -317,7 +372,8 @@ class _WindowFiles:
     def write(self, event_us: int, batch: pa.RecordBatch) -> None:
         start = event_us - event_us % self._window_us
         if start not in self._open:
-            staging = fs.join(self._output, TEMP_DIR, f"{self._tag}-{uuid.uuid4().hex}.parquet")
+            staging = fs.join(self._output, TEMP_DIR,
+                              f"{self._tag}-{uuid.uuid4().hex}.parquet{layout.PARTIAL_SUFFIX}")
             if fs.is_local(staging):
                 os.makedirs(os.path.dirname(staging), exist_ok=True)
             f = FileSystems.create(staging)
@@ -389,25 +445,21 @@ class _ScoreFileDoFn(beam.DoFn):
         try:
             for offset, batch in iter_file_batches(path, batch_rows=cfg.batch_rows):
                 rows_read += batch.num_rows
-                scored, bad = score_record_batch(bundle, batch, source=path, row_offset=offset,
-                                                 opts=cfg.scoring)
-                letters += bad
-                if scored is None:
-                    continue
-                if cfg.timestamp_column is None:
-                    parts = [(arrival.micros, scored)]
-                else:
-                    parts = self._by_event_time(path, batch, scored, bad, offset, arrival,
-                                                letters)
-                for ts, part in parts:
-                    if cfg.adaptive is not None:
-                        part = self._with_adaptive(bundle, part)
-                    files.write(ts, part)
+                try:
+                    self._score_batch(bundle, path, batch, offset, arrival, files, letters)
+                except DATA_ERRORS as e:
+                    # A value no check above foresaw: this file becomes one dead letter
+                    # instead of crashing the stream (and again after every restart).
+                    raise as_file_fault(e, f"scoring rows {offset}.."
+                                           f"{offset + batch.num_rows - 1}") from e
         except (UnreadableFile, SchemaMismatch) as e:
             # All or nothing per file: drop the staged output, keep one dead letter.
+            log.warning("Dead-lettering whole file %s: %s", path, clip(e, 400),
+                        exc_info=getattr(e, "reason", None) == REASON_CONVERSION_ERROR)
             files.discard()
             reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
             letters = [whole_file_dead_letter(path, e, reason)]
+            rows_read = 0  # as in the batch job: a whole-file fault reads no rows
         except BaseException:
             files.discard()
             raise
@@ -421,6 +473,22 @@ class _ScoreFileDoFn(beam.DoFn):
         _write_atomically(manifest_path(cfg.output, path), json.dumps(entry).encode())
         yield path, entry
 
+    def _score_batch(self, bundle, path, batch, offset, arrival, files, letters) -> None:
+        cfg = self._cfg
+        scored, bad = score_record_batch(bundle, batch, source=path, row_offset=offset,
+                                         opts=cfg.scoring)
+        letters += bad
+        if scored is None:
+            return
+        if cfg.timestamp_column is None:
+            parts = [(arrival.micros, scored)]
+        else:
+            parts = self._by_event_time(path, batch, scored, bad, offset, arrival, letters)
+        for ts, part in parts:
+            if cfg.adaptive is not None:
+                part = self._with_adaptive(bundle, part)
+            files.write(ts, part)
+
     def _write(self, path, tag, outputs, letters, arrival) -> List[str]:
         """Writes the dead letters next to the published outputs; removes stale files."""
         cfg = self._cfg
@@ -428,13 +496,14 @@ class _ScoreFileDoFn(beam.DoFn):
         outputs = list(outputs)
         if letters:
             a = arrival.micros
-            name = f"dead_letter-{_window_name(a - a % w, w)}-{tag}.parquet"
+            name = layout.dead_letter_name(f"dead_letter-{_window_name(a - a % w, w)}-{tag}")
             outputs.append(fs.join(cfg.output, DEAD_LETTER_DIR, name))
             _write_atomically(outputs[-1], _parquet_bytes([dead_letters_to_batch(letters)], path))
         # A run that crashed after writing this source's files but before its manifest
         # entry may have put them in other windows (processing time): remove those.
         stale = [f for pattern in (fs.join(cfg.output, f"scored-*-{tag}.parquet"),
-                                   fs.join(cfg.output, DEAD_LETTER_DIR, f"dead_letter-*-{tag}.parquet"))
+                                   fs.join(cfg.output, DEAD_LETTER_DIR,
+                                           layout.dead_letter_name(f"dead_letter-*-{tag}")))
                  for f in fs.match(pattern) if f not in outputs]
         if stale:
             log.warning("Removing %d output file(s) of an earlier, unfinished scoring of %s",
@@ -451,7 +520,8 @@ class _ScoreFileDoFn(beam.DoFn):
                 state = self._adaptive[key] = AdaptiveState(
                     cfg, adaptive_scale(bundle.info, cfg.quantile),
                     float(bundle.info.threshold.threshold))
-            out.append(with_adaptive_columns(part, *state.update(part.column(COL_ERROR).to_numpy())))
+            out.append(with_adaptive_columns(
+                part, *state.update(scores(part, bundle.info.threshold.threshold))))
         return out[0] if len(out) == 1 else pa.Table.from_batches(out).combine_chunks().to_batches()[0]
 
     def _by_event_time(self, path, batch, scored, bad, offset, arrival, letters):
@@ -459,15 +529,23 @@ class _ScoreFileDoFn(beam.DoFn):
         name = cfg.timestamp_column
         if name not in batch.schema.names:
             raise SchemaMismatch(f"timestamp column {name!r} missing (columns present: "
-                                 f"{', '.join(batch.schema.names)})")
+                                 f"{clip(', '.join(batch.schema.names), 400)})")
         mask = np.ones(batch.num_rows, dtype=bool)
         mask[[d["row"] - offset for d in bad]] = False
         valid = np.nonzero(mask)[0]
-        times = event_micros(batch.column(name), name)[valid]
+        all_times, unusable = event_times(batch.column(name), name)
+        times = all_times[valid]
         parts, nulls, late = split_by_window(
             scored, times, valid, window_us=_micros(cfg.window_seconds),
             lateness_us=_micros(cfg.allowed_lateness_seconds), arrival_us=arrival.micros)
         for i in nulls:
+            if unusable[i]:
+                letters.append(dead_letter(
+                    path, offset + int(i), REASON_BAD_TIMESTAMP,
+                    f"timestamp column {name!r} value {_cell_text(batch.column(name), int(i))} "
+                    f"is not a usable event time (NaN/inf, or outside years 1000..9000 UTC)",
+                    row_payload(batch, int(i))))
+                continue
             letters.append(dead_letter(path, offset + int(i), REASON_NULL,
                                        f"timestamp column {name!r} is null",
                                        row_payload(batch, int(i))))
@@ -475,6 +553,14 @@ class _ScoreFileDoFn(beam.DoFn):
             letters.append(dead_letter(path, offset + int(i), REASON_LATE,
                                        _late_detail(cfg, arrival), row_payload(batch, int(i))))
         return parts
+
+
+def _cell_text(column, i: int) -> str:
+    cell = column.slice(i, 1)
+    try:
+        return echo(cell.to_pylist()[0])
+    except Exception:  # noqa: BLE001  beyond Python's datetime range: Arrow's text form
+        return clip(cell.cast(pa.string()).to_pylist()[0])
 
 
 def _window_name(start_us: int, window_us: int) -> str:
@@ -501,17 +587,20 @@ def _parse_time(value: Any) -> Optional[int]:
 
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(round(float(value) * 1e6)) if np.isfinite(value) else None
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+            us = int(round(seconds * 1e6)) if np.isfinite(seconds) else None
+        elif isinstance(value, str):
             d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=dt.timezone.utc)
+            us = Timestamp.from_utc_datetime(d.astimezone(dt.timezone.utc)).micros
+        else:
             return None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=dt.timezone.utc)
-        return Timestamp.from_utc_datetime(d.astimezone(dt.timezone.utc)).micros
-    return None
+    except (ValueError, OverflowError, TypeError):  # huge ints, dates past year 9999, ...
+        return None
+    return us if us is not None and MIN_EVENT_US <= us <= MAX_EVENT_US else None
 
 
 class _ParseMessageDoFn(beam.DoFn):
@@ -530,28 +619,46 @@ class _ParseMessageDoFn(beam.DoFn):
         text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
         try:
             doc = json.loads(text)
-        except ValueError as e:
-            yield _dead(source, REASON_BAD_MESSAGE, f"not JSON ({e})", text)
+        except (ValueError, RecursionError) as e:
+            yield _dead(source, REASON_BAD_MESSAGE, f"not JSON ({clip(e, 200)})",
+                        json.dumps({"text": clip(text, 4096)}))
             return
         rows = doc if isinstance(doc, list) else [doc]
         for row in rows:
             if not isinstance(row, dict):
                 yield _dead(source, REASON_BAD_MESSAGE, "expected a JSON object per row",
-                            json.dumps(row))
+                            _json_row(row))
                 continue
             if cfg.timestamp_column is None:
                 yield row
                 continue
-            us = _parse_time(row.get(cfg.timestamp_column))
+            value = row.get(cfg.timestamp_column)
+            us = _parse_time(value)
             if us is None:
-                yield _dead(source, REASON_NULL, f"timestamp field {cfg.timestamp_column!r} is "
-                            f"missing or not epoch seconds / ISO 8601", json.dumps(row))
+                if value is None:
+                    yield _dead(source, REASON_NULL, f"timestamp field "
+                                f"{cfg.timestamp_column!r} is missing or null", _json_row(row))
+                else:
+                    yield _dead(source, REASON_BAD_TIMESTAMP, f"timestamp field "
+                                f"{cfg.timestamp_column!r} value {echo(value)} is not epoch "
+                                f"seconds / ISO 8601 within years 1000..9000 UTC",
+                                _json_row(row))
                 continue
             w = _micros(cfg.window_seconds)
             if us - us % w + w + _micros(cfg.allowed_lateness_seconds) < arrival.micros:
-                yield _dead(source, REASON_LATE, _late_detail(cfg, arrival), json.dumps(row))
+                yield _dead(source, REASON_LATE, _late_detail(cfg, arrival), _json_row(row))
                 continue
             yield window.TimestampedValue(row, Timestamp(micros=us))
+
+
+def _json_row(row) -> str:
+    """A message row as JSON text for a dead letter (json.loads output always serializes)."""
+    from latentbeam.model.features import MAX_PAYLOAD_CHARS
+
+    text = json.dumps(row, default=str)
+    if len(text) > MAX_PAYLOAD_CHARS:
+        text = json.dumps({"truncated": True, "chars": len(text), "head": text[:MAX_PAYLOAD_CHARS]})
+    return text
 
 
 def _dead(source: str, reason: str, detail: str, payload: Optional[str]):
@@ -580,16 +687,17 @@ class _ScoreRowsDoFn(beam.DoFn):
         try:
             results = [score_record_batch(bundle, rows_to_record_batch(rows), source=source,
                                           opts=cfg.scoring)]
-        except SchemaMismatch:
-            # Some message lacks a feature or has an unusable type: isolate it.
+        except DATA_ERRORS:
+            # Some message lacks a feature or has an unusable value: isolate it.
             results = []
             for row in rows:
                 try:
                     results.append(score_record_batch(bundle, rows_to_record_batch([row]),
                                                       source=source, opts=cfg.scoring))
-                except SchemaMismatch as e:
+                except DATA_ERRORS as e:
+                    e = as_file_fault(e, "scoring the message")
                     letters.append(dead_letter(source, None, e.reason, str(e),
-                                               json.dumps(row, default=str)))
+                                               _json_row(row)))
         for scored, bad in results:
             # Messages have no stable row index: the payload identifies the row.
             letters += [dict(d, row=None) for d in bad]
@@ -663,7 +771,7 @@ def _window_stamp(t: Timestamp) -> str:
         f"{t.micros % 1_000_000:06d}" if t.micros % 1_000_000 else "")
 
 
-def file_naming(prefix: str, run_id: str):
+def file_naming(prefix: str, run_id: str, suffix: str = ".parquet"):
     """`PREFIX-START-END-RUN-TOKEN-SHARD.parquet`; TOKEN is unique per firing (late panes)."""
     def _name(win, pane, shard_index, total_shards, compression, destination):
         if isinstance(win, window.IntervalWindow):
@@ -671,7 +779,7 @@ def file_naming(prefix: str, run_id: str):
         else:
             span = "global"
         return (f"{prefix}-{span}-{run_id}-{uuid.uuid4().hex[:8]}-"
-                f"{int(shard_index or 0):03d}-of-{int(total_shards or 1):03d}.parquet")
+                f"{int(shard_index or 0):03d}-of-{int(total_shards or 1):03d}{suffix}")
     return _name
 
 
@@ -685,8 +793,10 @@ class WriteWindowedParquet(beam.PTransform):
     """
 
     def __init__(self, path: str, *, window_seconds: float, allowed_lateness_seconds: float = 0.0,
-                 early_firing_seconds: Optional[float] = None, run_id: str, prefix: str = "scored"):
+                 early_firing_seconds: Optional[float] = None, run_id: str, prefix: str = "scored",
+                 suffix: str = ".parquet"):
         super().__init__()
+        self._suffix = suffix
         self._path = path
         self._window = window_seconds
         self._lateness = allowed_lateness_seconds
@@ -704,7 +814,7 @@ class WriteWindowedParquet(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=Duration.of(self._lateness))
                 | "Write Parquet" >> fileio.WriteToFiles(
-                    path=path, file_naming=file_naming(self._prefix, self._run_id),
+                    path=path, file_naming=file_naming(self._prefix, self._run_id, self._suffix),
                     sink=lambda dest: ParquetChunkSink(), shards=1,
                     temp_directory=StaticValueProvider(str, fs.join(path, TEMP_DIR, self._run_id)))
                 | "Full path" >> beam.Map(lambda r: fs.join(path, r.file_name)))
@@ -766,7 +876,8 @@ def build_stream(p: beam.Pipeline, cfg: StreamConfig, *, messages=None,
     dead_files = ((parsed[DEAD], scored_rows[DEAD])
                   | "All dead letters" >> beam.Flatten()
                   | "Write dead letters" >> WriteWindowedParquet(
-                      fs.join(cfg.output, DEAD_LETTER_DIR), prefix="dead_letter", **write))
+                      fs.join(cfg.output, DEAD_LETTER_DIR), prefix="dead_letter",
+                      suffix=layout.DEAD_LETTER_SUFFIX, **write))
     return StreamOutputs(scored_files, dead_files)
 
 
@@ -792,6 +903,7 @@ def config_from_args(args) -> StreamConfig:
         bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
         scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
                                reconstruction=args.reconstruction,
+                               latent_distance=args.latent_distance,
                                top_features=args.top_features),
         adaptive=adaptive)
 
@@ -821,6 +933,7 @@ def validate(cfg: StreamConfig) -> None:
     from latentbeam.model import load_bundle_info
     from latentbeam.pipeline.bundles import is_watched, newest_bundle_dir
 
+    paths.check_output(cfg.output, stream_reads(cfg))
     path = newest_bundle_dir(cfg.bundle) if is_watched(cfg.bundle) else cfg.bundle
     if path is None:
         raise ValueError(f"--bundle {cfg.bundle}: no bundle.json found there or in its "
@@ -830,16 +943,71 @@ def validate(cfg: StreamConfig) -> None:
         adaptive_scale(info, cfg.adaptive.quantile)
 
 
+def stream_reads(cfg: StreamConfig) -> List[paths.Location]:
+    """What the stream reads: the watched glob (its base and current files) and the bundle(s)."""
+    from latentbeam.pipeline.bundles import is_watched
+
+    reads: List[paths.Location] = []
+    if cfg.watch is not None:
+        try:
+            current = fs.match(cfg.watch)
+        except (IOError, OSError, ValueError):
+            current = []  # nothing there yet; the base directory still counts
+        reads += paths.input_locations(cfg.watch, current, "watched")
+    if is_watched(cfg.bundle):
+        reads.append(("watched bundle location", paths.glob_base(cfg.bundle)
+                      if paths.has_glob(cfg.bundle) else cfg.bundle))
+    else:
+        reads.append(("bundle", cfg.bundle))
+    return reads
+
+
 def run_stream_command(args, beam_args: List[str]) -> int:
+    from latentbeam.pipeline.options import uses_dask
+
+    if uses_dask(beam_args):
+        raise ValueError("latentbeam stream needs a streaming runner; Dask runs batch "
+                         "pipelines only. Drop --runner dask (the default runs in-process) "
+                         "or use a streaming runner such as DataflowRunner or FlinkRunner.")
     cfg = config_from_args(args)
     validate(cfg)
     fs.makedirs(cfg.output)
+    clean_staging(cfg.output)
     done = read_manifest(cfg.output) if cfg.watch else {}
     log.info("Streaming %s -> %s (window %gs, poll %gs, %d sources already in the manifest)",
              cfg.source_name, cfg.output, cfg.window_seconds, cfg.poll_seconds, len(done))
     p = beam.Pipeline(options=pipeline_options(beam_args, cfg))
     build_stream(p, cfg)
-    result = p.run()
-    result.wait_until_finish()
+    from latentbeam.console import StreamProgress, progress_line
+
+    started = time.time()
+    watcher = None
+    if cfg.watch:
+        watcher = StreamProgress(progress_line(args), cfg.output, already=len(done),
+                                 stop_after=cfg.stop_after_seconds).start()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     log.info("Stream ended: %s", result.state)
+    print(format_stream_summary(cfg, read_manifest(cfg.output) if cfg.watch else {}, started,
+                                str(result.state)))
     return 0
+
+
+def format_stream_summary(cfg: StreamConfig, manifest: Dict[str, dict], started: float,
+                          state: str) -> str:
+    """What a finished `latentbeam stream` run did: files, rows and where they went."""
+    lines = [f"stream ended:         {state} after {time.time() - started:.1f} s"]
+    if cfg.watch:
+        new = [e for e in manifest.values() if e.get("completed_at", 0) >= started]
+        lines += [
+            f"files scored:         {len(new)} (manifest: {len(manifest)} in total)",
+            f"rows read:            {sum(int(e.get('rows', 0)) for e in new)}",
+            f"rows scored:          {sum(int(e.get('scored', 0)) for e in new)}",
+            f"dead letters:         {sum(int(e.get('dead_letters', 0)) for e in new)}",
+        ]
+    lines.append(f"output:               {cfg.output}")
+    return "\n".join(lines)

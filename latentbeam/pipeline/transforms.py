@@ -7,6 +7,14 @@ Each accepts a PCollection of
 * rows: dicts or `beam.Row` (batched with `BatchElements` and converted to one Arrow
   batch per model call; output one dict, or `beam.Row`, per good input row).
 
+On a schema'd PCollection (`beam.Row`s with known field types, NamedTuples, or any
+PCollection whose element type is a row type) the output is `beam.Row`s with a
+declared schema: the key columns with their input types, then the output columns of
+`records.output_schema` (scores) or `records.decode_output_schema` (decode) as Beam
+types. So `Filter`, `Select`, Beam YAML, Beam DataFrames and `WriteToParquet` without
+an explicit schema work downstream. The schema comes from bundle.json at pipeline
+construction time; the model is never loaded there.
+
 Both paths run `records.score_record_batch` / `records.decode_record_batch`, so they
 give the same numbers. The bundle is loaded once per worker process in `setup()`
 (`io.shared_bundle`) and shared by the DoFn instances of every thread; the transform
@@ -26,13 +34,14 @@ import apache_beam as beam
 import pyarrow as pa
 
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import SchemaMismatch, row_payload
+from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
-from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, MODE_DECODE,
-                                         MODE_SCORE, ScoringOptions, apply_bundle, dead_letter,
-                                         rows_to_record_batch)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, DATA_ERRORS,
+                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
+                                         as_file_fault, dead_letter, decode_output_schema,
+                                         output_schema, rows_to_record_batch)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,25 @@ def _as_dict(row: Any) -> Dict[str, Any]:
                     f"Received: {type(row).__name__}.")
 
 
+def input_row_fields(element_type: Any) -> Optional[List[Tuple[str, Any]]]:
+    """(name, Beam type) of each field of a schema'd element type; None if not schema'd."""
+    from apache_beam.typehints.row_type import RowTypeConstraint
+    from apache_beam.typehints.schemas import named_fields_from_element_type
+
+    if not isinstance(element_type, RowTypeConstraint) and \
+            RowTypeConstraint.from_user_type(element_type) is None:
+        return None
+    return list(named_fields_from_element_type(element_type))
+
+
+def arrow_to_beam_fields(schema: pa.Schema) -> List[Tuple[str, Any]]:
+    """(name, Beam type) per column of an Arrow schema, by Beam's Arrow type mapping."""
+    from apache_beam.typehints.arrow_type_compatibility import beam_schema_from_arrow_schema
+    from apache_beam.typehints.schemas import named_fields_from_schema
+
+    return list(named_fields_from_schema(beam_schema_from_arrow_schema(schema.remove_metadata())))
+
+
 def _payload(row: Dict[str, Any]) -> str:
     return row_payload(rows_to_record_batch([row]), 0)
 
@@ -63,11 +91,13 @@ def _payload(row: Dict[str, Any]) -> str:
 class _BundleDoFn(beam.DoFn):
     """Applies one bundle operation to lists of elements (from BatchElements)."""
 
-    def __init__(self, bundle_path: str, mode: str, opts: ScoringOptions, source: str):
+    def __init__(self, bundle_path: str, mode: str, opts: ScoringOptions, source: str,
+                 as_rows: bool = False):
         self._bundle_path = bundle_path
         self._mode = mode
         self._opts = opts
         self._source = source
+        self._as_rows = as_rows  # the output is declared as a row type: always beam.Row
         self._bundle = None
         self._metrics = None
 
@@ -110,7 +140,8 @@ class _BundleDoFn(beam.DoFn):
             out, letters = self._apply(element.combine_chunks().to_batches()[0]
                                        if isinstance(element, pa.Table) and element.num_rows
                                        else element)
-        except SchemaMismatch as e:
+        except DATA_ERRORS as e:
+            e = as_file_fault(e, "scoring the batch")
             self._metrics.inc(BATCHES_DEAD_LETTERED)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
                 self._source, None, e.reason, f"{type(e).__name__}: {e}", None))
@@ -127,13 +158,14 @@ class _BundleDoFn(beam.DoFn):
         dicts = [_as_dict(r) for r in rows]
         try:
             results = self._rows_batch(dicts)
-        except SchemaMismatch:
+        except DATA_ERRORS:
             # Some row lacks a column or has an unusable type: find which, row by row.
             results = []
             for i, d in enumerate(dicts):
                 try:
                     results.extend(self._rows_batch([d], row_offset=i))
-                except SchemaMismatch as e:
+                except DATA_ERRORS as e:
+                    e = as_file_fault(e, "scoring the row")
                     results.append((i, None, dead_letter(self._source, i, e.reason,
                                                          str(e), _payload(d))))
         letters = sum(1 for _, out, _ in results if out is None)
@@ -141,7 +173,7 @@ class _BundleDoFn(beam.DoFn):
         for i, out, letter in results:
             if out is None:
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-            elif isinstance(rows[i], dict):
+            elif isinstance(rows[i], dict) and not self._as_rows:
                 yield out
             else:
                 yield beam.Row(**out)
@@ -183,15 +215,49 @@ class _BundleTransform(beam.PTransform):
         self._dead_letters = True
         return self
 
+    def output_columns(self) -> pa.Schema:
+        """The output columns after the key columns (Arrow types), from bundle.json."""
+        if self._mode == MODE_DECODE:
+            return decode_output_schema(self._info)
+        schema = output_schema(self._info, self._opts)
+        if self._mode == MODE_ENCODE:
+            return pa.schema([schema.field(COL_LATENT), schema.field(COL_MODEL_VERSION)],
+                             metadata=schema.metadata)
+        return schema
+
+    def output_row_type(self, input_type: Any):
+        """The Beam row type of the output for a schema'd `input_type`, else None.
+
+        Raises:
+          ValueError: a key column is not a field of the input schema.
+        """
+        from apache_beam.typehints.row_type import RowTypeConstraint
+
+        fields = input_row_fields(input_type)
+        if fields is None:
+            return None
+        types = dict(fields)
+        missing = [k for k in self._opts.key_columns if k not in types]
+        if missing:
+            raise ValueError(f"Key column(s) {', '.join(map(repr, missing))} are not fields of "
+                             f"the input schema ({', '.join(types)}). Pass key_columns from "
+                             f"those fields.")
+        return RowTypeConstraint.from_fields(
+            [(k, types[k]) for k in self._opts.key_columns]
+            + arrow_to_beam_fields(self.output_columns()))
+
     def expand(self, pcoll):
+        row_type = self.output_row_type(pcoll.element_type)
+        apply = beam.ParDo(_BundleDoFn(self._bundle_path, self._mode, self._opts, self._source,
+                                       as_rows=row_type is not None))
+        if row_type is not None:
+            apply = apply.with_output_types(row_type)
         results = (
             pcoll
             | "Batch rows" >> beam.BatchElements(
                 min_batch_size=min(256, self._max_batch_rows),
                 max_batch_size=self._max_batch_rows, element_size_fn=_element_rows)
-            | self._step >> beam.ParDo(_BundleDoFn(
-                self._bundle_path, self._mode, self._opts, self._source)
-            ).with_outputs(DEAD_LETTER_TAG, main="output"))
+            | self._step >> apply.with_outputs(DEAD_LETTER_TAG, main="output"))
         if self._dead_letters:
             return results.output, results[DEAD_LETTER_TAG]
         return results.output
@@ -218,6 +284,7 @@ class Score(_BundleTransform):
       key_columns: input columns copied to the output unchanged.
       per_feature_errors: add `feature_errors` (per-input squared error).
       reconstruction: add `reconstruction` (X-hat in input units).
+      latent_distance: add `latent_distance` (the code's distance to training codes).
       top_features: K > 0 adds `top_features`, the K inputs with the largest share of
         the row's error as `{name, share}` structs (dicts on the row path).
       max_batch_rows: rows per model call on the row path.
@@ -228,12 +295,14 @@ class Score(_BundleTransform):
 
     def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
                  per_feature_errors: bool = False, reconstruction: bool = False,
+                 latent_distance: bool = False,
                  top_features: int = 0,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
                          _opts=ScoringOptions(key_columns=tuple(key_columns),
                                               per_feature_errors=per_feature_errors,
                                               reconstruction=reconstruction,
+                                              latent_distance=latent_distance,
                                               top_features=top_features))
 
 
@@ -270,4 +339,5 @@ class Decode(_BundleTransform):
     _step = "Decode"
 
 
-__all__ = ["DEAD_LETTER_TAG", "Decode", "Encode", "Score"]
+__all__ = ["DEAD_LETTER_TAG", "Decode", "Encode", "Score", "arrow_to_beam_fields",
+           "input_row_fields"]

@@ -55,7 +55,8 @@ def _matrix(table):
 def scored(tmp_path_factory, tiny_bundle_dir, digits_glob):
     out = str(tmp_path_factory.mktemp("scored") / "out")
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out, opts=ScoringOptions(
-        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True,
+        latent_distance=True)))
     return out, summary
 
 
@@ -65,7 +66,8 @@ def test_output_schema_numbers_metadata_and_success_file(scored, tiny_bundle):
     table = pq.read_table([os.path.join(out, f"part-0000{i}.parquet") for i in range(2)])
     f = {fl.name: fl.type for fl in table.schema}
     assert list(f) == ["id", "label", "latent", "reconstruction_error", "anomaly_score",
-                       "is_anomaly", "model_version", "feature_errors", "reconstruction"]
+                       "is_anomaly", "model_version", "feature_errors", "reconstruction",
+                       "latent_distance"]
     assert (f["id"], f["latent"], f["reconstruction_error"], f["is_anomaly"]) == (
         pa.int64(), pa.list_(pa.float32()), pa.float32(), pa.bool_())
     digits = digits_table()
@@ -75,6 +77,12 @@ def test_output_schema_numbers_metadata_and_success_file(scored, tiny_bundle):
     np.testing.assert_allclose(table.column("reconstruction_error").to_numpy(),
                                expected.reconstruction_error, rtol=1e-6)
     assert table.column("is_anomaly").to_pylist() == expected.is_anomaly.tolist()
+    # Both terms of the score, as the core computes them.
+    np.testing.assert_allclose(table.column("latent_distance").to_numpy(),
+                               expected.latent_distance, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table.column("anomaly_score").to_numpy(),
+                               expected.anomaly_score, rtol=1e-5)
+    assert expected.latent_distance.max() > 0
     assert len(table.column("latent")[0]) == tiny_bundle.info.latent_dim
     meta = pq.read_metadata(os.path.join(out, "part-00000.parquet")).metadata
     assert meta[b"latentbeam.model_version"] == tiny_bundle.info.model_version.encode()
@@ -116,16 +124,25 @@ def test_rerun_is_byte_identical_and_output_is_never_mixed(tmp_path, scored, tin
     first, _ = scored
     again = str(tmp_path / "again")
     run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=ScoringOptions(
-        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True)))
+        key_columns=("id", "label"), per_feature_errors=True, reconstruction=True,
+        latent_distance=True)))
     for name in ("part-00000.parquet", "part-00001.parquet", "_SUCCESS"):
         assert filecmp.cmp(os.path.join(first, name), os.path.join(again, name), shallow=False)
 
     with pytest.raises(ValueError, match=r"is not empty \(3 entries.*Pass --overwrite"):
         run_file_job(FileJob(tiny_bundle_dir, digits_glob, again))
+    # Files no latentbeam run listed are never deleted: the overwrite is refused, naming them.
     with open(os.path.join(again, "part-00007.parquet"), "wb") as f:
-        f.write(b"stale shard of an older run")
-    os.makedirs(os.path.join(again, "dead_letter"))
-    open(os.path.join(again, "dead_letter", "part-00003.parquet"), "wb").close()
+        f.write(b"a file someone put here")
+    os.makedirs(os.path.join(again, "_dead_letter"))
+    open(os.path.join(again, "_dead_letter", "part-00003.pq"), "wb").close()
+    with pytest.raises(ValueError) as e:
+        run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=KEYS, overwrite=True))
+    assert "holds 2 entries that no latentbeam run listed as its output: " \
+           "_dead_letter/part-00003.pq, part-00007.parquet." in str(e.value)
+    assert open(os.path.join(again, "part-00007.parquet"), "rb").read() == b"a file someone put here"
+    os.remove(os.path.join(again, "part-00007.parquet"))
+    os.remove(os.path.join(again, "_dead_letter", "part-00003.pq"))
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, again, opts=KEYS,
                                    overwrite=True))
     assert sorted(os.listdir(again)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
@@ -137,11 +154,11 @@ def test_corrupt_empty_and_bad_rows(tmp_path, faulty_dir, tiny_bundle_dir, tiny_
     out = str(tmp_path / "out")
     summary = run_file_job(FileJob(tiny_bundle_dir, os.path.join(faulty_dir, "*.parquet"), out,
                                    opts=KEYS))
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "dead_letter", "part-00000.parquet",
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "_dead_letter", "part-00000.parquet",
                                        "part-00001.parquet", "part-00003.parquet"]
-    assert sorted(os.listdir(os.path.join(out, "dead_letter"))) == [
-        "part-00002.parquet", "part-00003.parquet", "part-00004.parquet"]
-    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    assert sorted(os.listdir(os.path.join(out, "_dead_letter"))) == [
+        "part-00002.pq", "part-00003.pq", "part-00004.pq"]
+    dead = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
     by_source = {}
     for d in dead:
         by_source.setdefault(os.path.basename(d["source"]), []).append(d)
@@ -170,7 +187,7 @@ def test_corrupt_empty_and_bad_rows(tmp_path, faulty_dir, tiny_bundle_dir, tiny_
             m["files_dead_lettered"]) == (1807, 1804, 3, 2)
     assert m["rows_read"] == m["rows_scored"] + m["rows_dead_lettered"]
     done = json.load(open(os.path.join(out, "_SUCCESS")))
-    assert done["dead_letter_files"] == [f"dead_letter/part-0000{i}.parquet" for i in (2, 3, 4)]
+    assert done["dead_letter_files"] == [f"_dead_letter/part-0000{i}.pq" for i in (2, 3, 4)]
 
 
 def test_missing_key_column_dead_letters_the_file(tmp_path, tiny_bundle_dir, digits_glob):
@@ -178,7 +195,7 @@ def test_missing_key_column_dead_letters_the_file(tmp_path, tiny_bundle_dir, dig
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_glob, out,
                                    opts=ScoringOptions(key_columns=("customer",))))
     assert (summary.rows_read, summary.files_dead_lettered, summary.files) == (0, 2, [])
-    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    dead = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
     assert [d["reason"] for d in dead] == ["missing_column"] * 2
     assert "'customer'" in dead[0]["detail"]
 

@@ -70,7 +70,7 @@ def job_endpoint():
 
 def _same_as_reference(reference, out, summary):
     ref_dir, ref = reference
-    for name in NAMES + ["_SUCCESS"] + [f"dead_letter/part-0000{i}.parquet" for i in (2, 3, 4)]:
+    for name in NAMES + ["_SUCCESS"] + [f"_dead_letter/part-0000{i}.pq" for i in (2, 3, 4)]:
         assert filecmp.cmp(os.path.join(ref_dir, name), os.path.join(out, name), shallow=False), name
     counts = ("rows_read", "rows_scored", "rows_dead_lettered", "files_dead_lettered",
               "anomalies")

@@ -59,7 +59,8 @@ def test_arrow_and_row_paths_give_the_scoring_core_numbers(tiny_bundle_dir, tiny
     with beam.Pipeline(options=pipeline_options()) as p:
         arrow = (p | "Arrow" >> beam.Create(table.to_batches(max_chunksize=64))
                  | "Score arrow" >> Score(tiny_bundle_dir, key_columns=["id"],
-                                          per_feature_errors=True, reconstruction=True))
+                                          per_feature_errors=True, reconstruction=True,
+                                          latent_distance=True))
         dicts = (p | "Dicts" >> beam.Create(rows)
                  | "Score dicts" >> Score(tiny_bundle_dir, key_columns=["id", "label"]))
         brows = (p | "Rows" >> beam.Create([beam.Row(**r) for r in rows[:20]])
@@ -78,7 +79,9 @@ def test_arrow_and_row_paths_give_the_scoring_core_numbers(tiny_bundle_dir, tiny
     arrow = pa.Table.from_batches(batches).sort_by("id")
     assert arrow.schema.names == ["id", "latent", "reconstruction_error", "anomaly_score",
                                   "is_anomaly", "model_version", "feature_errors",
-                                  "reconstruction"]
+                                  "reconstruction", "latent_distance"]
+    np.testing.assert_allclose(arrow.column("latent_distance").to_numpy(),
+                               expected.latent_distance, rtol=1e-5, atol=1e-6)
     _check_scored({r["id"]: r for r in arrow.to_pylist()}, expected, ids)
     np.testing.assert_allclose(np.array(arrow.column("reconstruction").to_pylist()),
                                expected.reconstruction, rtol=1e-5, atol=1e-5)

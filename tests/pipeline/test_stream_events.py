@@ -26,11 +26,11 @@ def _message(i: int, ts: float) -> bytes:
     return json.dumps(row).encode()
 
 
-def _files(directory):
+def _files(directory, suffix=".parquet"):
     if not os.path.isdir(directory):
         return []
     return sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                  if f.endswith(".parquet"))
+                  if f.endswith(suffix))
 
 
 def _ids_by_window(out):
@@ -71,7 +71,7 @@ def test_event_time_windows_late_rows_and_late_panes(tmp_path, tiny_bundle_dir):
         "19700101T000000-19700101T000010": [[0, 1], [3]],  # on-time pane, then late pane
         "19700101T000010-19700101T000020": [[2]],
     }
-    letters = pa.concat_tables([pq.read_table(f) for f in _files(os.path.join(out, "dead_letter"))])
+    letters = pa.concat_tables([pq.read_table(f) for f in _files(os.path.join(out, "_dead_letter"), ".pq")])
     got = sorted((d["reason"], json.loads(d["payload"])["id"] if d["reason"] == "late_row" else None)
                  for d in letters.to_pylist())
     assert got == [("bad_message", None), ("late_row", 4)]

@@ -5,6 +5,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,7 +30,7 @@ def _slice(start: int, n: int) -> pa.Table:
 
 def _read_all(out: str):
     scored = [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".parquet")]
-    dl_dir = os.path.join(out, "dead_letter")
+    dl_dir = os.path.join(out, "_dead_letter")
     dead = [os.path.join(dl_dir, f) for f in sorted(os.listdir(dl_dir))] if os.path.isdir(dl_dir) else []
     return ([pq.read_table(f) for f in scored], [pq.read_table(f) for f in dead])
 
@@ -137,13 +138,24 @@ def test_event_time_file_rows_go_to_their_windows_late_rows_to_dead_letters(tmp_
                      "--output", out, "--window-seconds", "10", "--poll-seconds", "0.5",
                      "--stop-after-seconds", "2", "--key-columns", "id",
                      "--timestamp-column", "ts", "--allowed-lateness-seconds", "30",
-                     "--adaptive-threshold", "--adaptive-warmup-rows", "1"]) == 0
+                     "--adaptive-threshold", "--adaptive-warmup-rows", "1",
+                     "--latent-distance"]) == 0
     scored, dead = _read_all(out)
     assert sorted(sorted(x.column("id").to_pylist()) for x in scored) == [[0, 1, 2], [3, 4]]
     assert [(d["row"], d["reason"]) for d in dead[0].to_pylist()] == [(5, "late_row")]
-    table = pa.concat_tables(scored)
-    assert table.schema.names[-2:] == ["adaptive_threshold", "is_anomaly_adaptive"]
+    table = pa.concat_tables(scored).sort_by("id")
+    assert table.schema.names[-3:] == ["latent_distance", "adaptive_threshold",
+                                       "is_anomaly_adaptive"]
     assert table.column("adaptive_threshold").type == pa.float32()
+    # The stream scores as the core does: both terms of the score and the score itself.
+    from latentbeam.demo import pixel_columns
+    from latentbeam.model import load_bundle, score
+    expected = score(load_bundle(tiny_bundle_dir),
+                     np.stack([t.column(c).to_numpy() for c in pixel_columns()], axis=1)[:5])
+    np.testing.assert_allclose(table.column("latent_distance").to_numpy(),
+                               expected.latent_distance, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table.column("anomaly_score").to_numpy(),
+                               expected.anomaly_score, rtol=1e-5)
 
 
 def test_restart_after_crash_replaces_the_unfinished_outputs_of_a_source(tmp_path, tiny_bundle_dir):

@@ -1,0 +1,196 @@
+"""The command line's terminal output: unknown flags, quiet logging, progress lines."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from latentbeam.cli import main
+from latentbeam.console import (FileJobProgress, NativeLogFilter, ProgressLine, StreamProgress,
+                                format_duration)
+
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "latentbeam")
+NOISE = re.compile(r"INFO|I0000|W0000|absl::InitializeLog|Converting string literal|apitools")
+
+
+# --------------------------------------------------------------------------- unknown flags
+
+@pytest.mark.parametrize("flags, message", [
+    (["--keycolumns", "id"],
+     "Unknown flag --keycolumns: neither latentbeam nor Beam's PipelineOptions knows it. "
+     "Did you mean --key-columns?"),
+    (["--direct_num_worker=2"],
+     "Unknown flag --direct_num_worker: neither latentbeam nor Beam's PipelineOptions knows "
+     "it. Did you mean --direct_num_workers?"),
+    (["--runner", "dask", "--dask_client_adress", "tcp://127.0.0.1:1"],
+     "Unknown flag --dask_client_adress: neither latentbeam nor Beam's PipelineOptions "
+     "(runner latentbeam.pipeline.dask_runner.DaskRunner) knows it. Did you mean "
+     "--dask_client_address?"),
+    (["--runner", "Dsk"], "Unknown runner --runner Dsk. Did you mean dask?"),
+    (["extra"], "Unknown argument extra: neither latentbeam nor Beam's PipelineOptions"),
+])
+def test_an_unknown_flag_is_an_error_naming_the_closest_valid_one(tmp_path, digits_glob, flags,
+                                                                  message, capsys):
+    out = tmp_path / "out"
+    assert main(["score", "--bundle", str(tmp_path), "--input", digits_glob,
+                 "--output", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("latentbeam score: error: " + message), err[0]
+    assert not out.exists()
+
+
+def test_stream_refuses_the_batch_only_dask_runner(tmp_path, tiny_bundle_dir, capsys):
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(tmp_path / "*.parquet"),
+                 "--output", str(tmp_path / "o"), "--runner", "dask"]) == 2
+    assert ("latentbeam stream: error: latentbeam stream needs a streaming runner; Dask runs "
+            "batch pipelines only.") in capsys.readouterr().err
+
+
+def test_runner_options_are_known_once_the_runner_is_chosen(tmp_path, digits_glob, capsys):
+    """--dask_client_address is a DaskRunner option: with --runner dask it is accepted (the
+    job then fails on the missing bundle, after the flag check)."""
+    assert main(["decode", "--bundle", str(tmp_path / "none"), "--input", digits_glob,
+                 "--output", str(tmp_path / "o"), "--runner", "dask",
+                 "--dask_client_address", "tcp://127.0.0.1:1"]) == 2
+    assert "bundle.json is missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- quiet logs
+
+def _run(*args, timeout=180):
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+    return subprocess.run([CONSOLE_SCRIPT, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_score_is_quiet_shows_progress_and_prints_the_summary(tmp_path, tiny_bundle_dir,
+                                                              digits_glob):
+    result = _run("score", "--bundle", tiny_bundle_dir, "--input", digits_glob,
+                  "--output", str(tmp_path / "a"), "--key-columns", "id",
+                  "--progress-seconds", "0.2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert not [line for line in lines if NOISE.search(line)], result.stderr
+    assert lines[0] == "score: 0/2 files, starting the pipeline"
+    assert all(line.startswith("score: ") for line in lines), result.stderr
+    assert re.fullmatch(r"score: 2/2 files, 1,797 rows, [\d.]+k? rows/s, \d+:\d\d elapsed",
+                        lines[-1]), lines[-1]
+    assert any(re.search(r"elapsed, ETA (--|\d+:\d\d)$", line) for line in lines[1:-1])
+    assert "rows scored:          1797" in result.stdout
+
+
+
+def test_quiet_has_no_progress_and_log_level_info_brings_beam_info_back(tmp_path, capfd,
+                                                                       tiny_bundle_dir,
+                                                                       digits_glob):
+    assert main(["score", "--bundle", tiny_bundle_dir, "--input", digits_glob, "--output",
+                 str(tmp_path / "b"), "--quiet", "--log-level", "INFO"]) == 0
+    captured = capfd.readouterr()
+    assert "INFO apache_beam" in captured.err
+    assert "score: " not in captured.err
+    assert "rows scored:          1797" in captured.out
+
+
+def test_native_log_lines_are_dropped_and_everything_else_passes(capfd):
+    with NativeLogFilter() as native:
+        os.write(2, b"I0000 00:00:1795954364.233256   11652 port.cc:153] oneDNN custom ops\n")
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
+                    b"written to STDERR\n")
+        os.write(2, b"E0000 00:00:1795954372.316305   11652 cuda_platform.cc:52] failed call "
+                    b"to cuInit: INTERNAL\n")
+        os.write(2, b"E0000 00:00:1795954372.316305   11652 op.cc:1] a real error\n")
+        os.write(2, b"Traceback (most recent call last):\n")
+        native.original.write("live\r")
+        native.original.flush()
+    err = capfd.readouterr().err
+    assert err.count("\n") == 2 and "live\r" in err
+    assert "E0000 00:00:1795954372.316305   11652 op.cc:1] a real error\n" in err
+    assert "Traceback (most recent call last):\n" in err
+
+
+# --------------------------------------------------------------------------- progress lines
+
+def test_progress_line_is_live_on_a_tty_and_periodic_otherwise():
+    tty = io.StringIO()
+    line = ProgressLine(tty, tty=True)
+    line.update("a 1", force=True)
+    line.update("b 22", force=True)
+    line.finish("done")
+    assert tty.getvalue() == "\ra 1\rb 22\rdone\n"
+
+    log = io.StringIO()
+    line = ProgressLine(log, interval=3600, tty=False)
+    line.update("first")  # the first update always prints
+    line.update("too soon")
+    line.update("forced", force=True)
+    line.finish("end")
+    assert log.getvalue() == "first\nforced\nend\n"
+
+    quiet = io.StringIO()
+    line = ProgressLine(quiet, enabled=False)
+    line.update("x", force=True)
+    line.finish("y")
+    assert quiet.getvalue() == ""
+
+
+def test_file_job_progress_counts_records_and_estimates_by_bytes(tmp_path):
+    stats = tmp_path / "_stats"
+    stats.mkdir()
+    sources = ["/in/a.parquet", "/in/b.parquet", "/in/c.parquet", "/in/d.parquet"]
+    sizes = {"/in/a.parquet": 100, "/in/b.parquet": 100, "/in/c.parquet": 600,
+             "/in/d.parquet": 200}
+    out = io.StringIO()
+    now = [100.0]
+    progress = FileJobProgress(ProgressLine(out, tty=False, interval=0), "score", str(stats),
+                               sources, sizes, clock=lambda: now[0])
+    now[0] += 10  # 10 s into the job
+    for name, rows in (("a", 1000), ("b", 1500)):
+        (stats / f"part-{name}.parquet.json").write_text(json.dumps(
+            {"source": f"/in/{name}.parquet", "rows_read": rows}))
+    progress.poll()
+    # 200 of 1000 bytes in 10 s: 40 s to go.
+    assert out.getvalue() == "score: 2/4 files, 2,500 rows, 250 rows/s, 0:10 elapsed, ETA 0:40\n"
+    assert progress.text(final=True) == "score: 2/4 files, 2,500 rows, 250 rows/s, 0:10 elapsed"
+    assert format_duration(3725) == "1:02:05" and format_duration(None) == "--"
+
+
+def test_stream_shows_progress_and_ends_with_a_summary(tmp_path, tiny_bundle_dir, digits_glob,
+                                                       capfd):
+    out = tmp_path / "out"
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", digits_glob,
+                 "--output", str(out), "--poll-seconds", "0.5", "--stop-after-seconds", "2",
+                 "--key-columns", "id", "--progress-seconds", "0.3"]) == 0
+    captured = capfd.readouterr()
+    summary, err = captured.out, captured.err
+    assert "files scored:         2 (manifest: 2 in total)" in summary
+    assert "rows read:            1797" in summary
+    assert "rows scored:          1797" in summary
+    assert f"output:               {out}" in summary
+    assert re.search(r"stream: 2 new files, 1,797 rows in the manifest, \d:\d\d elapsed, "
+                     r"stops in \d:\d\d", err), err
+    progress = StreamProgress(ProgressLine(io.StringIO(), tty=False), str(out), already=2)
+    progress.poll()
+    assert progress.text().startswith("stream: 0 new files, 1,797 rows in the manifest")
+
+
+def test_train_prints_one_line_per_epoch_when_not_a_terminal(tmp_path, digits_glob, capfd):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  path: {digits_glob}\n  label: label\n")
+    assert main(["train", "--config", str(config), "--set", "train.epochs=3",
+                 "--set", "model.hidden_units=[16]", "--set", "train.patience=5",
+                 "--output", str(tmp_path / "b")]) == 0
+    captured = capfd.readouterr()
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert [e.split()[1] for e in epochs] == ["1/3", "2/3", "3/3"]
+    assert all(re.search(r"loss [\d.]+  val_loss [\d.]+", e) for e in epochs)
+    assert "━" not in captured.err and "step" not in captured.err  # no Keras bars
+    assert not NOISE.search(captured.err), captured.err
+    assert captured.out.splitlines()[0] == f"bundle:          {tmp_path / 'b'}"
+    assert "threshold:" in captured.out

@@ -1,0 +1,262 @@
+"""No value kills a job: every Arrow value converts or is a dead letter with a reason.
+
+Unit level (to_matrix, row_payload) and through the real batch job and stream on real
+Parquet files, where the good files of the same job are still scored.
+"""
+import datetime
+import decimal
+import json
+import os
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from latentbeam import cli
+from latentbeam.demo import digits_table, pixel_columns
+from latentbeam.model import score
+from latentbeam.model.features import (MAX_PAYLOAD_CHARS, Feature, SchemaMismatch,
+                                       row_payload, to_matrix)
+from latentbeam.pipeline.batch import FileJob, run_file_job
+from latentbeam.pipeline.records import ScoringOptions, score_record_batch
+from latentbeam.pipeline.streaming import event_times
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+X = [Feature("x", "float64")]
+
+
+def faults(conv):
+    return [(row, reason) for row, reason, _ in conv.faults]
+
+
+def test_integers_of_any_width_convert():
+    batch = pa.table({"x": pa.array([2 ** 62, -2 ** 63, None, 7], pa.int64())})
+    conv = to_matrix(batch, X)
+    assert faults(conv) == [(2, "null_value")]
+    assert conv.matrix[:, 0].tolist() == [np.float32(2.0 ** 62), np.float32(-2.0 ** 63), 7.0]
+    u = pa.table({"x": pa.array([2 ** 64 - 1, 0, None], pa.uint64())})
+    conv = to_matrix(u, X)
+    assert faults(conv) == [(2, "null_value")]
+    assert conv.matrix[:, 0].tolist() == [np.float32(2.0 ** 64), 0.0]
+
+
+def test_decimals_dictionaries_and_all_null_columns():
+    d = pa.table({"x": pa.array([decimal.Decimal("2"), decimal.Decimal(10) ** 75, None],
+                                pa.decimal256(76, 0))})
+    conv = to_matrix(d, X)
+    assert faults(conv) == [(1, "out_of_range"), (2, "null_value")]
+    assert conv.matrix.tolist() == [[2.0]]
+    dict_num = pa.table({"x": pa.array([1.0, 2.0, 1.0]).dictionary_encode()})
+    assert to_matrix(dict_num, X).matrix[:, 0].tolist() == [1.0, 2.0, 1.0]
+    dict_text = pa.table({"x": pa.array(["3", "three", None]).dictionary_encode()})
+    assert faults(to_matrix(dict_text, X)) == [(1, "non_numeric"), (2, "null_value")]
+    nulls = pa.table({"x": pa.nulls(3)})
+    assert faults(to_matrix(nulls, X)) == [(0, "null_value"), (1, "null_value"),
+                                           (2, "null_value")]
+
+
+def test_huge_strings_give_bounded_details_and_payloads():
+    big = "x" * 300_000
+    batch = pa.table({"x": pa.array(["1.25", big, "9" * 400]), "note": [big, "", ""]})
+    conv = to_matrix(batch, X)
+    assert faults(conv) == [(1, "non_numeric"), (2, "not_finite")]
+    detail = conv.faults[0][2]
+    assert detail.startswith("column 'x' value 'xxxx") and detail.endswith("(300002 chars) is not a number")
+    assert len(detail) < 160
+    payload = json.loads(row_payload(batch, 1))
+    assert payload["truncated"] is True and payload["chars"] > 300_000
+    assert len(payload["head"]) == MAX_PAYLOAD_CHARS
+
+
+@pytest.mark.parametrize("column, reason", [
+    (pa.array([{"a": 1.0}]), "wrong_type"),
+    (pa.array([datetime.datetime(2024, 1, 1)], pa.timestamp("us")), "wrong_type"),
+    (pa.array([b"\x00"], pa.binary()), "wrong_type"),
+    (pa.array([["1"]], pa.list_(pa.string())), "wrong_type"),
+])
+def test_unusable_column_types_say_wrong_type(column, reason):
+    with pytest.raises(SchemaMismatch) as e:
+        to_matrix(pa.table({"x": column}), X)
+    assert e.value.reason == reason
+    with pytest.raises(SchemaMismatch) as e:
+        to_matrix(pa.table({"y": [1.0]}), X)
+    assert e.value.reason == "missing_column"
+
+
+def test_payloads_of_values_python_cannot_represent():
+    batch = pa.table({
+        "ts": pa.array([2 ** 62], pa.timestamp("us")),
+        "day": pa.array([2 ** 31 - 1], pa.date32()),
+        "ms": pa.array([2 ** 62], pa.date64()),
+        "nested": pa.array([[{"k": [1, None]}]]),
+        "f": pa.array([float("nan")]),
+        "raw": pa.array([b"\xff\x00"]),
+    })
+    payload = json.loads(row_payload(batch, 0))
+    assert payload["ts"] == f"<value out of range: {2 ** 62}>"
+    assert payload["day"] == f"<value out of range: {2 ** 31 - 1}>"
+    assert payload["nested"] == [{"k": [1, None]}]
+    assert payload["f"] == "nan" and payload["raw"] == "ff00"
+
+
+def test_event_times_at_the_edges_never_raise():
+    us, bad = event_times(pa.array([1.5, float("nan"), 1e300, -1e300, None, 2.0 ** 62]), "t")
+    assert us[0] == 1_500_000
+    assert bad.tolist() == [False, True, True, True, False, True]
+    us, bad = event_times(pa.array([2 ** 63 - 1, -2 ** 63, 7], pa.int64()), "t")
+    assert bad.tolist() == [True, True, False] and us[2] == 7_000_000
+    ns = pa.array([1_000_000_001, 2 ** 63 - 1, None], pa.timestamp("ns"))
+    us, bad = event_times(ns, "t")
+    assert us[0] == 1_000_000 and bad.tolist() == [False, False, False]
+    seconds = pa.array([2 ** 62, 0], pa.timestamp("s"))
+    us, bad = event_times(seconds, "t")
+    assert bad.tolist() == [True, False] and us[1] == 0
+    with pytest.raises(SchemaMismatch) as e:
+        event_times(pa.array(["2024-01-01"]), "t")
+    assert e.value.reason == "wrong_type"
+
+
+def test_rows_the_model_overflows_on_are_dead_letters(tiny_bundle):
+    t = digits_table().slice(0, 4)
+    cols = {n: t.column(n) for n in t.schema.names}
+    cols["pixel_00"] = pa.array([0.0, 3.0e38, 2.0 ** 62, 1.0], pa.float32())
+    scored, letters = score_record_batch(tiny_bundle, pa.table(cols), source="s",
+                                         opts=ScoringOptions(key_columns=("id",)))
+    assert [(d["row"], d["reason"]) for d in letters] == [(1, "model_error")]
+    assert "reconstruction error is inf" in letters[0]["detail"]
+    assert scored.column("id").to_pylist() == [0, 2, 3]
+    assert scored.column("is_anomaly").to_pylist()[1] is True  # 2**62: finite and flagged
+
+
+# ----------------------------------------------------------------------------- real files
+
+def _digits(start, n):
+    return digits_table().slice(start, n)
+
+
+def _with(table, name, array):
+    return table.set_column(table.schema.get_field_index(name), name, array)
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory):
+    """One good file and one file per hostile kind; id ranges never overlap."""
+    d = tmp_path_factory.mktemp("hostile") / "in"
+    d.mkdir()
+    pq.write_table(_digits(0, 40), d / "a-good.parquet")
+    ints = _digits(100, 10)
+    big = [0] * 10
+    big[3] = 2 ** 62
+    ints = _with(ints, "pixel_00", pa.array(big, pa.int64()))
+    u = [0] * 10
+    u[5] = 2 ** 64 - 1
+    ints = _with(ints, "pixel_01", pa.array(u, pa.uint64()))
+    pq.write_table(ints, d / "b-ints.parquet")
+    dec = [decimal.Decimal(int(v)) for v in _digits(200, 10).column("pixel_02").to_pylist()]
+    dec[2] = decimal.Decimal(10) ** 75
+    pq.write_table(_with(_digits(200, 10), "pixel_02", pa.array(dec, pa.decimal256(76, 0))),
+                   d / "c-decimal.parquet")
+    edge = _digits(300, 10).append_column(
+        "when", pa.array([2 ** 62] + [0] * 9, pa.timestamp("us")))
+    nulls = edge.column("pixel_03").to_pylist()
+    nulls[0] = None
+    pq.write_table(_with(edge, "pixel_03", pa.array(nulls, pa.float32())), d / "d-edge.parquet")
+    text = [str(v) for v in _digits(400, 10).column("pixel_04").to_pylist()]
+    text[6] = "x" * 200_000
+    pq.write_table(_with(_digits(400, 10), "pixel_04", pa.array(text)), d / "e-text.parquet")
+    pq.write_table(_with(_digits(500, 5), "pixel_05", pa.array([{"a": 1.0}] * 5)),
+                   d / "f-struct.parquet")
+    pq.write_table(_digits(600, 5).drop_columns(["pixel_06"]), d / "g-missing.parquet")
+    over = _digits(700, 10).column("pixel_07").to_pylist()
+    over[8] = 3.0e38
+    pq.write_table(_with(_digits(700, 10), "pixel_07", pa.array(over, pa.float32())),
+                   d / "h-overflow.parquet")
+    return str(d)
+
+
+EXPECTED_LETTERS = [
+    ("b-ints.parquet", 5, "model_error"),  # uint64 max overflows inside the model
+    ("c-decimal.parquet", 2, "out_of_range"),
+    ("d-edge.parquet", 0, "null_value"),
+    ("e-text.parquet", 6, "non_numeric"),
+    ("f-struct.parquet", None, "wrong_type"),
+    ("g-missing.parquet", None, "missing_column"),
+    ("h-overflow.parquet", 8, "model_error"),
+]
+# Rows read = 40 + 10 * 5 (the two whole-file faults read none) = 90; 5 row letters.
+EXPECTED_IDS = sorted(list(range(0, 40)) + [i for i in range(100, 110) if i != 105] + [200, 201] +
+                      list(range(203, 210)) + list(range(301, 310)) +
+                      [i for i in range(400, 410) if i != 406] +
+                      [i for i in range(700, 710) if i != 708])
+
+
+def _letters(table):
+    return sorted(((os.path.basename(d["source"]), d["row"], d["reason"])
+                   for d in table.to_pylist()), key=str)
+
+
+def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
+        tmp_path, hostile_dir, tiny_bundle_dir, tiny_bundle):
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, hostile_dir, out,
+                                   opts=ScoringOptions(key_columns=("id",))))
+    assert (summary.rows_read, summary.rows_scored, summary.rows_dead_lettered,
+            summary.files_dead_lettered) == (90, 85, 5, 2)
+    assert summary.rows_read == summary.rows_scored + summary.rows_dead_lettered
+    scored = pq.read_table(out)
+    assert sorted(scored.column("id").to_pylist()) == EXPECTED_IDS
+    dead = pq.read_table(os.path.join(out, "_dead_letter"))
+    assert _letters(dead) == sorted(EXPECTED_LETTERS, key=str)
+    by = {os.path.basename(d["source"]): d for d in dead.to_pylist()}
+    assert json.loads(by["d-edge.parquet"]["payload"])["when"] == \
+        f"<value out of range: {2 ** 62}>"
+    assert json.loads(by["e-text.parquet"]["payload"])["truncated"] is True
+    assert "has type struct<a: double>, expected a number" in by["f-struct.parquet"]["detail"]
+    assert max(len(d["detail"]) for d in dead.to_pylist()) < 600  # clipped, not the input's size
+    # The int64 2**62 row is scored (finite) and flagged; its score matches the core.
+    ints = scored.filter(pa.compute.is_in(scored.column("id"), pa.array([103]))).to_pylist()[0]
+    assert ints["is_anomaly"] is True
+    x = np.stack([_digits(103, 1).column(c).to_numpy() for c in pixel_columns()], axis=1)
+    x[0, 0] = 2.0 ** 62
+    assert ints["reconstruction_error"] == pytest.approx(
+        float(score(tiny_bundle, x).reconstruction_error[0]), rel=1e-6)
+
+
+def test_the_stream_scores_the_same_rows_and_never_crashes(tmp_path, hostile_dir,
+                                                           tiny_bundle_dir):
+    out = str(tmp_path / "out")
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", hostile_dir,
+                     "--output", out, "--window-seconds", "60", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "2", "--key-columns", "id"]) == 0
+    assert sorted(pd.read_parquet(out)["id"].tolist()) == EXPECTED_IDS
+    assert sorted(r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{out}')")
+                  .fetchall()) == EXPECTED_IDS
+    dead = pq.read_table(os.path.join(out, "_dead_letter"))
+    assert _letters(dead) == sorted(EXPECTED_LETTERS, key=str)
+    manifest = [json.load(open(os.path.join(out, "_manifest", f)))
+                for f in os.listdir(os.path.join(out, "_manifest"))]
+    assert len(manifest) == 8
+    assert sum(m["rows"] for m in manifest) == 90
+    assert sum(m["scored"] for m in manifest) == 85
+
+
+def test_the_stream_dead_letters_unusable_event_times(tmp_path, tiny_bundle_dir):
+    watch = tmp_path / "in"
+    watch.mkdir()
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    t = _digits(0, 6).append_column("ts", pa.array([now, float("nan"), 1e300, now, -1e300,
+                                                    None], pa.float64()))
+    pq.write_table(t, watch / "t.parquet")
+    out = str(tmp_path / "out")
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(watch),
+                     "--output", out, "--window-seconds", "60", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "1.5", "--key-columns", "id",
+                     "--timestamp-column", "ts", "--allowed-lateness-seconds", "600"]) == 0
+    assert sorted(pd.read_parquet(out)["id"].tolist()) == [0, 3]
+    dead = pd.read_parquet(os.path.join(out, "_dead_letter")).sort_values("row")
+    assert list(zip(dead["row"], dead["reason"])) == [
+        (1, "bad_timestamp"), (2, "bad_timestamp"), (4, "bad_timestamp"), (5, "null_value")]
+    assert "value 1e+300 is not a usable event time" in dead["detail"].iloc[1]

@@ -1,0 +1,89 @@
+"""latentbeam.paths: two spellings of one place compare equal; overlaps are refused."""
+import os
+
+import pytest
+
+from latentbeam import paths
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.parquet").write_bytes(b"x")
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_spellings_of_one_local_directory_normalize_equal(ws):
+    real = str(ws / "data")
+    spellings = ["data", "./data", "data/", "data/.", "data/./", f"{ws}/data", f"{ws}//data/",
+                 f"file://{ws}/data", paths.expand_user("~/data"),
+                 paths.expand_user("~/data/."), "link", "link/.", "data/../data", f"{ws}/link/"]
+    assert {paths.normalize(s) for s in spellings} == {os.path.realpath(real)}
+
+
+def test_tilde_is_a_name_unless_the_command_line_expands_it(ws):
+    # Every read and write treats `~` literally; the check must see the same place.
+    assert paths.normalize("~/data") == os.path.join(os.path.realpath(ws), "~", "data")
+    assert paths.expand_user("~/data") == os.path.join(str(ws), "data")
+    assert paths.expand_user("gs://b/~x") == "gs://b/~x"
+
+
+def test_remote_paths_are_normalized_lexically():
+    assert paths.normalize("gs://b/x//y/./z/") == "gs://b/x/y/z"
+    assert paths.normalize("GS://b/x/../y") == "gs://b/y"
+    assert paths.normalize("s3://bucket/") == "s3://bucket"
+    assert paths.is_inside("gs://b/x/y", "gs://b/x/")
+    assert not paths.is_inside("gs://b/xy", "gs://b/x")
+    assert not paths.is_inside("s3://b/x", "gs://b/x")
+
+
+def test_glob_base_is_the_directory_before_the_first_wildcard(ws):
+    assert paths.glob_base("data/*.parquet") == os.path.realpath(ws / "data")
+    assert paths.glob_base("data/2024-*/x.parquet") == os.path.realpath(ws / "data")
+    assert paths.glob_base("data/[ab].parquet") == os.path.realpath(ws / "data")
+    assert paths.glob_base("*.parquet") == os.path.realpath(ws)
+    assert paths.glob_base("gs://b/t/*.parquet") == "gs://b/t"
+    assert paths.glob_base("gs://b/t/part-*") == "gs://b/t"
+
+
+def test_input_locations_list_files_then_directories(ws):
+    locs = paths.input_locations("data/*.parquet", [str(ws / "data" / "a.parquet")])
+    assert [what for what, _ in locs] == ["input file", "input glob's base directory"]
+    assert paths.input_locations("data", [])[0] == ("input directory", "data")
+
+
+@pytest.mark.parametrize("output, message", [
+    ("data", "The input file {ws}/data/a.parquet (resolved: {ws}/data/a.parquet) is inside the "
+             "output directory --output data (resolved: {ws}/data)."),
+    ("{ws}/data/.", "is inside the output directory --output {ws}/data/."),
+    ("link", "is inside the output directory --output link (resolved: {ws}/data)"),
+    ("file://{ws}/data", "(resolved: {ws}/data)"),
+    ("data/out", "--output data/out (resolved: {ws}/data/out) lies inside the input glob's base "
+                 "directory {ws}/data"),
+    (".", "--output . (resolved: {ws}) is the current working directory {ws}."),
+    ("..", "contains the current working directory"),
+    ("/", "contains the current working directory"),
+    ("out*", "--output 'out*' contains a glob character"),
+    ("data/a.parquet", "is an existing file"),
+    ("", "--output is empty."),
+])
+def test_check_output_refuses_overlaps(ws, output, message):
+    ws = os.path.realpath(ws)
+    reads = paths.input_locations("data/*.parquet", [os.path.join(ws, "data", "a.parquet")])
+    with pytest.raises(ValueError) as e:
+        paths.check_output(output.format(ws=ws), reads)
+    assert message.format(ws=ws) in str(e.value)
+
+
+def test_check_output_accepts_a_sibling_and_refuses_the_bundle(ws):
+    ws = os.path.realpath(ws)
+    assert paths.check_output("out", [("bundle", "bundle")]) == os.path.join(ws, "out")
+    with pytest.raises(ValueError, match=r"--output bundle/x \(resolved: .*\) lies inside the "
+                                         r"bundle bundle"):
+        paths.check_output("bundle/x", [("bundle", "bundle")])
+    with pytest.raises(ValueError, match=r"The bundle models/v1 .* is inside the output "
+                                         r"directory --output models"):
+        paths.check_output("models", [("bundle", "models/v1")])

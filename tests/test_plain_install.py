@@ -1,0 +1,110 @@
+"""A plain `pip install` (no extras) runs every command: the way Dataflow/Flink workers
+(`--setup_file`) and users without `make` install latentbeam.
+
+The wheel is built from this checkout and installed into a fresh virtualenv; the
+commands then run from that virtualenv's console script on tiny data. The test extras
+(duckdb, pytest, ...) are absent there, so an accidental import of one fails here.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(cmd, *, cwd=None, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, (f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+                                    f"stdout:\n{result.stdout[-3000:]}\n"
+                                    f"stderr:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def plain_venv(tmp_path_factory) -> str:
+    """bin/ directory of a fresh virtualenv holding latentbeam and install_requires only."""
+    root = tmp_path_factory.mktemp("plain")
+    wheels = root / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+          "-w", str(wheels), REPO])
+    (wheel,) = glob.glob(str(wheels / "latentbeam-*.whl"))
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    bin_dir = venv / "bin"
+    # --no-compile: byte-compiling TensorFlow's sources is most of an install's time.
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile",
+          "--disable-pip-version-check", wheel])
+    return str(bin_dir)
+
+
+def test_pip_check_passes_and_no_test_extra_is_installed(plain_venv):
+    out = _run([os.path.join(plain_venv, "python"), "-m", "pip", "check"])
+    assert "No broken requirements found" in out.stdout
+    probe = ("import importlib.util as u; "
+             "print([m for m in ('duckdb', 'pytest', 'hypothesis') if u.find_spec(m)])")
+    assert _run([os.path.join(plain_venv, "python"), "-c", probe]).stdout.strip() == "[]"
+
+
+def _tiny_table(start: int, n: int) -> pa.Table:
+    rng = np.random.default_rng(start)
+    x = rng.normal(size=(n, 3))
+    return pa.table({"id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                     # an int column and a float32 column: dtype handling without pandas
+                     "a": pa.array(np.round(x[:, 0] * 10).astype(np.int32)),
+                     "b": pa.array(x[:, 1].astype(np.float32)),
+                     "c": pa.array(x[:, 1] + 0.1 * x[:, 2])})
+
+
+def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_venv, tmp_path):
+    cli = os.path.join(plain_venv, "latentbeam")
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(_tiny_table(0, 300), data / "part-0.parquet")
+    pq.write_table(_tiny_table(300, 200), data / "part-1.parquet")
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data:\n  path: {data / '*.parquet'}\n  key_columns: [id]\n")
+    bundle = tmp_path / "bundle"
+    _run([cli, "train", "--config", str(config), "--set", "train.epochs=2",
+          "--set", "train.verbose=0", "--output", str(bundle)])
+    assert (bundle / "bundle.json").exists() and (bundle / "model.keras").exists()
+
+    scored = tmp_path / "scored"
+    _run([cli, "score", "--bundle", str(bundle), "--input", str(data / "*.parquet"),
+          "--output", str(scored), "--key-columns", "id"])
+    table = pq.read_table(sorted(glob.glob(str(scored / "*.parquet"))))
+    assert table.num_rows == 500
+    assert sorted(table.column("id").to_pylist()) == list(range(500))
+
+    decoded = tmp_path / "decoded"
+    _run([cli, "decode", "--bundle", str(bundle), "--input", str(scored / "*.parquet"),
+          "--output", str(decoded), "--key-columns", "id"])
+    dec = pq.read_table(sorted(glob.glob(str(decoded / "*.parquet"))))
+    assert dec.num_rows == 500
+    assert {"a", "b", "c"} <= set(dec.column_names)
+
+    generated = tmp_path / "generated"
+    _run([cli, "generate", "--bundle", str(bundle), "--num-samples", "7",
+          "--output", str(generated)])
+    gen = pq.read_table(glob.glob(str(generated / "*.parquet")))
+    assert gen.num_rows == 7 and np.isfinite(gen.column("c").to_numpy()).all()
+
+    streamed = tmp_path / "streamed"
+    _run([cli, "stream", "--bundle", str(bundle), "--watch", str(data / "*.parquet"),
+          "--output", str(streamed), "--window-seconds", "1", "--poll-seconds", "0.5",
+          "--stop-after-seconds", "3", "--key-columns", "id"])
+    windows = sorted(glob.glob(str(streamed / "*.parquet")))
+    assert sum(pq.read_metadata(f).num_rows for f in windows) == 500
+
+    demo = _run([cli, "demo", "--workdir", str(tmp_path / "demo")], cwd=str(tmp_path))
+    assert glob.glob(str(tmp_path / "demo" / "scored" / "*.parquet")), demo.stdout
