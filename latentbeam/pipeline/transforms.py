@@ -38,10 +38,11 @@ from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
-from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, DATA_ERRORS,
-                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letter, decode_output_schema,
-                                         output_schema, rows_to_record_batch)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, COL_TOP_FEATURES,
+                                         DATA_ERRORS, MODE_DECODE, MODE_SCORE, ScoringOptions,
+                                         apply_bundle, as_file_fault, dead_letter,
+                                         decode_output_schema, output_schema,
+                                         rows_to_record_batch)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,15 @@ def arrow_to_beam_fields(schema: pa.Schema) -> List[Tuple[str, Any]]:
     from apache_beam.typehints.schemas import named_fields_from_schema
 
     return list(named_fields_from_schema(beam_schema_from_arrow_schema(schema.remove_metadata())))
+
+
+def _to_row(out: Dict[str, Any]) -> beam.Row:
+    """An output dict as a beam.Row; `top_features` entries become nested rows too, as
+    the declared schema (a sequence of rows {name, share}) says."""
+    top = out.get(COL_TOP_FEATURES)
+    if top is not None:
+        out = dict(out, **{COL_TOP_FEATURES: [beam.Row(**t) for t in top]})
+    return beam.Row(**out)
 
 
 def _payload(row: Dict[str, Any]) -> str:
@@ -176,7 +186,7 @@ class _BundleDoFn(beam.DoFn):
             elif isinstance(rows[i], dict) and not self._as_rows:
                 yield out
             else:
-                yield beam.Row(**out)
+                yield _to_row(out)
 
     def _rows_batch(self, dicts: List[Dict[str, Any]], row_offset: int = 0
                     ) -> List[Tuple[int, Optional[dict], Optional[dict]]]:

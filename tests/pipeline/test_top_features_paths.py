@@ -86,3 +86,24 @@ def test_batch_transforms_and_stream_give_the_same_top_features(tmp_path, tiny_b
         shares = [t["share"] for t in top]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
     assert all(t["name"].startswith("pixel_") for t in batch_top[0])
+
+
+def test_schemad_rows_get_top_features_as_nested_rows(tiny_bundle_dir):
+    """On schema'd input the output schema declares top_features as a sequence of rows
+    {name, share}; the values are the Arrow path's."""
+    table = digits_table().slice(0, 40)
+    keep = Collected.into
+    with beam.Pipeline(options=pipeline_options()) as p:
+        rows = p | "Rows" >> beam.Create([beam.Row(**r) for r in table.to_pylist()])
+        scored = rows | "Score rows" >> Score(tiny_bundle_dir, key_columns=["id"], top_features=2)
+        arrow = (p | "Arrow" >> beam.Create([table])
+                 | "Score arrow" >> Score(tiny_bundle_dir, key_columns=["id"], top_features=2))
+        fields = dict(scored.element_type._fields)
+        assert_that(scored, keep("schemad"), label="schemad")
+        assert_that(arrow, keep("arrow2"), label="arrow")
+    inner = fields["top_features"]
+    assert "name" in str(inner) and "share" in str(inner)
+    got = Collected.store["schemad"]
+    assert all(isinstance(t, beam.Row) for r in got for t in r.top_features)
+    by_id = {r.id: [{"name": t.name, "share": t.share} for t in r.top_features] for r in got}
+    _assert_same(by_id, _by_id(pa.Table.from_batches(Collected.store["arrow2"]).to_pylist()))
