@@ -184,21 +184,27 @@ def test_report_from_the_bundle_alone(tmp_path, tiny_image_bundle_dir):
     assert info.model_version in page
 
 
-def test_report_with_batch_scored_output(batch_report, batch_scored):
+def test_report_with_batch_scored_output(batch_report, batch_scored, tiny_image_bundle_dir):
     out = batch_report
     check_page(out)
     assert {"scored_errors.png", "latent_scored.png", "anomalies_scored.png",
             "typical_scored.png"} <= set(images_in(out))
     rep = report_json(out)["scored"]
     table = pq.read_table(batch_scored)
-    err = table.column("reconstruction_error").to_numpy()
+    threshold = load_bundle_info(tiny_image_bundle_dir).threshold.threshold
+    # The histogram is of the thresholded score: anomaly_score x threshold.
+    value = table.column("anomaly_score").to_numpy().astype(np.float64) * threshold
     assert rep["rows"] == table.num_rows == 1797
     assert rep["anomalies"] == pc.sum(table.column("is_anomaly")).as_py()
     assert rep["label_column"] == "label"  # the bundle's data.label, found in the files
     assert rep["sample_rows"] == 500 and rep["sample_from_rows"] == 1797 and rep["seed"] == 3
     for level in ("0.5", "0.9", "0.99"):
-        assert rep["error_quantiles"][level] == pytest.approx(np.quantile(err, float(level)),
-                                                              rel=0.01)
+        assert rep["score_quantiles"][level] == pytest.approx(
+            np.quantile(value, float(level)), rel=0.01)
+    assert sum(rep["histogram"]["counts"]) == 1797
+    edges = np.asarray(rep["histogram"]["edges"])
+    above = np.asarray(rep["histogram"]["counts"])[edges[:-1] > threshold * 1.01].sum()
+    assert above <= rep["anomalies"]  # bins wholly above the threshold hold only anomalies
     # The top table is the exact top 10 by anomaly_score, with the job's top_features.
     best = table.sort_by([("anomaly_score", "descending")]).slice(0, 10).to_pylist()
     assert [r["id"] for r in rep["top"]] == [r["id"] for r in best]
@@ -236,8 +242,9 @@ def test_report_with_stream_output_shows_windows_and_model_versions(
     # Window quantiles come from the window's histogram: close to the exact value.
     t = pa.concat_tables(pq.read_table(f) for f in files
                          if os.path.basename(f).split("-")[1] == "19700101T000010")
-    exact = np.quantile(t.column("reconstruction_error").to_numpy(), 0.5)
-    assert windows[1]["error_quantiles"]["0.5"] == pytest.approx(exact, rel=0.05)
+    threshold = load_bundle_info(second_image_bundle_dir).threshold.threshold
+    exact = np.quantile(t.column("anomaly_score").to_numpy().astype(np.float64) * threshold, 0.5)
+    assert windows[1]["score_quantiles"]["0.5"] == pytest.approx(exact, rel=0.05)
 
 
 def test_report_without_reachable_training_data_uses_stored_quantiles(
@@ -315,7 +322,9 @@ def test_large_output_is_sampled_from_a_bounded_number_of_rows(tmp_path):
     assert s.rows == 200_000 and s.anomalies == int((err / np.float32(1.5) > 1).sum())
     assert s.sample_rows == 500 and s.sample["latent"].shape == (500, 3)
     assert 25_000 <= s.sample_from_rows <= 26_000
-    assert s.quantiles([0.5])[0] == pytest.approx(float(np.quantile(err, 0.5)), rel=0.005)
+    # Without a threshold the histogram is of anomaly_score itself.
+    score = (err / np.float32(1.5)).astype(np.float64)
+    assert s.quantiles([0.5])[0] == pytest.approx(float(np.quantile(score, 0.5)), rel=0.005)
     assert s.top["id"] == np.argsort(-err, kind="stable")[:7].tolist()
     again = summarize_scored(str(tmp_path), top_n=7, sample_rows=500, seed=0)
     other = summarize_scored(str(tmp_path), top_n=7, sample_rows=500, seed=1)

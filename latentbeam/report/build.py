@@ -161,8 +161,8 @@ def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None,
         t = time.time()
         label = label_column if label_column is not None else _default_label(
             load_bundle_info(bundle_path), scored)
-        s = summarize_scored(scored, top_n=top_n, sample_rows=sample_rows, seed=seed,
-                             label_column=label)
+        s = summarize_scored(scored, threshold=load_bundle_info(bundle_path).threshold.threshold,
+                             top_n=top_n, sample_rows=sample_rows, seed=seed, label_column=label)
         log.info("Scored output summarised in %.2f s (%d rows, %d files)", time.time() - t,
                  s.rows, len(s.files))
     bundle = load_bundle(bundle_path)
@@ -240,13 +240,14 @@ def _calibration_section(page: _Page, bundle, cal, names, image: Optional[ImageF
         if stored.get("quantiles"):
             body += page.figure("calibration_errors.png", plots.stored_quantiles(
                 stored["quantiles"], threshold, stored.get("rows", 0),
-                stored.get("flagged_fraction", 0.0)), "stored calibration error quantiles")
+                stored.get("flagged_fraction", 0.0), xlabel=score_label(info)),
+                "stored calibration quantiles")
         report["calibration"] = {"available": False, "reason": str(cal)}
         page.section("calibration", "Calibration rows", body)
         return None
 
     s = cal.scores
-    err = s.reconstruction_error
+    err = _thresholded(s)
     n = len(err)
     complete = cal.complete or n == stored.get("rows")
     flagged = int(s.is_anomaly.sum())
@@ -262,11 +263,14 @@ def _calibration_section(page: _Page, bundle, cal, names, image: Optional[ImageF
     body = (f"<p>The rows the threshold was calibrated on (never trained on), read again from "
             f"<code>{_esc(cal.source)}</code>: {what}, scored with this bundle. At training "
             f"{stored.get('flagged_fraction', 0):.2%} of {stored.get('rows', 0):,} were flagged "
-            f"(threshold method <code>{_esc(info.threshold.method)}</code>).</p>")
+            f"(threshold method <code>{_esc(info.threshold.method)}</code>). "
+            f"{_score_sentence(info)}</p>")
     body += page.figure("calibration_errors.png", plots.error_histogram(
         edges, counts, threshold=threshold, flagged=flagged, total=n,
-        title=f"Reconstruction errors of {what}"), "histogram of calibration errors",
-        "Error histogram with the threshold (dashed) and the fraction above it.")
+        title=f"Anomaly scores of {what}" if info.raw.get("score") else
+        f"Reconstruction errors of {what}", xlabel=score_label(info)),
+        "histogram of calibration rows", "Histogram with the threshold (dashed) and the "
+        "fraction above it.")
 
     points, axes, basis = plots.project_2d(s.latent)
     title = _map_title(info.latent_dim, f"Latent map of {what}")
@@ -301,13 +305,20 @@ def _calibration_section(page: _Page, bundle, cal, names, image: Optional[ImageF
         body += _image_panel(page, "typical_calibration.png", image, cal.x[typical],
                              s.reconstruction[typical], s.feature_errors[typical],
                              [f"{s.anomaly_score[i]:.2f}" for i in typical],
-                             "Typical calibration rows (errors nearest the median)")
+                             "Typical calibration rows (scores nearest the median)")
     else:
         body += _share_heatmap(page, "top_features_calibration.png", s.feature_errors[order],
                                [f"#{int(i)}" for i in order], names,
                                "Share of each top anomaly's error per input")
     page.section("calibration", "Calibration rows", body)
     return basis
+
+
+def _thresholded(scores) -> np.ndarray:
+    """The per-row value the threshold applies to (Scores.score; the reconstruction error
+    for scoring cores without a combined score)."""
+    value = getattr(scores, "score", None)
+    return np.asarray(scores.reconstruction_error if value is None else value, np.float64)
 
 
 def _image_panel(page: _Page, name: str, image: ImageFeature, x, recon, ferr, titles,
@@ -392,6 +403,28 @@ def _latent_plane(page: _Page, bundle, image: ImageFeature) -> str:
         "codes decode to similar images.")
 
 
+def score_label(info) -> str:
+    """What the threshold applies to, for axis labels (bundle.json `score`, when present)."""
+    desc = info.raw.get("score") or {}
+    terms = desc.get("terms") or ["reconstruction"]
+    if not desc:
+        return "reconstruction error (mean squared error, normalized space)"
+    if terms == ["reconstruction"]:
+        return "score (reconstruction error, calibrated per input)"
+    return "score (" + " + ".join(t.replace("_", " ") for t in terms) + ")"
+
+
+def _score_sentence(info) -> str:
+    """One sentence on what is thresholded, for the page."""
+    if not info.raw.get("score"):
+        return ("The threshold applies to the reconstruction error; anomaly_score = "
+                "reconstruction_error / threshold.")
+    terms = " + ".join(t.replace("_", " ") for t in info.raw["score"].get("terms", []))
+    return (f"The threshold applies to the bundle's score ({_esc(terms)} terms, see "
+            f"<code>score</code> in bundle.json), not to reconstruction_error alone; "
+            f"anomaly_score = score / threshold. The histograms show the score.")
+
+
 def _map_title(latent_dim: int, text: str) -> str:
     if latent_dim == 2:
         return f"{text}: the 2-number code itself"
@@ -430,23 +463,26 @@ def _scored_section(page: _Page, bundle, s: ScoredSummary, cal, basis, names,
     report["scored"] = {
         "location": s.location, "files": len(s.files), "rows": s.rows, "anomalies": s.anomalies,
         "anomaly_fraction": s.anomaly_fraction, "model_versions": s.model_versions,
-        "error_quantiles": {"0.5": q[0], "0.9": q[1], "0.99": q[2]},
+        "score_quantiles": {"0.5": q[0], "0.9": q[1], "0.99": q[2]},
         "sample_rows": s.sample_rows, "sample_from_rows": s.sample_from_rows, "seed": s.seed,
         "label_column": s.label_column,
         "histogram": {"edges": s.edges.tolist(), "counts": s.hist.tolist()},
     }
     overlay = None
     if isinstance(cal, CalibrationRows):
-        e = cal.scores.reconstruction_error
+        e = _thresholded(cal.scores)
         ce = make_edges(float(e.min()), float(e.max()), 200)
         cc, _ = np.histogram(np.clip(e, ce[0], ce[-1]), bins=ce)
         overlay = (ce, cc, "calibration rows")
     body += page.figure("scored_errors.png", plots.error_histogram(
         s.edges, s.hist, threshold=threshold, flagged=s.anomalies, total=s.rows,
-        title=f"Reconstruction errors of {s.rows:,} scored rows", overlay=overlay,
-        note=f"p50 {q[0]:.4g}, p90 {q[1]:.4g}, p99 {q[2]:.4g}"),
-        "histogram of scored errors",
-        "All scored rows; flagged = is_anomaly as written by the scoring job."
+        title=(f"Anomaly scores of {s.rows:,} scored rows" if info.raw.get("score") else
+               f"Reconstruction errors of {s.rows:,} scored rows"), overlay=overlay,
+        note=f"p50 {q[0]:.4g}, p90 {q[1]:.4g}, p99 {q[2]:.4g}", xlabel=score_label(info)),
+        "histogram of scored rows",
+        "All scored rows, as anomaly_score × this bundle's threshold, so the dashed line "
+        "separates exactly the rows the scoring job flagged (is_anomaly), whatever model "
+        "version scored them."
         + (" The outline is the calibration rows, for comparison (drift shows as a shift)."
            if overlay else ""))
 
@@ -508,7 +544,7 @@ def _scored_section(page: _Page, bundle, s: ScoredSummary, cal, basis, names,
                                  _scored_reconstructions(bundle, typ, shown_t),
                                  ferr_typ[shown_t] if ferr_typ is not None else None,
                                  [f"{typ['anomaly_score'][i]:.2f}" for i in shown_t],
-                                 "Typical scored rows (errors nearest the sample median)")
+                                 "Typical scored rows (scores nearest the sample median)")
         if _scored_originals(top, image, shown) is None:
             body += (f'<p class="note">The scored files do not carry the input column '
                      f"<code>{_esc(image.name)}</code>, so the panels show reconstructions "
@@ -522,7 +558,7 @@ def _scored_section(page: _Page, bundle, s: ScoredSummary, cal, basis, names,
                                "Share of each top scored anomaly's error per input")
 
     if s.windows:
-        body += _stream_views(page, s, threshold, report)
+        body += _stream_views(page, s, threshold, score_label(info), report)
     page.section("scored", "Scored data", body)
 
 
@@ -578,12 +614,13 @@ def _scored_reconstructions(bundle, rows: Dict[str, list], shown: List[int]):
     return None
 
 
-def _stream_views(page: _Page, s: ScoredSummary, threshold: float, report: Dict[str, Any]) -> str:
+def _stream_views(page: _Page, s: ScoredSummary, threshold: float, ylabel: str,
+                  report: Dict[str, Any]) -> str:
     wins = [w.to_json(s.window_edges) for w in s.windows]
     report["scored"]["windows"] = wins
     starts = [w.start for w in s.windows]
     rates = np.array([w["anomaly_rate"] for w in wins])
-    quant = np.array([[w["error_quantiles"][k] for k in ("0.5", "0.9", "0.99")] for w in wins])
+    quant = np.array([[w["score_quantiles"][k] for k in ("0.5", "0.9", "0.99")] for w in wins])
     rows = np.array([w["rows"] for w in wins])
     changes, seen = [], set()
     for w in s.windows:
@@ -593,16 +630,16 @@ def _stream_views(page: _Page, s: ScoredSummary, threshold: float, report: Dict[
                 changes.append((w.start, v))
     body = "<h3>Streaming windows</h3>"
     body += page.figure("stream_windows.png", plots.stream_timeline(
-        starts, rates, quant, rows, threshold, changes),
-        "anomaly rate and error quantiles per window",
-        "Per window: the anomaly rate and the error p50/p90/p99 (read from a per-window "
+        starts, rates, quant, rows, threshold, changes, ylabel=ylabel),
+        "anomaly rate and score quantiles per window",
+        "Per window: the anomaly rate and the p50/p90/p99 of the score (read from a per-window "
         "histogram of all its rows); dotted lines mark where a model version first scored.")
     worst = sorted(range(len(wins)), key=lambda i: (-wins[i]["anomaly_rate"], i))[:10]
     body += "<p>Windows with the highest anomaly rate:</p>" + _table(
         ["window start (UTC)", "end", "rows", "anomalies", "rate", "p50", "p99", "model versions"],
         [[_esc(wins[i]["start"]), _esc(wins[i]["end"]), f"{wins[i]['rows']:,}",
           f"{wins[i]['anomalies']:,}", f"{wins[i]['anomaly_rate']:.2%}",
-          f"{wins[i]['error_quantiles']['0.5']:.4g}", f"{wins[i]['error_quantiles']['0.99']:.4g}",
+          f"{wins[i]['score_quantiles']['0.5']:.4g}", f"{wins[i]['score_quantiles']['0.99']:.4g}",
           ", ".join(f"<code>{_esc(v[:8])}</code>" for v in wins[i]["model_versions"])]
          for i in worst])
     return body

@@ -89,6 +89,7 @@ def bundle_summary(path: str) -> Dict[str, Any]:
         "latent_dim": info.latent_dim,
         "architecture": architecture(info),
         "threshold": info.threshold.to_json(),
+        "score": info.raw.get("score"),
         "calibration": info.calibration,
         "training": {**{k: v for k, v in t.items()}, "history": history,
                      "data": config.get("data", {}), "config": config},
@@ -133,6 +134,14 @@ def format_info(s: Dict[str, Any]) -> str:
     if a.get("variational"):
         extras.insert(0, f"variational (kl_weight={a.get('kl_weight')})")
     add("architecture", f"{a['kind']} {a['layers']}" + (f"; {', '.join(extras)}" if extras else ""))
+    sc = s.get("score")
+    if sc:
+        terms = " + ".join(sc.get("terms", []))
+        detail = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in sc.items() if k != "terms" and v is not None]
+        add("score", f"{terms}" + (f" ({', '.join(detail)})" if detail else ""))
+    else:
+        add("score", "reconstruction error (mean squared error, normalized space)")
     th = s["threshold"]
     params = ", ".join(f"{k}={v:.4g}" for k, v in th.get("parameters", {}).items())
     add("threshold", f"{th['threshold']:.6g} ({th['method']}, value={th['value']}"
@@ -140,7 +149,8 @@ def format_info(s: Dict[str, Any]) -> str:
     cal = s["calibration"]
     if cal.get("quantiles"):
         q = cal["quantiles"]
-        add("calibration", f"{cal['rows']} rows; error p50 {q['0.5']:.4g}, p90 {q['0.9']:.4g}, "
+        what = "score" if s.get("score") else "error"
+        add("calibration", f"{cal['rows']} rows; {what} p50 {q['0.5']:.4g}, p90 {q['0.9']:.4g}, "
             f"p99 {q['0.99']:.4g}, max {cal['max']:.4g}; flagged {cal['flagged_fraction']:.2%}")
     if "roc_auc" in cal:
         more(f"label: ROC-AUC {cal['roc_auc']:.4f}, average precision "

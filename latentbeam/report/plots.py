@@ -72,8 +72,10 @@ def _rebin(edges: np.ndarray, counts: np.ndarray, bins: int) -> Tuple[np.ndarray
 def error_histogram(edges: np.ndarray, counts: np.ndarray, *, threshold: float, flagged: int,
                     total: int, title: str,
                     overlay: Optional[Tuple[np.ndarray, np.ndarray, str]] = None,
-                    note: str = "") -> bytes:
-    """Histogram of reconstruction errors with the threshold line and the flagged fraction.
+                    note: str = "",
+                    xlabel: str = "reconstruction error (mean squared error, normalized space)"
+                    ) -> bytes:
+    """Histogram of the thresholded score with the threshold line and the flagged fraction.
 
     Args:
       edges, counts: binned errors (fine bins are merged for display).
@@ -100,8 +102,7 @@ def error_histogram(edges: np.ndarray, counts: np.ndarray, *, threshold: float, 
             bbox={"facecolor": "white", "edgecolor": THRESHOLD_COLOR, "alpha": 0.9})
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel("reconstruction error (mean squared error, normalized space)"
-                  + (", log scale" if log_x else ""))
+    ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
     ax.set_ylabel("density")
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11)
     ax.grid(alpha=0.3)
@@ -110,7 +111,7 @@ def error_histogram(edges: np.ndarray, counts: np.ndarray, *, threshold: float, 
 
 
 def stored_quantiles(quantiles: Dict[str, float], threshold: float, rows: int,
-                     flagged_fraction: float) -> bytes:
+                     flagged_fraction: float, xlabel: str = "reconstruction error") -> bytes:
     """The calibration error quantiles stored in bundle.json (when the rows are unavailable)."""
     fig = _figure(8, 3.6)
     ax = fig.subplots()
@@ -124,9 +125,9 @@ def stored_quantiles(quantiles: Dict[str, float], threshold: float, rows: int,
             transform=ax.transAxes, ha="right", fontsize=10)
     if min(x) > 0 and max(x) / min(x) > 30:
         ax.set_xscale("log")
-    ax.set_xlabel("reconstruction error")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("quantile level")
-    ax.set_title("Calibration errors (stored quantiles; the rows themselves are not available)",
+    ax.set_title("Calibration rows (stored quantiles; the rows themselves are not available)",
                  fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="center right", fontsize=9)
@@ -337,13 +338,14 @@ def share_heatmap(shares: np.ndarray, row_labels: Sequence[str], column_labels: 
 
 
 def stream_timeline(starts: Sequence, rates: np.ndarray, quantiles: np.ndarray, rows: np.ndarray,
-                    threshold: float, version_changes: Sequence[Tuple[object, str]]) -> bytes:
-    """Per window: anomaly rate, error quantiles (p50, p90, p99); model versions marked.
+                    threshold: float, version_changes: Sequence[Tuple[object, str]],
+                    ylabel: str = "reconstruction error") -> bytes:
+    """Per window: anomaly rate, score quantiles (p50, p90, p99); model versions marked.
 
     Args:
       starts: window start times (datetime).
       rates: (w,) anomaly fraction per window.
-      quantiles: (w, 3) error p50, p90, p99 per window.
+      quantiles: (w, 3) p50, p90, p99 per window of the thresholded score.
       rows: (w,) rows per window.
       version_changes: (window start, model_version) where a version first appears.
     """
@@ -362,7 +364,7 @@ def stream_timeline(starts: Sequence, rates: np.ndarray, quantiles: np.ndarray, 
     positive = q[np.isfinite(q) & (q > 0)]
     if len(positive) and positive.max() / positive.min() > 30:
         ax2.set_yscale("log")
-    ax2.set_ylabel("reconstruction error")
+    ax2.set_ylabel(ylabel)
     ax2.set_xlabel("window start (UTC)")
     ax2.legend(loc="best", fontsize=8, ncol=4)
     for ax in (ax1, ax2):

@@ -1,7 +1,13 @@
 """Scored output (batch or stream) summarised in one bounded-memory pass over its footers
 and the few columns a report needs.
 
-Exact over every row: row count, anomalies, the error histogram (fine log-spaced bins,
+The histograms are of the score the threshold applies to, in the units of a given
+threshold: anomaly_score × threshold (anomaly_score = score / the scoring bundle's
+threshold). So `value > threshold` is exactly `is_anomaly`, for rows of every model
+version; for rows scored by the bundle whose threshold is given it is their score (the
+reconstruction error when that is what the bundle scores).
+
+Exact over every row: row count, anomalies, the score histogram (fine log-spaced bins,
 from which quantiles are read to within one bin), per-window rate and quantiles for
 streaming output, and the top-N rows by anomaly_score. Sampled: the rows drawn on the
 latent map (`sample_rows`, a fixed seed). Memory holds one row group of three scalar
@@ -111,7 +117,7 @@ class Window:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "rows": self.rows,
                 "anomalies": self.anomalies,
                 "anomaly_rate": self.anomalies / self.rows if self.rows else 0.0,
-                "error_quantiles": {"0.5": q[0], "0.9": q[1], "0.99": q[2]},
+                "score_quantiles": {"0.5": q[0], "0.9": q[1], "0.99": q[2]},
                 "model_versions": sorted(self.versions)}
 
 
@@ -124,12 +130,13 @@ class ScoredSummary:
     anomalies: int
     columns: List[str]  # schema of the first file
     model_versions: List[str]  # every model_version in the footers
-    edges: np.ndarray  # (FINE_BINS + 1,) error bin edges (log-spaced when errors are > 0)
-    hist: np.ndarray  # (FINE_BINS,) rows per bin
+    threshold: float  # histogram units: anomaly_score × threshold
+    edges: np.ndarray  # (FINE_BINS + 1,) bin edges (log-spaced when all values are > 0)
+    hist: np.ndarray  # (FINE_BINS,) rows per bin of anomaly_score × threshold
     windows: List[Window]  # streaming output: one per window, in time order; else empty
     window_edges: Optional[np.ndarray]  # (WINDOW_BINS + 1,) bin edges of Window.hist
     top: Dict[str, list]  # top-N rows by anomaly_score: column -> values (see read_rows)
-    typical: Dict[str, list]  # up to N sampled rows with errors nearest the median
+    typical: Dict[str, list]  # up to N sampled rows with anomaly_score nearest the median
     # The sample: latent (s, d), is_anomaly, anomaly_score, reconstruction_error, label.
     sample: Dict[str, np.ndarray]
     sample_rows: int
@@ -196,13 +203,13 @@ def _inspect(path: str) -> _File:
     return _File(path, metadata, names, window_of(path), versions)
 
 
-def _error_range(files: List[_File]) -> Tuple[float, float]:
-    """Min and max reconstruction_error from the row-group statistics (a scan without them)."""
+def _score_range(files: List[_File]) -> Tuple[float, float]:
+    """Min and max anomaly_score from the row-group statistics (a scan without them)."""
     lo, hi = np.inf, -np.inf
     for f in files:
         md = f.metadata
         # The Parquet leaf column (nested columns such as `latent` shift leaf positions).
-        leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == COL_ERROR)
+        leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == COL_SCORE)
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
             if rg.num_rows == 0:
@@ -212,7 +219,7 @@ def _error_range(files: List[_File]) -> Tuple[float, float]:
                 lo, hi = min(lo, float(stats.min)), max(hi, float(stats.max))
             else:
                 with _parquet(f.path) as pf:
-                    err = pf.read_row_group(g, columns=[COL_ERROR]).column(0).to_numpy()
+                    err = pf.read_row_group(g, columns=[COL_SCORE]).column(0).to_numpy()
                 if len(err):
                     lo, hi = min(lo, float(np.nanmin(err))), max(hi, float(np.nanmax(err)))
     if not np.isfinite(lo):
@@ -240,12 +247,15 @@ def _bin_index(err: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, bins - 1)
 
 
-def summarize_scored(location: str, *, top_n: int = 20, sample_rows: int = 20000, seed: int = 0,
+def summarize_scored(location: str, *, threshold: float = 1.0, top_n: int = 20,
+                     sample_rows: int = 20000, seed: int = 0,
                      label_column: Optional[str] = None) -> ScoredSummary:
     """One pass over scored output; see the module docstring for what is exact and sampled.
 
     Args:
       location: output directory of `latentbeam score` / `stream`, or a glob.
+      threshold: units of the histograms (anomaly_score × threshold); 1.0 histograms
+        anomaly_score itself.
       top_n: rows kept for the top-anomalies table (highest anomaly_score).
       sample_rows: rows drawn for the latent map.
       seed: seed of the sample (same seed, same rows).
@@ -256,16 +266,16 @@ def summarize_scored(location: str, *, top_n: int = 20, sample_rows: int = 20000
     """
     paths = scored_files(location)
     files = [_inspect(p) for p in paths]
-    return _summarize(location, files, top_n, sample_rows, seed, label_column)
+    return _summarize(location, files, float(threshold), top_n, sample_rows, seed, label_column)
 
 
-def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_column):
+def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed, label_column):
     columns = files[0].names
     if label_column is not None and label_column not in columns:
         raise ValueError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
                          f"{', '.join(columns)}). Pass --label-column one of them, or none.")
-    lo, hi = _error_range(files)
-    edges = make_edges(lo, hi, FINE_BINS)
+    lo, hi = _score_range(files)
+    edges = make_edges(lo * threshold, hi * threshold, FINE_BINS)
     hist = np.zeros(FINE_BINS, np.int64)
     stride = FINE_BINS // WINDOW_BINS
     windows: Dict[Tuple, Window] = {}
@@ -286,11 +296,11 @@ def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_col
                 if not n:
                     continue
                 groups.append((fi, g, n))
-                t = pf.read_row_group(g, columns=[COL_ERROR, COL_SCORE, COL_FLAG])
-                err = t.column(COL_ERROR).to_numpy()
+                t = pf.read_row_group(g, columns=[COL_SCORE, COL_FLAG])
                 score = t.column(COL_SCORE).to_numpy()
                 flag = t.column(COL_FLAG).to_numpy(zero_copy_only=False)
-                counts = np.bincount(_bin_index(err, edges), minlength=FINE_BINS)
+                counts = np.bincount(_bin_index(score.astype(np.float64) * threshold, edges),
+                                     minlength=FINE_BINS)
                 hist += counts
                 rows += n
                 k = int(flag.sum())
@@ -316,13 +326,14 @@ def _summarize(location, files: List[_File], top_n, sample_rows, seed, label_col
     # Typical rows: the sampled rows whose error is closest to the sample's median.
     typical = {}
     if len(positions):
-        err = sample[COL_ERROR]
-        near = np.argsort(np.abs(err - np.median(err)), kind="stable")[:top_n]
+        v = sample[COL_SCORE]
+        near = np.argsort(np.abs(v - np.median(v)), kind="stable")[:top_n]
         typical = read_rows(files, [tuple(int(v) for v in positions[i]) for i in near], columns)
     window_list = [windows[k] for k in sorted(windows)]
     return ScoredSummary(
         location=location, files=[f.path for f in files], rows=rows, anomalies=anomalies,
-        columns=columns, model_versions=sorted(versions), edges=edges, hist=hist,
+        columns=columns, model_versions=sorted(versions), threshold=threshold, edges=edges,
+        hist=hist,
         windows=window_list, window_edges=edges[::stride] if window_list else None, top=top,
         typical=typical, sample=sample, sample_rows=len(sample[COL_ERROR]),
         sample_from_rows=drawn_from,
