@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
-PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir")
+PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir", "scored")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")

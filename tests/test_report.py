@@ -341,6 +341,19 @@ def test_scored_errors_name_the_file_and_the_fix(tmp_path, tiny_image_bundle_dir
         build_report(tiny_image_bundle_dir, str(tmp_path / "r"), scored=str(tmp_path / "none"))
 
 
+def test_the_report_never_writes_into_what_it_reads(tmp_path, tiny_image_bundle_dir,
+                                                    batch_scored):
+    before = sorted(os.listdir(batch_scored))
+    for output, what in ((batch_scored, "scored output"),
+                         (os.path.join(batch_scored, "report"), "scored output"),
+                         (tiny_image_bundle_dir, "bundle"),
+                         (os.path.dirname(tiny_image_bundle_dir), "bundle")):
+        with pytest.raises(ValueError, match=f"the {what}|The {what}") as e:
+            build_report(tiny_image_bundle_dir, output, scored=batch_scored)
+        assert "must not overlap what it reads" in str(e.value)
+    assert sorted(os.listdir(batch_scored)) == before
+
+
 def test_cli_report_prints_where_to_open_it(tmp_path, capsys, tiny_image_bundle_dir,
                                             batch_scored):
     out = str(tmp_path / "report")
@@ -389,8 +402,9 @@ def test_info_text_json_and_integrity(tmp_path, capsys, tiny_image_bundle_dir):
     info = load_bundle_info(tiny_image_bundle_dir)
     assert main(["info", tiny_image_bundle_dir]) == 0
     text = capsys.readouterr().out
-    assert f"model_version:   {info.model_version} (format_version 1)" in text
-    assert "integrity:       ok, sha256 of model.keras matches bundle.json" in text
+    assert f"model_version:   {info.model_version} (format_version {info.format_version})" in text
+    assert (f"integrity:       ok, the seal of bundle.json and the sha256 of "
+            f"{len(info.files)} file(s) ({', '.join(sorted(info.files))}) match") in text
     assert "features:        1 (64 inputs): image float32 (8, 8)" in text
     assert "architecture:    dense 64 -> 16 -> 2 -> 16 -> 64" in text
     assert f"threshold:       {info.threshold.threshold:.6g} (quantile, value=0.99)" in text
@@ -398,7 +412,8 @@ def test_info_text_json_and_integrity(tmp_path, capsys, tiny_image_bundle_dir):
 
     assert main(["info", tiny_image_bundle_dir, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["integrity"]["ok"] is True and doc["integrity"]["actual"] == info.sha256
+    assert doc["integrity"]["ok"] is True and doc["integrity"]["sealed"] is True
+    assert doc["integrity"]["files"]["model.keras"]["actual"] == info.sha256
     assert doc["architecture"]["layers"] == "64 -> 16 -> 2 -> 16 -> 64"
     assert doc["training"]["history"]["losses"]["loss"] == info.training["losses"]["loss"]
     assert doc["calibration"]["rows"] == info.calibration["rows"]
@@ -409,7 +424,11 @@ def test_info_text_json_and_integrity(tmp_path, capsys, tiny_image_bundle_dir):
     with open(tampered / "model.keras", "ab") as f:
         f.write(b"x")
     assert main(["info", str(tampered)]) == 1
-    assert "integrity:       FAILED, sha256 of" in capsys.readouterr().out
+    assert f"integrity:       FAILED, sha256 of {tampered}/model.keras is" in \
+        capsys.readouterr().out
+    os.remove(tampered / "model.keras")
+    assert main(["info", str(tampered)]) == 1
+    assert f"{tampered}/model.keras is missing" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "bundle.json is missing" in capsys.readouterr().err
 

@@ -153,6 +153,7 @@ def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None,
         raise ValueError(f"--top and --sample-rows must be >= 1. Received: top={top_n}, "
                          f"sample_rows={sample_rows}")
     t0 = time.time()
+    _check_output(output, bundle_path, scored)
     summary_info = bundle_summary(bundle_path)
     s = None
     if scored:
@@ -198,6 +199,18 @@ def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None,
     index = fs.join(output, INDEX)
     log.info("Report written to %s in %.2f s", index, time.time() - t0)
     return ReportResult(index=index, files=report["files"], summary=report, seconds=seconds)
+
+
+def _check_output(output: str, bundle_path: str, scored: Optional[str]) -> None:
+    """Refuses a report directory that is, contains or lies inside what the report reads."""
+    from latentbeam import paths
+    from latentbeam.report.scored import scored_files
+
+    reads = [("bundle", bundle_path)]
+    if scored:
+        reads += paths.input_locations(fs.parquet_pattern(scored), scored_files(scored),
+                                       "scored output")
+    paths.check_output(output, reads, flag="--output")
 
 
 def _default_label(info, scored: str) -> Optional[str]:

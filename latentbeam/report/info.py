@@ -15,28 +15,42 @@ _HASH_CHUNK = 8 * 2 ** 20
 
 
 def integrity(info: BundleInfo) -> Dict[str, Any]:
-    """Whether model.keras matches the sha256 recorded in bundle.json.
+    """Whether every file bundle.json lists (model.keras, ...) has its recorded sha256.
+
+    bundle.json itself is checked by its seal when it is read (load_bundle_info refuses an
+    edited one), so a summary exists only for a sealed, unedited bundle.json.
 
     Returns:
-      {"ok": bool, "recorded": hex, "actual": hex or None, "detail": one sentence}.
+      {"ok": bool, "files": {name: {"recorded", "actual" (None: missing), "ok"}},
+       "detail": one sentence}.
     """
-    model_path = fs.join(info.path, MODEL_FILE)
-    out: Dict[str, Any] = {"ok": False, "recorded": info.sha256, "actual": None}
-    if not fs.exists(model_path):
-        out["detail"] = (f"{model_path} is missing: copy the whole bundle directory, or "
-                         f"re-create it with `latentbeam train`.")
-        return out
-    digest = hashlib.sha256()
-    with fs.open_read(model_path) as f:
-        for block in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    out["actual"] = digest.hexdigest()
-    out["ok"] = out["actual"] == info.sha256
-    out["detail"] = (f"sha256 of {MODEL_FILE} matches {BUNDLE_FILE}" if out["ok"] else
-                     f"sha256 of {model_path} is {out['actual']}, {BUNDLE_FILE} records "
-                     f"{info.sha256}: the model file was modified or partially copied; copy "
-                     f"the bundle again or re-train it")
-    return out
+    files: Dict[str, Any] = {}
+    problems: List[str] = []
+    listed = dict(info.files) or {MODEL_FILE: info.sha256}
+    for name, recorded in sorted(listed.items()):
+        path = fs.join(info.path, name)
+        entry = {"recorded": recorded, "actual": None, "ok": False}
+        if fs.exists(path):
+            digest = hashlib.sha256()
+            with fs.open_read(path) as f:
+                for block in iter(lambda: f.read(_HASH_CHUNK), b""):
+                    digest.update(block)
+            entry["actual"] = digest.hexdigest()
+            entry["ok"] = entry["actual"] == recorded
+            if not entry["ok"]:
+                problems.append(f"sha256 of {path} is {entry['actual']}, {BUNDLE_FILE} records "
+                                f"{recorded}: the file was modified or partially copied")
+        else:
+            problems.append(f"{path} is missing")
+        files[name] = entry
+    names = ", ".join(sorted(files))
+    sealed = info.format_version >= 2
+    if problems:
+        detail = "; ".join(problems) + ". Copy the bundle again from its source or re-train it"
+    else:
+        detail = (f"{'the seal of ' + BUNDLE_FILE + ' and ' if sealed else ''}the sha256 of "
+                  f"{len(files)} file(s) ({names}) match")
+    return {"ok": not problems, "sealed": sealed, "files": files, "detail": detail}
 
 
 def architecture(info: BundleInfo) -> Dict[str, Any]:
