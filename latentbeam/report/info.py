@@ -6,6 +6,7 @@ about a second for any bundle size and on any Beam filesystem.
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from typing import Any, Dict, List
 
 from latentbeam import fs
@@ -153,7 +154,9 @@ def format_info(s: Dict[str, Any]) -> str:
         terms = " + ".join(sc.get("terms", []))
         detail = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in sc.items() if k != "terms" and v is not None]
-        add("score", f"{terms}" + (f" ({', '.join(detail)})" if detail else ""))
+        add("score", terms)
+        for line in textwrap.wrap(", ".join(detail), width=80):
+            more(line)
     else:
         add("score", "reconstruction error (mean squared error, normalized space)")
     th = s["threshold"]
