@@ -6,6 +6,7 @@ defined once, here.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -273,9 +274,7 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
 
 
 def _take_scores(scores: Scores, rows: np.ndarray) -> Scores:
-    return Scores(**{f: getattr(scores, f)[rows] for f in (
-        "latent", "reconstruction", "feature_errors", "reconstruction_error", "anomaly_score",
-        "is_anomaly")})
+    return Scores(**{f.name: getattr(scores, f.name)[rows] for f in dataclasses.fields(Scores)})
 
 
 def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
