@@ -50,6 +50,11 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                         "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
     p.add_argument("--batch-rows", type=int, default=8192,
                    help="rows per Arrow record batch read from each file (default 8192)")
+    p.add_argument("--missing", default="reject", choices=("reject", "impute", "mask"),
+                   help="rows with null or NaN feature values: reject (default) dead-letters "
+                        "them; impute fills the bundle's training medians; mask fills them "
+                        "for the model but scores the observed inputs only and adds "
+                        "`coverage`. ±inf is always a dead letter")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,7 +93,7 @@ class ThresholdConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     latent_neighbors: int = 1  # k of the latent-distance term; 0 scores reconstruction only
-    reference_rows: int = 1024  # training codes kept in the model for the latent distance
+    reference_rows: int = 512  # training codes kept in the model for the latent distance
     reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
 
 

@@ -80,7 +80,7 @@ def test_model_version_is_stable_and_tracks_content(tmp_path, tiny_bundle):
     # Saving into an existing bundle replaces it.
     third = save_bundle(tiny_bundle.model, str(tmp_path / "a"), meta)
     assert first.model_version == second.model_version == third.model_version
-    scoring_meta = {k: meta[k] for k in ("features", "latent_dim", "threshold")}
+    scoring_meta = {k: meta[k] for k in ("features", "latent_dim", "threshold", "imputation")}
     assert model_version(tiny_bundle.model, scoring_meta) == first.model_version
     # Another threshold or other weights -> another version.
     other = dict(scoring_meta, threshold=dict(scoring_meta["threshold"], threshold=1.0))
@@ -181,7 +181,9 @@ def test_invalid_contents_are_refused(bundle_copy, change, message):
 
 
 def test_features_that_do_not_match_the_model_are_refused(bundle_copy):
-    rewrite_json(bundle_copy, lambda d: d["features"].pop(), reseal=True)
+    # One feature (and its median) fewer: bundle.json is consistent, the model is not.
+    rewrite_json(bundle_copy, lambda d: (d["features"].pop(), d["imputation"]["medians"].pop()),
+                 reseal=True)
     with pytest.raises(ValueError, match=r"model input width 64 != 63 inputs described by "
                                          r"bundle.json features"):
         load_bundle(bundle_copy)

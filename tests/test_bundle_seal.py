@@ -235,4 +235,7 @@ def test_cli_rethreshold_then_score_carries_the_new_version(copy, tmp_path, caps
 def test_model_version_covers_exactly_the_scoring_fields(tiny_bundle):
     raw = tiny_bundle.info.raw
     assert model_version(tiny_bundle.model, scoring_meta(raw)) == raw["model_version"]
-    assert scoring_meta(raw).keys() == {"features", "latent_dim", "threshold"}
+    assert scoring_meta(raw).keys() == {"features", "latent_dim", "threshold", "imputation"}
+    # A bundle written before the medians existed keeps its model_version.
+    older = {k: v for k, v in raw.items() if k != "imputation"}
+    assert scoring_meta(older).keys() == {"features", "latent_dim", "threshold"}

@@ -40,6 +40,9 @@ _REQUIRED_V1 = ("format_version", "model_version", "features", "latent_dim", "th
 _REQUIRED = _REQUIRED_V1 + ("files", "seal")
 # bundle.json keys that model_version covers (with the model's architecture and weights).
 SCORING_KEYS = ("features", "latent_dim", "threshold")
+# Covered too when present (bundles written before it have none and keep their version):
+# the training medians that fill missing values with `--missing impute|mask`.
+OPTIONAL_SCORING_KEYS = ("imputation",)
 # bundle.json keys computed when a bundle is written (never taken from `meta`).
 COMPUTED_KEYS = ("format_version", "model_version", "versions", "sha256", "files", "seal")
 
@@ -73,6 +76,7 @@ class BundleInfo:
     latent_stats: Optional[Dict[str, Any]] = None  # latent mean/cov of calibration rows
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
     files: Dict[str, str] = field(default_factory=dict)  # bundle file -> sha256 (not bundle.json)
+    medians: Optional[List[float]] = None  # (n_inputs,) training medians; None: not recorded
 
     @property
     def n_inputs(self) -> int:
@@ -164,6 +168,7 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
         raise _bad(path, "`features` is empty or `latent_dim` < 1")
     if not (np.isfinite(threshold.threshold) and threshold.threshold > 0):
         raise _bad(path, f"threshold must be a positive number, got {threshold.threshold}")
+    medians = _medians(path, raw.get("imputation"), n_inputs(features))
     if not _is_hex64(raw["sha256"]):
         raise _bad(path, "`sha256` must be the 64-hex-digit hash of model.keras")
     files = raw.get("files", {MODEL_FILE: raw["sha256"]})
@@ -192,7 +197,22 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
         calibration=dict(raw["calibration"]), training=dict(raw["training"]),
         versions=dict(raw["versions"]), sha256=raw["sha256"],
         variational=bool(raw.get("variational", False)),
-        latent_stats=raw.get("latent_stats"), raw=raw, files=dict(files))
+        latent_stats=raw.get("latent_stats"), raw=raw, files=dict(files), medians=medians)
+
+
+def _medians(path: str, imputation: Any, width: int) -> Optional[List[float]]:
+    """`imputation.medians` of bundle.json as floats (None when the bundle has none)."""
+    if imputation is None:
+        return None
+    values = imputation.get("medians") if isinstance(imputation, dict) else None
+    try:
+        medians = [float(v) for v in values] if isinstance(values, list) else None
+    except (TypeError, ValueError, OverflowError):
+        medians = None
+    if medians is None or len(medians) != width or not np.isfinite(medians).all():
+        raise _bad(path, f"`imputation.medians` must be a list of {width} finite numbers "
+                         f"(one per input)")
+    return medians
 
 
 def load_bundle_info(path: str, *, allow_unsealed: bool = False) -> BundleInfo:
@@ -313,7 +333,7 @@ def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
 
 def scoring_meta(doc: Dict[str, Any]) -> Dict[str, Any]:
     """The bundle.json fields model_version covers, besides the model itself."""
-    return {k: doc[k] for k in SCORING_KEYS}
+    return {k: doc[k] for k in SCORING_KEYS + OPTIONAL_SCORING_KEYS if k in doc}
 
 
 def model_version(model, meta: Dict[str, Any]) -> str:

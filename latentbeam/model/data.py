@@ -253,6 +253,12 @@ def split_chunks(source, split: int, validation_fraction: float,
             yield matrix[keep], (labels[keep] if labels is not None else None)
 
 
+# Bounds of the training-row sample the per-input medians are taken from: at most this
+# many rows, and at most MEDIAN_SAMPLE_VALUES values (64 MiB of float32) for wide inputs.
+MEDIAN_SAMPLE_ROWS = 100_000
+MEDIAN_SAMPLE_VALUES = 2 ** 24
+
+
 @dataclass
 class DataStats:
     rows: int  # usable rows read
@@ -261,15 +267,65 @@ class DataStats:
     variance: np.ndarray  # (n_inputs,) over training rows, zeros replaced by 1
     constant_inputs: int  # inputs with zero variance in training rows
     fingerprint: str  # sha256 of every usable row (features and labels) in order
+    medians: Optional[np.ndarray] = None  # (n_inputs,) float64, medians of `median_rows` rows
+    median_rows: int = 0  # training rows the medians are taken from (all of them if <= cap)
 
 
-def scan(source, validation_fraction: float, calibration_fraction: float) -> DataStats:
-    """One pass: row counts per split, normalization statistics, data fingerprint."""
+class Reservoir:
+    """A uniform sample of up to `capacity` rows of a stream (Algorithm R, vectorized).
+
+    Seeded, so the same rows in the same order give the same sample. Holds every row
+    while the stream has at most `capacity` of them, so the medians of a small training
+    set are exact.
+    """
+
+    def __init__(self, capacity: int, width: int, seed):
+        self.capacity = int(capacity)
+        self.rows = np.empty((self.capacity, width), dtype=np.float32)
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, matrix: np.ndarray) -> None:
+        n = len(matrix)
+        if not n:
+            return
+        fill = max(0, min(n, self.capacity - self.seen))
+        self.rows[self.seen:self.seen + fill] = matrix[:fill]
+        if fill < n:
+            # Row number t (0-based) of the stream replaces slot j ~ U{0..t} if j < capacity.
+            t = np.arange(self.seen + fill, self.seen + n, dtype=np.int64)
+            slots = self._rng.integers(0, t + 1)
+            keep = np.flatnonzero(slots < self.capacity)
+            # Where two rows of the chunk draw one slot the later one wins, as row by row.
+            last = len(keep) - 1 - np.unique(slots[keep][::-1], return_index=True)[1]
+            chosen = keep[last]
+            self.rows[slots[chosen]] = matrix[fill + chosen]
+        self.seen += n
+
+    def sample(self) -> np.ndarray:
+        return self.rows[:min(self.seen, self.capacity)]
+
+
+def median_sample_rows(width: int) -> int:
+    """Rows in the median sample for `width` inputs (MEDIAN_SAMPLE_ROWS, fewer when wide)."""
+    return max(1, min(MEDIAN_SAMPLE_ROWS, MEDIAN_SAMPLE_VALUES // max(1, width)))
+
+
+def scan(source, validation_fraction: float, calibration_fraction: float,
+         seed: int = 0) -> DataStats:
+    """One pass: row counts per split, normalization statistics, medians, data fingerprint.
+
+    The per-input medians (used to fill missing values at scoring time) are the
+    medians of a seeded reservoir sample of `median_sample_rows` training rows: exact
+    when there are no more training rows than that, an estimate with bounded memory
+    otherwise.
+    """
     digest = hashlib.sha256()
     total = 0
     counts = np.zeros(3, dtype=np.int64)
     s1 = s2 = None
     shift = None
+    reservoir = None
     for matrix, labels in source.chunks():
         digest.update(np.ascontiguousarray(matrix).tobytes())
         if labels is not None:
@@ -280,6 +336,10 @@ def scan(source, validation_fraction: float, calibration_fraction: float) -> Dat
         train = matrix[codes == SPLIT_TRAIN].astype(np.float64)
         if not len(train):
             continue
+        if reservoir is None:
+            reservoir = Reservoir(median_sample_rows(matrix.shape[1]), matrix.shape[1],
+                                  [seed, 2])
+        reservoir.add(matrix[codes == SPLIT_TRAIN])
         if shift is None:
             # Shifted sums keep the variance accurate for large-offset features.
             shift = train[0].copy()
@@ -303,4 +363,6 @@ def scan(source, validation_fraction: float, calibration_fraction: float) -> Dat
         rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),
                        "calibration": int(counts[SPLIT_CALIBRATION])},
         mean=mean.astype(np.float32), variance=variance.astype(np.float32),
-        constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest())
+        constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest(),
+        medians=np.median(reservoir.sample().astype(np.float64), axis=0),
+        median_rows=len(reservoir.sample()))

@@ -33,6 +33,7 @@ REASON_MODEL_ERROR = "model_error"  # finite inputs, non-finite reconstruction e
 REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole file)
 REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
 REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
+REASON_NO_OBSERVED = "no_observed_values"  # imputing or masking: every feature value missing
 
 # Dead-letter payloads longer than this are replaced by a JSON object with their head.
 MAX_PAYLOAD_CHARS = 16384
@@ -171,6 +172,9 @@ class Conversion:
     matrix: np.ndarray  # (n_valid, n_inputs) float32, valid rows only, in batch order
     valid: np.ndarray  # (n_valid,) int64 row indices into the batch
     faults: List[Tuple[int, str, str]]  # (row index, reason code, detail), one per bad row
+    # (n_valid, n_inputs) bool, False where a value is missing (matrix holds NaN there);
+    # None when every value of the valid rows is present. Only with `allow_missing`.
+    observed: Optional[np.ndarray] = None
 
 
 class SchemaMismatch(ValueError):
@@ -210,8 +214,13 @@ def _plain_column(column):
     return column
 
 
-def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]]) -> np.ndarray:
-    """(n, feature.size) values (float64, or float32/16 as stored) for one column; marks bad rows in `bad`."""
+def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]],
+                     hard: Dict[int, Tuple[str, str]]) -> np.ndarray:
+    """(n, feature.size) values (float64, or float32/16 as stored) for one column.
+
+    Marks bad rows in `bad`, and those whose fault is not a missing value (null) also
+    in `hard`. Missing values are NaN in the result.
+    """
     column = _plain_column(column)
     t = column.type
     name = feature.name
@@ -229,8 +238,8 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
                 try:
                     values[i] = float(s)
                 except (ValueError, OverflowError):
-                    bad.setdefault(i, (REASON_NON_NUMERIC,
-                                       f"column {name!r} value {echo(s)} is not a number"))
+                    _fault(bad, hard, i, REASON_NON_NUMERIC,
+                           f"column {name!r} value {echo(s)} is not a number")
             return values.reshape(n, 1)
         if not _is_numeric(t):
             raise SchemaMismatch(f"column {name!r} has type {clip(t)}, expected a number",
@@ -272,11 +281,11 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
     for i in np.flatnonzero(row_null):
         bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
     for i in np.flatnonzero(~ok_len & ~row_null):
-        bad.setdefault(int(i), (REASON_WRONG_LENGTH,
-                                f"column {name!r} has {int(lengths[i])} values, expected {feature.size}"))
+        _fault(bad, hard, int(i), REASON_WRONG_LENGTH,
+               f"column {name!r} has {int(lengths[i])} values, expected {feature.size}")
     for i in np.flatnonzero(ragged & ok_len & ~row_null):
-        bad.setdefault(int(i), (REASON_WRONG_LENGTH,
-                                f"column {name!r} does not have shape {feature.shape}"))
+        _fault(bad, hard, int(i), REASON_WRONG_LENGTH,
+               f"column {name!r} does not have shape {feature.shape}")
     good = np.flatnonzero(ok_len & ~row_null & ~ragged)
     if len(good):
         if len(good) == n and ok_len.all():
@@ -291,12 +300,22 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
     return out
 
 
-def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Conversion:
+def _fault(bad, hard, row: int, reason: str, detail: str) -> None:
+    bad.setdefault(row, (reason, detail))
+    hard.setdefault(row, (reason, detail))
+
+
+def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature], *,
+              allow_missing: bool = False) -> Conversion:
     """Converts a record batch to the float32 model input, separating bad rows.
 
     Args:
       batch: Arrow record batch or table with (at least) the feature columns.
       features: bundle feature specs, in model order.
+      allow_missing: keep rows whose only faults are missing values (null values,
+        null lists or list elements, NaN): they stay NaN in the matrix and False in
+        `observed`. ±inf, text, wrong lengths and out-of-range numbers are still
+        faults, and so is a row with no value present (`no_observed_values`).
 
     Returns:
       Conversion with the (n_valid, n_inputs) float32 matrix of good rows.
@@ -308,6 +327,7 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
     n = batch.num_rows
     names = batch.schema.names
     bad: Dict[int, Tuple[str, str]] = {}
+    hard: Dict[int, Tuple[str, str]] = {}  # faults that are not missing values
     # Filled column by column in the model's dtype; checking finiteness after the float32
     # conversion also catches values too large for float32 (they become inf).
     matrix = np.empty((n, n_inputs(features)), dtype=np.float32)
@@ -317,18 +337,20 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
             raise SchemaMismatch(
                 f"feature column {f.name!r} is missing (columns present: "
                 f"{clip(', '.join(names), 400)})")
-        values = _column_to_array(batch.column(names.index(f.name)), f, n, bad)
+        values = _column_to_array(batch.column(names.index(f.name)), f, n, bad, hard)
         block = matrix[:, offset:offset + f.size]
         with np.errstate(over="ignore", invalid="ignore"):
             block[...] = values
         overflow = ~np.isfinite(block) & np.isfinite(values)
         for i in np.flatnonzero(overflow.any(axis=1)):
             j = int(np.flatnonzero(overflow[i])[0])
-            bad.setdefault(int(i), (REASON_OUT_OF_RANGE,
-                                    f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
-                                    f"{float(values[i, j])!r} is beyond float32's range "
-                                    f"(|x| <= {float(np.finfo(np.float32).max):.4g})"))
+            _fault(bad, hard, int(i), REASON_OUT_OF_RANGE,
+                   f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
+                   f"{float(values[i, j])!r} is beyond float32's range "
+                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
         offset += f.size
+    if allow_missing:
+        return _with_missing(matrix, features, hard)
     finite = np.isfinite(matrix)
     if not finite.all():
         for i in np.flatnonzero(~finite.all(axis=1)):
@@ -345,6 +367,29 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> 
         valid = np.arange(n, dtype=np.int64)
     faults = [(i, r, d) for i, (r, d) in sorted(bad.items())]
     return Conversion(np.ascontiguousarray(matrix), valid, faults)
+
+
+def _with_missing(matrix: np.ndarray, features: Sequence[Feature],
+                  hard: Dict[int, Tuple[str, str]]) -> Conversion:
+    """The Conversion of `to_matrix(allow_missing=True)`: NaN is missing, ±inf a fault."""
+    n = len(matrix)
+    bad = dict(hard)
+    infinite = np.isinf(matrix)
+    for i in np.flatnonzero(infinite.any(axis=1)):
+        if int(i) not in bad:
+            col = int(np.flatnonzero(infinite[i])[0])
+            fname, offset = _locate(features, col)
+            bad[int(i)] = (REASON_NOT_FINITE, f"column {fname!r}{offset} is {float(matrix[i, col])!r}")
+    observed = ~np.isnan(matrix)
+    for i in np.flatnonzero(~observed.any(axis=1)):
+        bad.setdefault(int(i), (REASON_NO_OBSERVED, "every feature value is null or NaN"))
+    keep = np.ones(n, dtype=bool)
+    keep[list(bad)] = False
+    valid = np.flatnonzero(keep).astype(np.int64)
+    observed = observed[valid]
+    faults = [(i, r, d) for i, (r, d) in sorted(bad.items())]
+    return Conversion(np.ascontiguousarray(matrix[valid]), valid, faults,
+                      None if observed.all() else observed)
 
 
 def _locate(features: Sequence[Feature], col: int) -> Tuple[str, str]:

@@ -24,18 +24,120 @@ class Scores:
     score: np.ndarray  # (n,) float32, the combined score the threshold applies to
     anomaly_score: np.ndarray  # (n,) float32, score / threshold
     is_anomaly: np.ndarray  # (n,) bool, anomaly_score > 1
+    coverage: Optional[np.ndarray] = None  # (n,) float32, share of inputs observed (masked only)
 
     def __len__(self) -> int:
         return len(self.reconstruction_error)
 
 
-def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
-          chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Scores:
+# How rows with missing (null or NaN) feature values are treated; see `score`.
+MISSING_REJECT = "reject"  # dead-lettered (null_value / not_finite)
+MISSING_IMPUTE = "impute"  # missing values replaced by the training medians
+MISSING_MASK = "mask"  # medians for the forward pass, score over the observed inputs only
+MISSING_MODES = (MISSING_REJECT, MISSING_IMPUTE, MISSING_MASK)
+
+
+def check_missing_mode(info, missing: str) -> None:
+    """Refuses an unknown mode, or impute/mask with a bundle that has no medians.
+
+    Raises:
+      ValueError: naming the bundle and the fix.
+    """
+    if missing not in MISSING_MODES:
+        raise ValueError(f"Received an invalid value for `missing`, expected one of "
+                         f"{', '.join(MISSING_MODES)}. Received: missing={missing!r}")
+    if missing != MISSING_REJECT and info.medians is None:
+        raise ValueError(
+            f"Bundle {info.path or '(in memory)'} has no training medians (bundle.json "
+            f"`imputation`), which `missing={missing}` fills missing values with; it was "
+            f"trained by an older latentbeam. Re-train it with `latentbeam train`, or score "
+            f"with `--missing reject`.")
+
+
+def impute(info, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """x with every unobserved value replaced by its input's training median.
+
+    Args:
+      info: the bundle's BundleInfo (with medians).
+      x: (n, n_inputs) float32; unobserved values may be anything (NaN).
+      observed: (n, n_inputs) bool, True where x holds a real value.
+
+    Returns:
+      (n, n_inputs) float32.
+
+    Raises:
+      ValueError: the bundle has no medians.
+    """
+    check_missing_mode(info, MISSING_IMPUTE)
+    medians = np.asarray(info.medians, dtype=np.float32)
+    return np.where(observed, np.asarray(x, dtype=np.float32), medians[None, :])
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """The calibrated scales of the model's AnomalyScore layer, as numpy."""
+    feature_scale: np.ndarray  # (n_inputs,) s_j, mean calibration error per input
+    term_scale: np.ndarray  # (2,) s_rec, s_dist: robust spreads of the two terms
+    reconstruction_weight: float  # w
+    with_distance: bool  # the latent-distance term is on
+
+
+def score_weights(bundle) -> ScoreWeights:
+    """The AnomalyScore layer's weights (plain mean error for models without that layer)."""
+    from latentbeam.model.architectures import OUTPUT_SCORE
+
+    try:
+        layer = bundle.model.get_layer(OUTPUT_SCORE)
+    except ValueError:
+        n = bundle.info.n_inputs
+        return ScoreWeights(np.ones(n, np.float32), np.ones(2, np.float32), 1.0, False)
+    return ScoreWeights(np.asarray(layer.feature_scale), np.asarray(layer.term_scale),
+                        float(layer.reconstruction_weight), bool(layer.with_distance))
+
+
+def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
+                 latent_distance: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """The anomaly score over the observed inputs only.
+
+        score = w * (sum_j m_j e_j / s_j) / (sum_j m_j) / s_rec  [+ latent_distance / s_dist]
+
+    With every m_j = 1 this is the AnomalyScore layer's formula (same numbers up to
+    float32 rounding); rows must have at least one observed input.
+
+    Args:
+      weights: from `score_weights`.
+      feature_errors: (n, n_inputs) squared errors in normalized space.
+      latent_distance: (n,) the latent-distance term's input (ignored when it is off).
+      observed: (n, n_inputs) bool mask m.
+
+    Returns:
+      (n,) float32 scores.
+    """
+    m = np.asarray(observed, dtype=np.float64)
+    scaled = np.asarray(feature_errors, dtype=np.float64) / weights.feature_scale
+    term = (scaled * m).sum(axis=1) / m.sum(axis=1) / float(weights.term_scale[0])
+    if weights.with_distance:
+        term = weights.reconstruction_weight * term \
+            + np.asarray(latent_distance, np.float64) / float(weights.term_scale[1])
+    return term.astype(np.float32)
+
+
+def score(bundle, x: np.ndarray, *, observed: Optional[np.ndarray] = None,
+          threshold: Optional[float] = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Scores:
     """Scores a float32 matrix with a loaded bundle.
+
+    With `observed` (the `--missing mask` mode) the unobserved values are filled with
+    the training medians for the forward pass and the reconstruction term is taken over
+    the observed inputs only (`masked_score`); `reconstruction_error` is then the mean
+    over the observed inputs, `feature_errors` is NaN at unobserved inputs and
+    `coverage` the share of inputs observed. Rows with every input observed get exactly
+    the unmasked numbers.
 
     Args:
       bundle: a `Bundle` from `load_bundle`.
       x: (n, n_inputs) raw features in bundle feature order (input units).
+      observed: optional (n, n_inputs) bool, True where x holds a real value; each row
+        needs at least one observed value, and the bundle its medians.
       threshold: overrides the bundle's threshold (e.g. during calibration).
       chunk_rows: rows per model call.
 
@@ -43,12 +145,19 @@ def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
       Scores with arrays of n rows.
 
     Raises:
-      ValueError: x has the wrong width.
+      ValueError: x or observed has the wrong shape, or observed is given and the
+        bundle has no medians.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
         raise ValueError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
                          f"{bundle.info.feature_names}. Received shape {x.shape}.")
+    if observed is not None:
+        observed = np.asarray(observed, dtype=bool)
+        if observed.shape != x.shape:
+            raise ValueError(f"score() expects `observed` of the shape of x, {x.shape}. "
+                             f"Received shape {observed.shape}.")
+        x = impute(bundle.info, x, observed)
     # Imported here, not at module level: `latentbeam.model` (and so load_bundle_info,
     # used at pipeline construction time) must not pull in Keras/TensorFlow.
     from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
@@ -68,11 +177,26 @@ def score(bundle, x: np.ndarray, *, threshold: Optional[float] = None,
     # Models without the score head (bundles of format 1) score the reconstruction error.
     combined = outs.get(OUTPUT_SCORE, error)
     distance = outs.get(OUTPUT_LATENT_DISTANCE, np.zeros_like(error))
+    coverage = None
+    if observed is not None:
+        counts = observed.sum(axis=1)
+        coverage = (counts / observed.shape[1]).astype(np.float32)
+        partial = np.flatnonzero(counts < observed.shape[1])
+        if len(partial):
+            mask = observed[partial]
+            combined = combined.copy()
+            combined[partial] = masked_score(score_weights(bundle), ferr[partial],
+                                             distance[partial], mask)
+            error = error.copy()
+            error[partial] = (np.where(mask, ferr[partial], 0.0).sum(axis=1, dtype=np.float64)
+                              / counts[partial]).astype(np.float32)
+            ferr = np.where(observed, ferr, np.float32(np.nan))
     t = np.float32(bundle.info.threshold.threshold if threshold is None else threshold)
     anomaly_score = (combined / t).astype(np.float32)
     return Scores(latent=outs[OUTPUT_LATENT], reconstruction=outs[OUTPUT_RECONSTRUCTION],
                   feature_errors=ferr, reconstruction_error=error, latent_distance=distance,
-                  score=combined, anomaly_score=anomaly_score, is_anomaly=anomaly_score > 1.0)
+                  score=combined, anomaly_score=anomaly_score, is_anomaly=anomaly_score > 1.0,
+                  coverage=coverage)
 
 
 def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:

@@ -280,7 +280,7 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     mc, tc, thc = config.model, config.train, config.threshold
     vf, cf = tc.validation_fraction, thc.calibration_fraction
     log.info("Scanning %s", source.describe())
-    stats = data_mod.scan(source, vf, cf)
+    stats = data_mod.scan(source, vf, cf, seed=tc.seed)
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
@@ -310,6 +310,12 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
         "score": _score_description(model, config),
         "calibration": calibration_summary(scores.score, labels, threshold.threshold),
         "latent_stats": {"mean": latents.mean(axis=0).tolist(), "cov": cov.tolist()},
+        "imputation": {
+            "method": "median",
+            "medians": stats.medians.tolist(),
+            "rows": stats.median_rows,
+            "exact": stats.median_rows == stats.rows_by_split["train"],
+        },
         "training": {
             "source": source.describe(),
             "rows": stats.rows,

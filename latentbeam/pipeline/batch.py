@@ -40,6 +40,7 @@ from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_UNREADABLE,
                                        SchemaMismatch, clip)
+from latentbeam.model.scoring import check_missing_mode
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
@@ -342,6 +343,8 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     if job.batch_rows < 1:
         raise ValueError(f"--batch-rows must be a positive integer. Received: {job.batch_rows}")
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
+    if job.mode == MODE_SCORE:
+        check_missing_mode(info, job.opts.missing)
     sources = resolve_inputs(job.input, job.data_dir)
     paths.check_output(job.output, _reads(job, sources))
     replace = check_output_dir(job.output, job.overwrite)
@@ -456,7 +459,8 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
                                       per_feature_errors=args.per_feature_errors,
                                       reconstruction=args.reconstruction,
                                       latent_distance=args.latent_distance,
-                                      top_features=args.top_features),
+                                      top_features=args.top_features,
+                                      missing=args.missing),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
     from latentbeam.console import progress_line
     summary = run_file_job(job, beam_args, progress=progress_line(args))

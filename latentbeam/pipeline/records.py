@@ -17,7 +17,8 @@ import pyarrow as pa
 from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_MISSING_COLUMN,
                                        REASON_MODEL_ERROR, SchemaMismatch, clip, input_names,
                                        row_payload, to_matrix)
-from latentbeam.model.scoring import Scores, score
+from latentbeam.model.scoring import (MISSING_IMPUTE, MISSING_MASK, MISSING_MODES,
+                                      MISSING_REJECT, Scores, check_missing_mode, impute, score)
 
 # Output column names (the scored-output contract in the README).
 COL_LATENT = "latent"
@@ -28,6 +29,7 @@ COL_MODEL_VERSION = "model_version"
 COL_FEATURE_ERRORS = "feature_errors"
 COL_RECONSTRUCTION = "reconstruction"
 COL_LATENT_DISTANCE = "latent_distance"
+COL_COVERAGE = "coverage"
 COL_TOP_FEATURES = "top_features"
 
 # One element of `top_features`: an input (features.input_names) and its share of the
@@ -55,12 +57,16 @@ class ScoringOptions:
     reconstruction: bool = False  # add `reconstruction` (input units)
     latent_distance: bool = False  # add `latent_distance` (the score's density term)
     top_features: int = 0  # > 0: add `top_features`, the K inputs with the largest error share
+    missing: str = MISSING_REJECT  # null/NaN features: reject | impute | mask (adds `coverage`)
 
     def __post_init__(self):
         k = self.top_features
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"top_features (--top-features) must be a non-negative integer "
                              f"(0 = no `top_features` column). Received: top_features={k!r}")
+        if self.missing not in MISSING_MODES:
+            raise ValueError(f"Received an invalid value for `missing`, expected one of "
+                             f"{', '.join(MISSING_MODES)}. Received: missing={self.missing!r}")
 
 
 def list_array(matrix: np.ndarray) -> pa.ListArray:
@@ -93,6 +99,8 @@ def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = (
         fields.append(pa.field(COL_LATENT_DISTANCE, pa.float32()))
     if opts.top_features:
         fields.append(pa.field(COL_TOP_FEATURES, pa.list_(TOP_FEATURE_TYPE)))
+    if opts.missing == MISSING_MASK:
+        fields.append(pa.field(COL_COVERAGE, pa.float32()))
     return pa.schema(fields, metadata=output_metadata(info))
 
 
@@ -124,6 +132,9 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
     if opts.top_features:
         columns.append(top_features_array(scores.feature_errors, _input_names(tuple(info.features)),
                                           opts.top_features))
+    if opts.missing == MISSING_MASK:
+        coverage = scores.coverage if scores.coverage is not None else np.ones(n, np.float32)
+        columns.append(pa.array(coverage, type=pa.float32()))
     return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
 
 
@@ -208,13 +219,13 @@ def _as_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
 
 
 def _convert(batch: pa.RecordBatch, features, key_columns: Sequence[str], source: str,
-             row_offset: int):
+             row_offset: int, allow_missing: bool = False):
     """Checks key columns, converts the features; returns (Conversion, dead letters)."""
     missing = [k for k in key_columns if k not in batch.schema.names]
     if missing:
         raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
                              f"(columns present: {', '.join(batch.schema.names)})")
-    conv = to_matrix(batch, features)
+    conv = to_matrix(batch, features, allow_missing=allow_missing)
     letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
                for row, reason, detail in conv.faults]
     return conv, letters
@@ -239,7 +250,9 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
       batch: input rows with the bundle's feature columns (and any key columns).
       source: where the rows came from (file path), for dead letters.
       row_offset: index of the batch's first row within `source`.
-      opts: key columns and optional output columns.
+      opts: key columns, optional output columns and how missing values are treated
+        (`missing`: reject dead-letters the row; impute fills the training medians;
+        mask fills them for the forward pass and scores the observed inputs only).
 
     Returns:
       (scored batch of the good rows in input order or None if none were good,
@@ -248,12 +261,15 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
     Raises:
       SchemaMismatch: a feature or key column is missing / unusable for the whole
         batch (callers turn this into one whole-file dead letter).
+      ValueError: impute or mask with a bundle that has no training medians.
     """
+    check_missing_mode(bundle.info, opts.missing)
     batch = _as_batch(batch)
-    conv, letters = _convert(batch, bundle.info.features, opts.key_columns, source, row_offset)
+    conv, letters = _convert(batch, bundle.info.features, opts.key_columns, source, row_offset,
+                             allow_missing=opts.missing != MISSING_REJECT)
     if not len(conv.valid):
         return None, letters
-    scores = score(bundle, conv.matrix)
+    scores = _score_conversion(bundle, conv, opts.missing)
     valid = conv.valid
     finite = np.isfinite(scores.reconstruction_error)
     if not finite.all():
@@ -273,8 +289,21 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
                            _key_rows(batch, opts.key_columns, valid)), letters
 
 
+def _score_conversion(bundle, conv, missing: str) -> Scores:
+    """The core's Scores for the good rows of a Conversion, in the given missing-value mode."""
+    if missing == MISSING_MASK:
+        observed = conv.observed if conv.observed is not None else \
+            np.ones(conv.matrix.shape, dtype=bool)
+        return score(bundle, conv.matrix, observed=observed)
+    if missing == MISSING_IMPUTE and conv.observed is not None:
+        return score(bundle, impute(bundle.info, conv.matrix, conv.observed))
+    return score(bundle, conv.matrix)
+
+
 def _take_scores(scores: Scores, rows: np.ndarray) -> Scores:
-    return Scores(**{f.name: getattr(scores, f.name)[rows] for f in dataclasses.fields(Scores)})
+    """The given rows of every per-row array of `scores` (every field, so none is forgotten)."""
+    return Scores(**{f.name: None if getattr(scores, f.name) is None
+                     else getattr(scores, f.name)[rows] for f in dataclasses.fields(Scores)})
 
 
 def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:

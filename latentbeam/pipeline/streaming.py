@@ -904,7 +904,7 @@ def config_from_args(args) -> StreamConfig:
         scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
                                reconstruction=args.reconstruction,
                                latent_distance=args.latent_distance,
-                               top_features=args.top_features),
+                               top_features=args.top_features, missing=args.missing),
         adaptive=adaptive)
 
 
@@ -941,6 +941,8 @@ def validate(cfg: StreamConfig) -> None:
     info = load_bundle_info(path)
     if cfg.adaptive is not None:
         adaptive_scale(info, cfg.adaptive.quantile)
+    from latentbeam.model.scoring import check_missing_mode
+    check_missing_mode(info, cfg.scoring.missing)
 
 
 def stream_reads(cfg: StreamConfig) -> List[paths.Location]:

@@ -299,6 +299,12 @@ class Score(_BundleTransform):
         the row's error as `{name, share}` structs (dicts on the row path).
       max_batch_rows: rows per model call on the row path.
       source: `source` of dead letters (default: the bundle path).
+      missing: rows with null or NaN feature values: "reject" dead-letters them,
+        "impute" fills the bundle's training medians, "mask" scores the observed
+        inputs only and adds `coverage`.
+
+    Raises:
+      ValueError: an unknown `missing`, or impute/mask with a bundle without medians.
     """
     _mode = MODE_SCORE
     _step = "Score"
@@ -307,13 +313,17 @@ class Score(_BundleTransform):
                  per_feature_errors: bool = False, reconstruction: bool = False,
                  latent_distance: bool = False,
                  top_features: int = 0,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = ""):
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = "",
+                 missing: str = "reject"):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
                          _opts=ScoringOptions(key_columns=tuple(key_columns),
                                               per_feature_errors=per_feature_errors,
                                               reconstruction=reconstruction,
                                               latent_distance=latent_distance,
-                                              top_features=top_features))
+                                              top_features=top_features,
+                                              missing=missing))
+        from latentbeam.model.scoring import check_missing_mode
+        check_missing_mode(self._info, missing)  # at construction, from bundle.json
 
 
 class Encode(_BundleTransform):

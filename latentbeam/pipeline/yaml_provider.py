@@ -66,7 +66,8 @@ def _error_output(error_handling: Optional[Mapping[str, Any]]) -> Optional[str]:
 def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
                     per_feature_errors: bool = False, reconstruction: bool = False,
                     latent_distance: bool = False,
-                    error_handling: Optional[Mapping[str, Any]] = None, top_features: int = 0):
+                    error_handling: Optional[Mapping[str, Any]] = None,
+                    missing: str = "reject", top_features: int = 0):
     """Scores rows with a latentbeam model bundle.
 
     Output fields: the key columns, latent, reconstruction_error, anomaly_score,
@@ -80,6 +81,8 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
       reconstruction: add reconstruction, X-hat in input units.
       latent_distance: add latent_distance, the code's distance to training codes.
       error_handling: {output: NAME} to get unusable rows as the output NAME.
+      missing: null/NaN feature values: reject (default), impute (training medians) or
+        mask (observed inputs only; adds coverage).
       top_features: K > 0 adds top_features, the K inputs with the largest share of the
         row's error, as rows {name, share}.
     """
@@ -88,7 +91,8 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
     return _WithDeadLetters(Score(bundle, key_columns=key_columns or (),
                                   per_feature_errors=per_feature_errors,
                                   reconstruction=reconstruction,
-                                  latent_distance=latent_distance, top_features=top_features),
+                                  latent_distance=latent_distance, missing=missing,
+                                  top_features=top_features),
                             error_handling)
 
 
