@@ -96,3 +96,25 @@ def test_image_inputs_are_named_by_row_and_column(tiny_image_bundle_dir):
     assert top[2][0]["name"] == "image[3,5]"
     assert top[2][0]["share"] > 0.75
     assert all(t["name"].startswith("image[") for row in top for t in row)
+
+
+def test_unobserved_inputs_rank_last_with_no_share():
+    """`--missing mask` leaves NaN errors for unobserved inputs: never a NaN share."""
+    ferr = np.array([[1.0, np.nan, 3.0, 0.0], [np.nan, np.nan, np.nan, 2.0]])
+    idx, shares = top_features(ferr, 3)
+    assert idx.tolist() == [[2, 0, 3], [3, 0, 1]]
+    np.testing.assert_allclose(shares, [[0.75, 0.25, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_masked_rows_get_top_features_over_their_observed_pixels(tiny_bundle):
+    table = digits_table().slice(0, 5)
+    cols = {n: table.column(n).to_pylist() for n in table.schema.names}
+    cols["pixel_27"][1] = None
+    cols["pixel_28"][1] += 80.0
+    out, letters = score_record_batch(tiny_bundle, pa.RecordBatch.from_pydict(cols),
+                                      opts=ScoringOptions(top_features=64, missing="mask"))
+    assert letters == [] and out.num_rows == 5
+    top = out.column("top_features").to_pylist()[1]
+    shares = [t["share"] for t in top]
+    assert not np.isnan(shares).any() and sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert top[0]["name"] == "pixel_28" and top[-1] == {"name": "pixel_27", "share": 0.0}

@@ -153,17 +153,24 @@ def top_features(feature_errors: np.ndarray, k: int) -> Tuple[np.ndarray, np.nda
     Returns:
       (indices (n, k') int64 into the inputs, shares (n, k') float32), k' = min(k, n_inputs);
       share = input's error / sum of the row's errors (0 when the row's error is 0).
-      Equal shares are ordered by input index.
+      Equal shares are ordered by input index. An unobserved input (NaN error, the
+      `--missing mask` mode) has share 0 and ranks after every observed one.
     """
     ferr = np.asarray(feature_errors, dtype=np.float64)
     n, d = ferr.shape
     k = min(int(k), d)
+    unobserved = np.isnan(ferr)
+    rank = ferr
+    if unobserved.any():
+        rank = np.where(unobserved, -1.0, ferr)  # errors are >= 0: unobserved rank last
+        ferr = np.where(unobserved, 0.0, ferr)
     if k < d:
-        idx = np.argpartition(-ferr, k - 1, axis=1)[:, :k]
+        idx = np.argpartition(-rank, k - 1, axis=1)[:, :k]
     else:
         idx = np.broadcast_to(np.arange(d), (n, d))
+    keys = np.take_along_axis(rank, idx, axis=1)
     vals = np.take_along_axis(ferr, idx, axis=1)
-    order = np.lexsort((idx, -vals), axis=1)
+    order = np.lexsort((idx, -keys), axis=1)
     idx = np.take_along_axis(idx, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
     total = ferr.sum(axis=1, keepdims=True)

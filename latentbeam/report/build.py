@@ -354,7 +354,7 @@ def _image_panel(page: _Page, name: str, image: ImageFeature, x, recon, ferr, ti
 def _share_heatmap(page: _Page, name: str, ferr: np.ndarray, row_labels, names, title) -> str:
     if not len(ferr):
         return ""
-    ferr = np.asarray(ferr, dtype=np.float64)
+    ferr = np.nan_to_num(np.asarray(ferr, dtype=np.float64))  # NaN: unobserved (--missing mask)
     shares = ferr / np.maximum(ferr.sum(axis=1, keepdims=True), 1e-300)
     cols = np.argsort(-shares.max(axis=0), kind="stable")[:min(20, shares.shape[1])]
     cols = np.sort(cols)
