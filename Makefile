@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_score.py
 	$(PY) scripts/bench_stream.py
+	$(PY) scripts/bench_report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

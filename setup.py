@@ -30,6 +30,8 @@ setup(
         "numpy>=1.26,<3",
         "PyYAML>=6,<7",
         "scikit-learn>=1.4,<2",
+        # `latentbeam report`: PNG plots (Agg backend, no display needed).
+        "matplotlib>=3.8,<4",
         # Beam YAML (`python -m apache_beam.yaml.main`, the latentbeam YAML provider) and
         # Beam DataFrames import these; the ranges are Beam 2.77's own ([yaml] extra),
         # pandas below 2.4 because Beam's DataFrame API fails to import with pandas 3.

@@ -1,4 +1,4 @@
-"""Command line: `latentbeam {train,score,stream,decode,generate,rethreshold,demo}` (also `python -m latentbeam`).
+"""Command line: `latentbeam {train,score,stream,decode,generate,rethreshold,report,info,demo}` (also `python -m latentbeam`).
 
 Flags a subcommand does not know are passed to Beam's PipelineOptions, so
 `--runner DataflowRunner --project P --temp_location gs://... --setup_file ./setup.py`
@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
-PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir")
+PATH_ARGS = ("output", "input", "bundle", "watch", "config", "data_dir", "workdir", "scored")
 BEAM_EPILOG = ("Flags not listed here go to Beam's PipelineOptions, e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://B/tmp --setup_file ./setup.py. "
                "Default: the in-process FnApiRunner.")
@@ -45,6 +45,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-distance", action="store_true",
                    help="add `latent_distance`: the code's distance to the nearest training "
                         "code (the score's density term)")
+    p.add_argument("--top-features", type=int, default=0, metavar="K",
+                   help="add `top_features`: the K inputs with the largest share of each "
+                        "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
     p.add_argument("--batch-rows", type=int, default=8192,
                    help="rows per Arrow record batch read from each file (default 8192)")
     p.add_argument("--missing", default="reject", choices=("reject", "impute", "mask"),
@@ -141,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the method's parameter (level, anomaly fraction, k)")
     p.add_argument("--output", default=None,
                    help="write the new bundle here (default: replace --bundle in place)")
+
+    p = sub.add_parser("report", help="write a static HTML report (PNG plots) of a bundle and "
+                                      "its scored output")
+    p.add_argument("--bundle", required=True, help="bundle directory")
+    p.add_argument("--scored", default=None,
+                   help="output directory of `score` or `stream` (or a glob of its *.parquet)")
+    p.add_argument("--output", required=True, help="report directory (index.html, *.png)")
+    p.add_argument("--top", type=int, default=20, help="rows in the top-anomalies tables")
+    p.add_argument("--sample-rows", type=int, default=20000,
+                   help="rows drawn for the latent maps (default 20000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    p.add_argument("--label-column", default=None,
+                   help="scored column to colour the latent map by (default: the bundle's "
+                        "data.label when the scored files have it)")
+
+    p = sub.add_parser("info", help="print a bundle's summary and check its integrity")
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("demo", help="run the embedded digits example end to end")
     p.add_argument("--workdir", default="build/demo")
@@ -290,6 +311,35 @@ def cmd_rethreshold(args, beam_args: List[str]) -> int:
     return 0
 
 
+def cmd_report(args, beam_args: List[str]) -> int:
+    from latentbeam.report import build_report
+
+    result = build_report(args.bundle, args.output, scored=args.scored, top_n=args.top,
+                          sample_rows=args.sample_rows, seed=args.seed,
+                          label_column=args.label_column)
+    s = result.summary
+    print(f"report:  {result.index} ({len(result.files)} files, {result.seconds:.1f} s)")
+    if "scored" in s:
+        sc = s["scored"]
+        print(f"scored:  {sc['rows']:,} rows in {sc['files']} files, {sc['anomalies']:,} "
+              f"anomalies ({sc['anomaly_fraction']:.2%}); latent map of {sc['sample_rows']:,} "
+              f"sampled rows (seed {sc['seed']})")
+    print(f"open:    file://{os.path.abspath(result.index)}" if "://" not in result.index
+          else f"open:    {result.index}")
+    return 0
+
+
+def cmd_info(args, beam_args: List[str]) -> int:
+    """Exit code 0 when model.keras matches bundle.json's sha256, 1 when it does not."""
+    import json
+
+    from latentbeam.report.info import bundle_summary, format_info
+
+    summary = bundle_summary(args.bundle)
+    print(json.dumps(summary, indent=2) if args.json else format_info(summary))
+    return 0 if summary["integrity"]["ok"] else 1
+
+
 def cmd_demo(args, beam_args: List[str]) -> int:
     from latentbeam.demo import run_demo
     return run_demo(args.workdir)
@@ -302,5 +352,7 @@ COMMANDS = {
     "stream": _pipeline_command("latentbeam.pipeline.streaming", "run_stream_command"),
     "generate": cmd_generate,
     "rethreshold": cmd_rethreshold,
+    "report": cmd_report,
+    "info": cmd_info,
     "demo": cmd_demo,
 }

@@ -39,10 +39,33 @@ def digits_table() -> pa.Table:
     return pa.table(cols)
 
 
-def write_digits_parquet(directory: str, files: int = 2) -> List[str]:
-    """Writes the digits as `files` Parquet files; returns their paths."""
+IMAGE_SHAPE = (8, 8)
+
+
+def digit_images_table() -> pa.Table:
+    """1797 rows: `id`, `label` and `image`, the 8x8 pixels (0..16) as a fixed-size 8x8 list.
+
+    The same numbers as `digits_table` (its pixel_NN is image[NN // 8, NN % 8]); as an image
+    feature the model inputs are named image[R,C] and the report draws the rows as images.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    h, w = IMAGE_SHAPE
+    pixels = pa.array(d.images.astype(np.float32).reshape(-1))
+    image = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pixels, w), h)
+    return pa.table({"id": pa.array(np.arange(len(d.images), dtype=np.int64)),
+                     "label": pa.array(d.target.astype(np.int64)), "image": image})
+
+
+def write_digits_parquet(directory: str, files: int = 2, images: bool = False) -> List[str]:
+    """Writes the digits as `files` Parquet files; returns their paths.
+
+    `images=False`: 64 pixel columns (`digits_table`); `images=True`: one 8x8 `image`
+    column (`digit_images_table`).
+    """
     os.makedirs(directory, exist_ok=True)
-    table = digits_table()
+    table = digit_images_table() if images else digits_table()
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     paths = []
     for i in range(files):
@@ -99,8 +122,8 @@ def write_digits_tfds(data_dir: str, name: str = DIGITS_TFDS_NAME) -> str:
 # The demo's training config; configs/demo.yaml is the same file for users to copy
 # (a test keeps the two equal). `data.path` is relative to the demo workdir.
 DEMO_CONFIG = {
-    "data": {"source": "parquet", "path": "data/*.parquet", "label": "label",
-             "key_columns": ["id"]},
+    "data": {"source": "parquet", "path": "data/*.parquet", "features": ["image"],
+             "label": "label", "key_columns": ["id"]},
     "model": {"latent_dim": 2, "hidden_units": [32, 16]},
     "train": {"epochs": 60, "seed": 0},
     "threshold": {"method": "quantile", "value": 0.99},
@@ -108,7 +131,8 @@ DEMO_CONFIG = {
 
 
 def run_demo(workdir: str, top: int = 5) -> int:
-    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring, one screen."""
+    """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report,
+    on one screen."""
     import copy
     import time
 
@@ -123,9 +147,9 @@ def run_demo(workdir: str, top: int = 5) -> int:
     workdir = os.path.abspath(workdir)
     data_dir = os.path.join(workdir, "data")
     out.write("== latentbeam demo: 8x8 digits (scikit-learn), autoencoder 64 -> 2 -> 64 ==\n")
-    paths = write_digits_parquet(data_dir)
+    paths = write_digits_parquet(data_dir, images=True)
     tfds_dir = write_digits_tfds(os.path.join(workdir, "tensorflow_datasets"))
-    out.write(f"[1/3] data: 1797 digits as {len(paths)} Parquet files in {data_dir}/\n"
+    out.write(f"[1/4] data: 1797 digits as {len(paths)} Parquet files in {data_dir}/\n"
               f"      and as TFDS {DIGITS_TFDS_NAME} (train 1500 / test 297) in {tfds_dir}/\n")
     raw = copy.deepcopy(DEMO_CONFIG)
     raw["data"]["path"] = os.path.join(workdir, raw["data"]["path"])
@@ -135,19 +159,36 @@ def run_demo(workdir: str, top: int = 5) -> int:
     bundle_dir = os.path.join(workdir, "bundle")
     # A live bar over the epochs on a terminal; nothing per epoch otherwise.
     verbose = 1 if ProgressLine().tty else 0
-    out.write(f"[2/3] train: {config_path} -> {bundle_dir}/\n")
+    out.write(f"[2/4] train: {config_path} -> {bundle_dir}/\n")
     out.flush()
     t0 = time.time()
     bundle = train(from_dict(raw, [f"train.verbose={verbose}"]), bundle_dir)
     out.write("\n".join("      " + line for line in summarize_bundle(bundle.info).splitlines()[1:]))
     out.write(f"\n      ({time.time() - t0:.1f} s)\n")
     scored = os.path.join(workdir, "scored")
-    out.write(f"[3/3] score: Beam batch job (latentbeam score) -> {scored}/\n")
+    out.write(f"[3/4] score: Beam batch job (latentbeam score) -> {scored}/\n")
     out.flush()
     score_digits_with_beam(bundle_dir, os.path.join(data_dir, "*.parquet"), scored, top=top)
+    index = report_digits(bundle_dir, scored, os.path.join(workdir, "report"))
     out.write(f"\nnext: latentbeam score --bundle {bundle_dir} --input 'DATA/*.parquet' "
-              f"--output OUT --key-columns id\n")
+              f"--output OUT --key-columns id --top-features 3\n"
+              f"      latentbeam report --bundle {bundle_dir} --scored OUT --output REPORT\n")
+    out.write(f"\nopen the report: file://{os.path.abspath(index)}\n")
     return 0
+
+
+def report_digits(bundle_dir: str, scored_dir: str, out: str) -> str:
+    """Writes the HTML report of the demo run (`latentbeam report`); prints where to open it."""
+    from latentbeam.report import build_report
+
+    t0 = time.time()
+    sys.stdout.write(f"[4/4] report: latentbeam report -> {out}/\n")
+    sys.stdout.flush()
+    result = build_report(bundle_dir, out, scored=scored_dir)
+    sys.stdout.write("      the 2-number code of every digit grouped by class, anomalies marked;\n"
+                     "      originals beside reconstructions; generated digits; the latent plane "
+                     f"decoded ({time.time() - t0:.1f} s)\n")
+    return result.index
 
 
 def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 10) -> None:
@@ -159,15 +200,19 @@ def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 1
     t0 = time.time()
     line = ProgressLine()
     summary = run_file_job(FileJob(bundle_dir, pattern, out, overwrite=True,
-                                   opts=ScoringOptions(key_columns=("id", "label"))),
+                                   opts=ScoringOptions(key_columns=("id", "label", "image"),
+                                                       per_feature_errors=True,
+                                                       top_features=3)),
                            progress=line if line.tty else None)
     text = format_summary(summary)
     sys.stdout.write("\n".join("      " + line for line in text.splitlines()
                                 if not line.startswith("  /")))  # not one line per file
     sys.stdout.write(f"\n      ({time.time() - t0:.1f} s)\n")
-    table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score"])
+    table = pq.read_table(summary.files, columns=["id", "label", "anomaly_score", "top_features"])
     rows = table.sort_by([("anomaly_score", "descending"), ("id", "ascending")]).slice(0, top)
     sys.stdout.write(f"\nmost anomalous {top} digits (anomaly_score > 1 is flagged):\n"
-                     f"{'id':>6} {'label':>5} {'anomaly_score':>14}\n")
+                     f"{'id':>6} {'label':>5} {'anomaly_score':>14}  top_features "
+                     f"(share of the error)\n")
     for r in rows.to_pylist():
-        sys.stdout.write(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}\n")
+        why = ", ".join(f"{t['name']} {t['share']:.0%}" for t in r["top_features"])
+        sys.stdout.write(f"{r['id']:>6} {r['label']:>5} {r['anomaly_score']:>14.3f}  {why}\n")

@@ -42,6 +42,24 @@ def tiny_bundle_dir(tmp_path_factory, digits_glob) -> str:
 
 
 @pytest.fixture(scope="session")
+def digit_images_glob(tmp_path_factory) -> str:
+    """The digits as 2 Parquet files with an 8x8 `image` column (id, label, image)."""
+    d = str(tmp_path_factory.mktemp("digit_images"))
+    write_digits_parquet(d, files=2, images=True)
+    return os.path.join(d, "*.parquet")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_bundle_dir(tmp_path_factory, digit_images_glob) -> str:
+    """A bundle trained once per session on the 8x8 `image` feature (latent_dim 2)."""
+    from latentbeam.model import train
+
+    out = str(tmp_path_factory.mktemp("image_bundle") / "tiny")
+    train(tiny_config(digit_images_glob), out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tiny_bundle_dir):
     from latentbeam.model import load_bundle
 

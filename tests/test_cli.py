@@ -120,12 +120,20 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
         lines = out.splitlines()
         assert len(lines) <= 40
         assert [line.split(":")[0] for line in lines if line.startswith("[")] == [
-            "[1/3] data", "[2/3] train", "[3/3] score"]
+            "[1/4] data", "[2/4] train", "[3/4] score", "[4/4] report"]
         assert f"2 Parquet files in {tmp_path}/data/" in out
         assert f"in {tmp_path}/tensorflow_datasets/" in out
-        assert f"[2/3] train: {tmp_path}/demo.yaml -> {tmp_path}/bundle/" in out
-        assert f"[3/3] score: Beam batch job (latentbeam score) -> {tmp_path}/scored/" in out
+        assert f"[2/4] train: {tmp_path}/demo.yaml -> {tmp_path}/bundle/" in out
+        assert f"[3/4] score: Beam batch job (latentbeam score) -> {tmp_path}/scored/" in out
+        assert f"[4/4] report: latentbeam report -> {tmp_path}/report/" in out
+        # It ends with the page to open.
+        assert lines[-1] == f"open the report: file://{tmp_path}/report/index.html"
         assert captured.err == ""
     import pyarrow.parquet as pq
     scored = pq.read_table(str(tmp_path / "scored")).to_pandas()
     assert len(scored) == 1797 and scored["id"].is_unique
+    # The demo trains on the 8x8 image column, so explanations name pixels by row and column.
+    assert all(t["name"].startswith("image[") for top in scored["top_features"] for t in top)
+    report = {f for f in os.listdir(tmp_path / "report")}
+    assert {"index.html", "latent_calibration.png", "latent_scored.png", "anomalies_scored.png",
+            "generated.png", "latent_plane.png"} <= report

@@ -8,6 +8,7 @@ commands then run from that virtualenv's console script on tiny data. The test e
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -106,5 +107,18 @@ def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_ven
     windows = sorted(glob.glob(str(streamed / "*.parquet")))
     assert sum(pq.read_metadata(f).num_rows for f in windows) == 500
 
+    explained = tmp_path / "explained"
+    _run([cli, "score", "--bundle", str(bundle), "--input", str(data / "*.parquet"),
+          "--output", str(explained), "--key-columns", "id", "--top-features", "2"])
+    top = pq.read_table(str(explained)).column("top_features").to_pylist()
+    assert len(top) == 500 and all(len(t) == 2 for t in top)
+    report = tmp_path / "report"
+    _run([cli, "report", "--bundle", str(bundle), "--scored", str(explained),
+          "--output", str(report)])
+    assert (report / "index.html").exists() and len(glob.glob(str(report / "*.png"))) >= 4
+    info = json.loads(_run([cli, "info", str(bundle), "--json"]).stdout)
+    assert info["integrity"]["ok"] is True
+
     demo = _run([cli, "demo", "--workdir", str(tmp_path / "demo")], cwd=str(tmp_path))
     assert glob.glob(str(tmp_path / "demo" / "scored" / "*.parquet")), demo.stdout
+    assert (tmp_path / "demo" / "report" / "index.html").exists(), demo.stdout

@@ -61,6 +61,23 @@ def n_inputs(features: Sequence[Feature]) -> int:
     return sum(f.size for f in features)
 
 
+def input_names(features: Sequence[Feature]) -> List[str]:
+    """One name per model input, in model order: what `top_features` and the report show.
+
+    A scalar feature is its column name; an element of a list or image feature is the
+    name with its index in the feature's shape, row-major as the matrix is flattened:
+    `pixels[12]` for shape (64,), `image[3,5]` (row 3, column 5) for shape (8, 8),
+    `rgb[3,5,2]` for shape (h, w, 3).
+    """
+    names: List[str] = []
+    for f in features:
+        if not f.shape:
+            names.append(f.name)
+        else:
+            names += [f"{f.name}[{','.join(map(str, ix))}]" for ix in np.ndindex(*f.shape)]
+    return names
+
+
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
         or pa.types.is_decimal(t)

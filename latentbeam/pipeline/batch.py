@@ -459,6 +459,7 @@ def run_score_command(args, beam_args: Sequence[str]) -> int:
                                       per_feature_errors=args.per_feature_errors,
                                       reconstruction=args.reconstruction,
                                       latent_distance=args.latent_distance,
+                                      top_features=args.top_features,
                                       missing=args.missing),
                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
     from latentbeam.console import progress_line

@@ -7,6 +7,7 @@ defined once, here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -14,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_MISSING_COLUMN,
-                                       REASON_MODEL_ERROR, SchemaMismatch, clip, row_payload,
-                                       to_matrix)
+                                       REASON_MODEL_ERROR, SchemaMismatch, clip, input_names,
+                                       row_payload, to_matrix)
 from latentbeam.model.scoring import (MISSING_IMPUTE, MISSING_MASK, MISSING_MODES,
                                       MISSING_REJECT, Scores, check_missing_mode, impute, score)
 
@@ -29,6 +30,11 @@ COL_FEATURE_ERRORS = "feature_errors"
 COL_RECONSTRUCTION = "reconstruction"
 COL_LATENT_DISTANCE = "latent_distance"
 COL_COVERAGE = "coverage"
+COL_TOP_FEATURES = "top_features"
+
+# One element of `top_features`: an input (features.input_names) and its share of the
+# row's error, sum of its squared error / sum over all inputs (0..1).
+TOP_FEATURE_TYPE = pa.struct([pa.field("name", pa.string()), pa.field("share", pa.float32())])
 
 # Parquet key-value metadata written on every scored file.
 META_MODEL_VERSION = b"latentbeam.model_version"
@@ -50,9 +56,14 @@ class ScoringOptions:
     per_feature_errors: bool = False  # add `feature_errors`
     reconstruction: bool = False  # add `reconstruction` (input units)
     latent_distance: bool = False  # add `latent_distance` (the score's density term)
+    top_features: int = 0  # > 0: add `top_features`, the K inputs with the largest error share
     missing: str = MISSING_REJECT  # null/NaN features: reject | impute | mask (adds `coverage`)
 
     def __post_init__(self):
+        k = self.top_features
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"top_features (--top-features) must be a non-negative integer "
+                             f"(0 = no `top_features` column). Received: top_features={k!r}")
         if self.missing not in MISSING_MODES:
             raise ValueError(f"Received an invalid value for `missing`, expected one of "
                              f"{', '.join(MISSING_MODES)}. Received: missing={self.missing!r}")
@@ -86,6 +97,8 @@ def output_schema(info, opts: ScoringOptions, key_fields: Sequence[pa.Field] = (
         fields.append(pa.field(COL_RECONSTRUCTION, pa.list_(pa.float32())))
     if opts.latent_distance:
         fields.append(pa.field(COL_LATENT_DISTANCE, pa.float32()))
+    if opts.top_features:
+        fields.append(pa.field(COL_TOP_FEATURES, pa.list_(TOP_FEATURE_TYPE)))
     if opts.missing == MISSING_MASK:
         fields.append(pa.field(COL_COVERAGE, pa.float32()))
     return pa.schema(fields, metadata=output_metadata(info))
@@ -116,10 +129,66 @@ def scores_to_batch(info, scores: Scores, opts: ScoringOptions,
         columns.append(float_list_array(scores.reconstruction))
     if opts.latent_distance:
         columns.append(pa.array(scores.latent_distance, type=pa.float32()))
+    if opts.top_features:
+        columns.append(top_features_array(scores.feature_errors, _input_names(tuple(info.features)),
+                                          opts.top_features))
     if opts.missing == MISSING_MASK:
         coverage = scores.coverage if scores.coverage is not None else np.ones(n, np.float32)
         columns.append(pa.array(coverage, type=pa.float32()))
     return pa.RecordBatch.from_arrays(columns, schema=output_schema(info, opts, key_fields))
+
+
+@functools.lru_cache(maxsize=32)
+def _input_names(features: tuple) -> pa.Array:
+    return pa.array(input_names(features), type=pa.string())
+
+
+def top_features(feature_errors: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The k inputs with the largest share of each row's error, largest first.
+
+    Args:
+      feature_errors: (n, n_inputs) per-input squared error (Scores.feature_errors).
+      k: inputs per row; at most n_inputs are returned.
+
+    Returns:
+      (indices (n, k') int64 into the inputs, shares (n, k') float32), k' = min(k, n_inputs);
+      share = input's error / sum of the row's errors (0 when the row's error is 0).
+      Equal shares are ordered by input index. An unobserved input (NaN error, the
+      `--missing mask` mode) has share 0 and ranks after every observed one.
+    """
+    ferr = np.asarray(feature_errors, dtype=np.float64)
+    n, d = ferr.shape
+    k = min(int(k), d)
+    unobserved = np.isnan(ferr)
+    rank = ferr
+    if unobserved.any():
+        rank = np.where(unobserved, -1.0, ferr)  # errors are >= 0: unobserved rank last
+        ferr = np.where(unobserved, 0.0, ferr)
+    if k < d:
+        idx = np.argpartition(-rank, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(d), (n, d))
+    keys = np.take_along_axis(rank, idx, axis=1)
+    vals = np.take_along_axis(ferr, idx, axis=1)
+    order = np.lexsort((idx, -keys), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    total = ferr.sum(axis=1, keepdims=True)
+    shares = np.divide(vals, total, out=np.zeros_like(vals), where=total > 0)
+    return idx.astype(np.int64), shares.astype(np.float32)
+
+
+def top_features_array(feature_errors: np.ndarray, names: pa.Array, k: int) -> pa.ListArray:
+    """`top_features` column: list<struct<name: string, share: float32>>, k per row."""
+    idx, shares = top_features(feature_errors, k)
+    n, k = idx.shape
+    entries = pa.StructArray.from_arrays(
+        [names.take(pa.array(idx.reshape(-1))), pa.array(shares.reshape(-1), type=pa.float32())],
+        fields=list(TOP_FEATURE_TYPE))
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n and k
+                       else np.zeros(n + 1, np.int32))
+    return pa.ListArray.from_arrays(offsets, entries, type=pa.list_(TOP_FEATURE_TYPE))
+
 
 
 # Errors that data can cause while a file's rows are converted, scored or written (not
@@ -354,9 +423,10 @@ def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
 
 
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
-           "COL_RECONSTRUCTION", "COL_SCORE", "DEAD_LETTER_SCHEMA", "MODE_DECODE", "MODE_SCORE",
+           "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "DEAD_LETTER_SCHEMA", "MODE_DECODE",
+           "MODE_SCORE", "TOP_FEATURE_TYPE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
            "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
            "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
-           "whole_file_dead_letter"]
+           "top_features", "top_features_array", "whole_file_dead_letter"]

@@ -903,7 +903,8 @@ def config_from_args(args) -> StreamConfig:
         bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
         scoring=ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
                                reconstruction=args.reconstruction,
-                               latent_distance=args.latent_distance, missing=args.missing),
+                               latent_distance=args.latent_distance,
+                               top_features=args.top_features, missing=args.missing),
         adaptive=adaptive)
 
 

@@ -38,10 +38,11 @@ from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
-from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, DATA_ERRORS,
-                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letter, decode_output_schema,
-                                         output_schema, rows_to_record_batch)
+from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, COL_TOP_FEATURES,
+                                         DATA_ERRORS, MODE_DECODE, MODE_SCORE, ScoringOptions,
+                                         apply_bundle, as_file_fault, dead_letter,
+                                         decode_output_schema, output_schema,
+                                         rows_to_record_batch)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,15 @@ def arrow_to_beam_fields(schema: pa.Schema) -> List[Tuple[str, Any]]:
     from apache_beam.typehints.schemas import named_fields_from_schema
 
     return list(named_fields_from_schema(beam_schema_from_arrow_schema(schema.remove_metadata())))
+
+
+def _to_row(out: Dict[str, Any]) -> beam.Row:
+    """An output dict as a beam.Row; `top_features` entries become nested rows too, as
+    the declared schema (a sequence of rows {name, share}) says."""
+    top = out.get(COL_TOP_FEATURES)
+    if top is not None:
+        out = dict(out, **{COL_TOP_FEATURES: [beam.Row(**t) for t in top]})
+    return beam.Row(**out)
 
 
 def _payload(row: Dict[str, Any]) -> str:
@@ -176,7 +186,7 @@ class _BundleDoFn(beam.DoFn):
             elif isinstance(rows[i], dict) and not self._as_rows:
                 yield out
             else:
-                yield beam.Row(**out)
+                yield _to_row(out)
 
     def _rows_batch(self, dicts: List[Dict[str, Any]], row_offset: int = 0
                     ) -> List[Tuple[int, Optional[dict], Optional[dict]]]:
@@ -268,7 +278,8 @@ class Score(_BundleTransform):
 
     Output columns (fields for the row path): the key columns, `latent`,
     `reconstruction_error`, `anomaly_score`, `is_anomaly`, `model_version`, and
-    optionally `feature_errors` and `reconstruction` (see the README's output schema).
+    optionally `feature_errors`, `reconstruction` and `top_features` (see the README's
+    output schema).
 
     Example::
 
@@ -284,6 +295,8 @@ class Score(_BundleTransform):
       per_feature_errors: add `feature_errors` (per-input squared error).
       reconstruction: add `reconstruction` (X-hat in input units).
       latent_distance: add `latent_distance` (the code's distance to training codes).
+      top_features: K > 0 adds `top_features`, the K inputs with the largest share of
+        the row's error as `{name, share}` structs (dicts on the row path).
       max_batch_rows: rows per model call on the row path.
       source: `source` of dead letters (default: the bundle path).
       missing: rows with null or NaN feature values: "reject" dead-letters them,
@@ -299,6 +312,7 @@ class Score(_BundleTransform):
     def __init__(self, bundle_path: str, *, key_columns: Sequence[str] = (),
                  per_feature_errors: bool = False, reconstruction: bool = False,
                  latent_distance: bool = False,
+                 top_features: int = 0,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, source: str = "",
                  missing: str = "reject"):
         super().__init__(bundle_path, max_batch_rows=max_batch_rows, source=source,
@@ -306,6 +320,7 @@ class Score(_BundleTransform):
                                               per_feature_errors=per_feature_errors,
                                               reconstruction=reconstruction,
                                               latent_distance=latent_distance,
+                                              top_features=top_features,
                                               missing=missing))
         from latentbeam.model.scoring import check_missing_mode
         check_missing_mode(self._info, missing)  # at construction, from bundle.json

@@ -67,11 +67,12 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
                     per_feature_errors: bool = False, reconstruction: bool = False,
                     latent_distance: bool = False,
                     error_handling: Optional[Mapping[str, Any]] = None,
-                    missing: str = "reject"):
+                    missing: str = "reject", top_features: int = 0):
     """Scores rows with a latentbeam model bundle.
 
     Output fields: the key columns, latent, reconstruction_error, anomaly_score,
-    is_anomaly, model_version (and feature_errors / reconstruction when asked for).
+    is_anomaly, model_version (and feature_errors / reconstruction / top_features when
+    asked for).
 
     Args:
       bundle: model bundle directory (local, gs://, s3://).
@@ -82,14 +83,17 @@ def LatentbeamScore(bundle: str, key_columns: Optional[List[str]] = None,
       error_handling: {output: NAME} to get unusable rows as the output NAME.
       missing: null/NaN feature values: reject (default), impute (training medians) or
         mask (observed inputs only; adds coverage).
+      top_features: K > 0 adds top_features, the K inputs with the largest share of the
+        row's error, as rows {name, share}.
     """
     from latentbeam.pipeline.transforms import Score
 
     return _WithDeadLetters(Score(bundle, key_columns=key_columns or (),
                                   per_feature_errors=per_feature_errors,
                                   reconstruction=reconstruction,
-                                  latent_distance=latent_distance, missing=missing),
-                             error_handling)
+                                  latent_distance=latent_distance, missing=missing,
+                                  top_features=top_features),
+                            error_handling)
 
 
 def LatentbeamEncode(bundle: str, key_columns: Optional[List[str]] = None,
