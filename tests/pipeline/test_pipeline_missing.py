@@ -14,23 +14,13 @@ from latentbeam.demo import digits_table
 from latentbeam.pipeline.options import pipeline_options
 from latentbeam.pipeline.records import ScoringOptions, score_record_batch
 from latentbeam.pipeline.transforms import Score
+from test_pipeline_transforms import Collected  # noqa: E402  (same directory)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 N = 60
 
 
-class Collected:
-    """Pipeline outputs gathered in this process (pickled by reference)."""
-    store: dict = {}
-
-    @classmethod
-    def into(cls, name):
-        cls.store.pop(name, None)
-
-        def check(elements):
-            Collected.store[name] = list(elements)
-        return check
 
 
 @pytest.fixture(scope="module")
