@@ -244,7 +244,7 @@ def summarize_bundle(info) -> str:
     cal = info.calibration
     if cal.get("quantiles"):
         q = cal["quantiles"]
-        lines.append(f"calibration:     {cal['rows']} rows, error p50 {q['0.5']:.4g}, "
+        lines.append(f"calibration:     {cal['rows']} rows, score p50 {q['0.5']:.4g}, "
                      f"p99 {q['0.99']:.4g}, flagged {cal['flagged_fraction']:.2%}")
     if "roc_auc" in cal:
         lines.append(f"calibration AUC: {cal['roc_auc']:.4f} (label column)")
