@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often a watched --bundle location is re-checked (default: "
                         "--poll-seconds)")
     p.add_argument("--adaptive-quantile", type=float, default=0.5,
-                   help="level of the rolling error quantile; a calibration level of the "
+                   help="level of the rolling score quantile; a calibration level of the "
                         "bundle (default 0.5)")
     p.add_argument("--adaptive-window-rows", type=int, default=1000,
                    help="recent non-anomalous errors kept per key (default 1000)")
@@ -306,7 +306,7 @@ def cmd_rethreshold(args, beam_args: List[str]) -> int:
           f"{new.threshold.threshold:.6g} ({new.threshold.method}, value={new.threshold.value})")
     print(f"model_version:   {old.model_version} -> {new.model_version}")
     print(f"flagged:         {new.calibration['flagged_fraction']:.2%} of the calibration rows "
-          f"(estimated from the stored error quantiles)")
+          f"(estimated from the stored score quantiles)")
     print(f"bundle:          {new.path}")
     return 0
 

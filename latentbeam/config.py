@@ -285,10 +285,12 @@ def _construct_mapping(loader: _YamlLoader, node, deep: bool = False):
                 continue  # `<<: *base` merges; its keys may be overridden on purpose
             key = loader.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                duplicate = key in seen
             except TypeError:
                 continue  # an unhashable key: SafeLoader refuses it below
-            if first != key_node.start_mark.line + 1:
+            # By key, not by line: `train: {epochs: 1, epochs: 5}` repeats on one line.
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            if duplicate:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     f"found duplicate key {echo(key, 40)} (first given on line {first})",

@@ -173,3 +173,8 @@ def test_to_dict_round_trips():
     plain = config.to_dict()
     assert plain["model"]["hidden_units"] == [8]
     assert from_dict(plain) == config
+
+
+def test_a_key_given_twice_on_one_line_is_refused():
+    with pytest.raises(ValueError, match=r"found duplicate key 'epochs'"):
+        from_dict(DATA, ["train={epochs: 1, epochs: 5}"])

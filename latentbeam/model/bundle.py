@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from latentbeam import fs, outputs, paths
+from latentbeam.text import echo
 from latentbeam.model.features import Feature, n_inputs
 
 # 2: `files` and `seal` (format 1 had neither; `latentbeam rethreshold` re-seals one).
@@ -68,7 +69,7 @@ class BundleInfo:
     features: List[Feature]  # ordered model inputs
     latent_dim: int
     threshold: Threshold
-    calibration: Dict[str, Any]  # error quantiles (and label metrics) of the calibration split
+    calibration: Dict[str, Any]  # score quantiles (and label metrics) of the calibration split
     training: Dict[str, Any]  # rows, epochs, losses, seed, data fingerprint, config
     versions: Dict[str, str]
     sha256: str  # of model.keras
@@ -118,11 +119,6 @@ def _safe_name(name: Any) -> bool:
         all(p not in ("", ".", "..") for p in parts)
 
 
-def _show(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
-
-
 def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = False) -> BundleInfo:
     """Parses and validates bundle.json text; checks the seal.
 
@@ -134,7 +130,7 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise _bad(path, f"not valid JSON ({_show(str(e))})") from e
+        raise _bad(path, f"not valid JSON ({echo(str(e))})") from e
     if not isinstance(raw, dict):
         raise _bad(path, "expected a JSON object")
     version = raw.get("format_version")
@@ -144,10 +140,10 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
             f"Bundle {path} has format_version 1, which has no seal: edits to its "
             f"{BUNDLE_FILE} cannot be detected. This latentbeam reads format_version "
             f"{FORMAT_VERSION}. Check its threshold and re-seal it with `latentbeam rethreshold "
-            f"--bundle {path} --threshold {_show(th.get('threshold', 'T'))}`, or re-train it.")
+            f"--bundle {path} --threshold {echo(th.get('threshold', 'T'))}`, or re-train it.")
     if version not in (FORMAT_VERSION, UNSEALED_FORMAT_VERSION):
         raise ValueError(
-            f"Unknown bundle format_version {_show(version)} in {path}; this latentbeam reads "
+            f"Unknown bundle format_version {echo(version)} in {path}; this latentbeam reads "
             f"format_version {FORMAT_VERSION}. Use the latentbeam version that wrote it, or "
             f"re-train the bundle.")
     missing = [k for k in (_REQUIRED if version == FORMAT_VERSION else _REQUIRED_V1)
@@ -163,7 +159,7 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
                               parameters={k: float(v) for k, v in th.get("parameters", {}).items()})
         latent_dim = int(raw["latent_dim"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-        raise _bad(path, f"invalid features/threshold/latent_dim ({_show(e)})") from e
+        raise _bad(path, f"invalid features/threshold/latent_dim ({echo(e)})") from e
     if not features or latent_dim < 1:
         raise _bad(path, "`features` is empty or `latent_dim` < 1")
     if not (np.isfinite(threshold.threshold) and threshold.threshold > 0):

@@ -53,7 +53,7 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
     else:
         raise ValueError(f"Unknown threshold method {method!r}; expected quantile, "
                          f"contamination, mad, mean_std or f1.")
-    # A threshold must be positive for anomaly_score = error / threshold to be defined.
+    # A threshold must be positive for anomaly_score = score / threshold to be defined.
     t = max(t, float(np.finfo(np.float32).tiny))
     return Threshold(method=method, value=value, threshold=t, parameters=params)
 

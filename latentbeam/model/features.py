@@ -361,7 +361,9 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature], *,
             bad[int(i)] = (REASON_NOT_FINITE,
                            f"column {fname!r}{offset} is {float(matrix[i, col])!r}")
     if bad:
-        valid = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        keep[list(bad)] = False
+        valid = np.flatnonzero(keep)
         matrix = matrix[valid]
     else:
         valid = np.arange(n, dtype=np.int64)

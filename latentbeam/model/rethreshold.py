@@ -5,7 +5,7 @@ stored in bundle.json where it holds what the method needs:
 
 | method | needs | available for |
 |---|---|---|
-| quantile V | the error quantile at level V | V a stored level (calibration.QUANTILE_LEVELS) |
+| quantile V | the score quantile at level V | V a stored level (calibration.QUANTILE_LEVELS) |
 | contamination V | the quantile at 1 - V | 1 - V a stored level |
 | mad V | median and MAD of the errors | bundles written since they are stored |
 | mean_std V | mean and standard deviation | bundles written since they are stored |
@@ -45,7 +45,7 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
             if math.isclose(stored, level, abs_tol=1e-9):
                 return q
         raise ValueError(
-            f"The bundle stores calibration error quantiles at levels "
+            f"The bundle stores calibration score quantiles at levels "
             f"{', '.join(f'{q:g}' for q in sorted(quantiles)) or '(none)'}; {what} needs level "
             f"{level:g}. Use one of those, or pass an explicit --threshold.")
 

@@ -74,7 +74,7 @@ def adaptive_scale(info, quantile: float) -> float:
     level = next((k for k in quantiles if abs(float(k) - quantile) < 1e-9), None)
     if level is None:
         raise ValueError(
-            f"Bundle {info.path} has no calibration error quantile at level {quantile} "
+            f"Bundle {info.path} has no calibration score quantile at level {quantile} "
             f"(available: {', '.join(sorted(quantiles)) or 'none'}). Pass "
             f"--adaptive-quantile with one of the available levels.")
     q = float(quantiles[level])

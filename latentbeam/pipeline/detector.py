@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 from latentbeam.model import load_bundle_info
 from latentbeam.pipeline.handler import BundleModelHandler
 
-# The anomaly_score above which a row is anomalous (anomaly_score = error / threshold).
+# The anomaly_score above which a row is anomalous (anomaly_score = score / threshold).
 SCORE_THRESHOLD = 1.0
 
 

@@ -40,7 +40,7 @@ class RowScore:
     """The scores of one row (the `inference` of a PredictionResult)."""
     latent: np.ndarray  # (latent_dim,) float32, the code Z
     reconstruction_error: float  # mean squared error, normalized feature space
-    anomaly_score: float  # reconstruction_error / threshold (> 1 is anomalous)
+    anomaly_score: float  # the bundle's score / threshold (> 1 is anomalous)
     is_anomaly: bool  # anomaly_score > 1
     model_version: str  # the bundle's model_version
 

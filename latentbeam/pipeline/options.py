@@ -18,7 +18,9 @@ def is_dask_runner(name: Optional[str]) -> bool:
 
 
 def _resolve_runner(name: str) -> str:
-    if name.lower() not in DASK_SHORT_NAMES:
+    # Every spelling of Dask, Beam's own runner path included, runs latentbeam's runner:
+    # Beam 2.77's DaskRunner silently drops outputs (see dask_runner.py).
+    if not is_dask_runner(name):
         return name
     import importlib.util
 

@@ -31,6 +31,11 @@ COL_RECONSTRUCTION = "reconstruction"
 COL_LATENT_DISTANCE = "latent_distance"
 COL_COVERAGE = "coverage"
 COL_TOP_FEATURES = "top_features"
+# Columns a scored file can hold besides the key columns (the stream's adaptive columns too).
+SCORING_COLUMNS = frozenset({
+    COL_LATENT, COL_ERROR, COL_SCORE, COL_FLAG, COL_MODEL_VERSION, COL_FEATURE_ERRORS,
+    COL_RECONSTRUCTION, COL_LATENT_DISTANCE, COL_COVERAGE, COL_TOP_FEATURES,
+    "adaptive_threshold", "is_anomaly_adaptive"})
 
 # One element of `top_features`: an input (features.input_names) and its share of the
 # row's error, sum of its squared error / sum over all inputs (0..1).

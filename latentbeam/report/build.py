@@ -25,6 +25,7 @@ import numpy as np
 
 from latentbeam import fs
 from latentbeam.model.features import input_names
+from latentbeam.pipeline.records import SCORING_COLUMNS
 from latentbeam.report import plots
 from latentbeam.report.calibration import CalibrationRows, read_calibration_rows
 from latentbeam.report.info import bundle_summary, format_info
@@ -40,10 +41,6 @@ TOP_FEATURES_SHOWN = 5  # inputs listed per anomaly in the tables
 IMAGES_SHOWN = 10  # columns of the original/reconstruction panels
 GENERATED = 64  # samples in the generator grid
 PLANE_STEPS = 15  # the decoded latent plane is PLANE_STEPS x PLANE_STEPS (latent_dim 2)
-# Output columns that are not key columns (the rest of a scored file is keys).
-_SCORING_COLUMNS = {"latent", "reconstruction_error", "anomaly_score", "is_anomaly",
-                    "model_version", "feature_errors", "reconstruction", "top_features",
-                    "adaptive_threshold", "is_anomaly_adaptive"}
 
 
 @dataclass(frozen=True)
@@ -515,7 +512,7 @@ def _scored_section(page: _Page, bundle, s: ScoredSummary, cal, basis, names,
     top = s.top
     n_top = len(top.get("anomaly_score", []))
     # Key columns shown in the table: scalars (a passed-through image is drawn instead).
-    keys = [c for c in s.columns if c not in _SCORING_COLUMNS
+    keys = [c for c in s.columns if c not in SCORING_COLUMNS
             and not any(isinstance(v, (list, dict)) for v in top.get(c, []))]
     entries, ferr_top = _scored_top_features(top, n_top, names)
     rows = []

@@ -112,13 +112,13 @@ def error_histogram(edges: np.ndarray, counts: np.ndarray, *, threshold: float, 
 
 def stored_quantiles(quantiles: Dict[str, float], threshold: float, rows: int,
                      flagged_fraction: float, xlabel: str = "reconstruction error") -> bytes:
-    """The calibration error quantiles stored in bundle.json (when the rows are unavailable)."""
+    """The calibration score quantiles stored in bundle.json (when the rows are unavailable)."""
     fig = _figure(8, 3.6)
     ax = fig.subplots()
     levels = sorted(quantiles, key=float)
     x = [quantiles[q] for q in levels]
     y = [float(q) for q in levels]
-    ax.plot(x, y, marker="o", label="calibration error quantiles (bundle.json)")
+    ax.plot(x, y, marker="o", label="calibration score quantiles (bundle.json)")
     ax.axvline(threshold, color=THRESHOLD_COLOR, linestyle="--",
                label=f"threshold {threshold:.4g}")
     ax.text(0.99, 0.05, f"flagged at calibration: {flagged_fraction:.2%} of {rows:,} rows",
