@@ -19,7 +19,8 @@ import os
 import posixpath
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-GLOB_CHARS = frozenset("*?[")
+from latentbeam.fs import GLOB_CHARS
+
 # What a location is, for messages: ("input file", "/data/a.parquet").
 Location = Tuple[str, str]
 
@@ -40,6 +41,9 @@ def normalize(path: str) -> str:
     path = str(path).strip()
     if is_remote(path):
         scheme, rest = path.split("://", 1)
+        # Used only to compare locations: collapsing `//` and `..` (literal characters of
+        # an object name on GCS / S3) can only make two paths look equal, i.e. refuse an
+        # output that was safe, never let an overlapping one through.
         rest = posixpath.normpath("/" + rest).lstrip("/") if rest else ""
         return f"{scheme.lower()}://{rest}".rstrip("/") if rest else f"{scheme.lower()}://"
     if path.startswith("file://"):

@@ -176,6 +176,8 @@ def test_report_from_the_bundle_alone(tmp_path, tiny_image_bundle_dir):
     assert sum(cal["histogram"]["counts"]) == cal["rows"]
     scores = [t["anomaly_score"] for t in cal["top"]]
     assert len(scores) == 20 and scores == sorted(scores, reverse=True)
+    # ... and they are the highest: the first is the calibration maximum stored at training.
+    assert scores[0] * info.threshold.threshold == pytest.approx(info.calibration["max"], rel=1e-5)
     assert all(t["name"].startswith("image[") for t in cal["top"][0]["top_features"])
     assert "scored" not in rep
     with open(result.index, encoding="utf-8") as f:
@@ -205,6 +207,9 @@ def test_report_with_batch_scored_output(batch_report, batch_scored, tiny_image_
     edges = np.asarray(rep["histogram"]["edges"])
     above = np.asarray(rep["histogram"]["counts"])[edges[:-1] > threshold * 1.01].sum()
     assert above <= rep["anomalies"]  # bins wholly above the threshold hold only anomalies
+    # ... and every anomaly lies in a bin reaching above the threshold.
+    reaching = np.asarray(rep["histogram"]["counts"])[edges[1:] > threshold].sum()
+    assert rep["anomalies"] <= reaching
     # The top table is the exact top 10 by anomaly_score, with the job's top_features.
     best = table.sort_by([("anomaly_score", "descending")]).slice(0, 10).to_pylist()
     assert [r["id"] for r in rep["top"]] == [r["id"] for r in best]

@@ -378,13 +378,9 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     except BaseException:
         if watcher is not None:
             watcher.stop(succeeded=False)
-        _delete_tree(tmp_dir)
+        outputs.remove_tree(tmp_dir)
         raise
     return summary
-
-
-def _delete_tree(path: str) -> None:
-    outputs.remove_tree(path)
 
 
 def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,

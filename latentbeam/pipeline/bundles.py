@@ -18,17 +18,17 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs
+from latentbeam.fs import GLOB_CHARS
 from latentbeam.model.bundle import BUNDLE_FILE
 from latentbeam.pipeline.io import release_bundle, shared_bundle
 
 log = logging.getLogger(__name__)
 
-_GLOB_CHARS = set("*?[")
 
 
 def is_watched(spec: str) -> bool:
     """True when `spec` names a location of bundle versions rather than one bundle."""
-    if any(c in spec for c in _GLOB_CHARS):
+    if any(c in spec for c in GLOB_CHARS):
         return True
     return not fs.exists(fs.join(spec, BUNDLE_FILE))
 
@@ -37,7 +37,7 @@ def bundle_json_pattern(spec: str) -> str:
     """`models/` -> `models/*/bundle.json`; `models/v*` -> `models/v*/bundle.json`."""
     if spec.endswith(BUNDLE_FILE):
         return spec
-    if any(c in spec for c in _GLOB_CHARS):
+    if any(c in spec for c in GLOB_CHARS):
         return fs.join(spec.rstrip("/"), BUNDLE_FILE)
     return fs.join(spec.rstrip("/"), "*", BUNDLE_FILE)
 
