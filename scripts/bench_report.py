@@ -28,15 +28,16 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+
+# The same child measurement as the scoring benchmark (this directory is on sys.path).
+from bench_score import measure as _child_measure  # noqa: E402
 
 FILES = 8
 ROW_GROUP = 8192
@@ -144,32 +145,14 @@ def child_report(bundle_dir: str, scored: str, out: str) -> float:
 # --------------------------------------------------------------------------- measurement
 
 def measure(cmd) -> dict:
-    """Runs `cmd` as a child; wall seconds and that child's peak RSS (bytes)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out_err = [b"", b""]
-
-    def drain(stream, i):
-        out_err[i] = stream.read()
-    threads = [threading.Thread(target=drain, args=(s, i))
-               for i, s in enumerate((proc.stdout, proc.stderr))]
-    for t in threads:
-        t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    if code != 0:
-        sys.stderr.write(out_err[1].decode(errors="replace")[-4000:])
-        raise SystemExit(f"child failed ({code}): {' '.join(cmd)}")
-    stdout = out_err[0].decode(errors="replace")
+    """bench_score.measure (wall seconds, the child's peak RSS, stdout) plus `work`: the
+    seconds the child printed on its last line (its time after its own imports)."""
+    r = _child_measure(cmd)
     try:
-        work = float(stdout.strip().splitlines()[-1])
+        r["work"] = float(r["stdout"].strip().splitlines()[-1])
     except (ValueError, IndexError):
-        work = float("nan")
-    return {"seconds": seconds, "work": work, "peak_rss": usage.ru_maxrss * 1024,
-            "stdout": stdout}
+        r["work"] = float("nan")
+    return r
 
 
 def run_child(mode: str, *args: str) -> dict:
