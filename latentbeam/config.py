@@ -92,8 +92,9 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    latent_neighbors: int = 1  # k of the latent-distance term; 0 scores reconstruction only
+    latent_neighbors: int = 1  # k nearest codes per reference group; 0 scores reconstruction only
     reference_rows: int = 512  # training codes kept in the model for the latent distance
+    reference_groups: int = 8  # disjoint groups the reference codes are split into
     reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
 
 
@@ -238,9 +239,13 @@ def validate(config: Config) -> Config:
     if not (sc.reconstruction_weight >= 0 and math.isfinite(sc.reconstruction_weight)):
         raise ValueError("`score.reconstruction_weight` must be a finite number >= 0. "
                          f"Received: {sc.reconstruction_weight}")
-    if sc.latent_neighbors > sc.reference_rows:
-        raise ValueError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed "
-                         f"`score.reference_rows` ({sc.reference_rows}).")
+    if not 1 <= sc.reference_groups <= sc.reference_rows:
+        raise ValueError(f"`score.reference_groups` must be in [1, score.reference_rows="
+                         f"{sc.reference_rows}]. Received: {sc.reference_groups}")
+    if sc.latent_neighbors > sc.reference_rows // sc.reference_groups:
+        raise ValueError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed the "
+                         f"codes per reference group, `score.reference_rows` // "
+                         f"`score.reference_groups` ({sc.reference_rows // sc.reference_groups}).")
     value = config.threshold_value()
     if th.method in ("quantile",) and not 0.0 < value < 1.0:
         raise ValueError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")

@@ -13,14 +13,16 @@ from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT
                                             default_latent_dim, image_shape)
 
 
-def build(n_inputs, seed=0, image=None, latent_neighbors=0, reference_rows=1, **model):
+def build(n_inputs, seed=0, image=None, latent_neighbors=0, reference_rows=1, reference_groups=1,
+          **model):
     rng = np.random.default_rng(1)
     mean = rng.normal(size=n_inputs).astype(np.float32)
     variance = rng.uniform(0.5, 2.0, size=n_inputs).astype(np.float32)
     keras.utils.set_random_seed(seed)
     return build_autoencoder(ModelConfig(**model), n_inputs=n_inputs, mean=mean,
                              variance=variance, image_feature_shape=image, seed=seed,
-                             latent_neighbors=latent_neighbors, reference_rows=reference_rows)
+                             latent_neighbors=latent_neighbors, reference_rows=reference_rows,
+                             reference_groups=reference_groups)
 
 
 def inputs(n_rows, n_inputs):
@@ -183,8 +185,32 @@ def test_latent_distance_is_the_mean_distance_to_the_k_nearest_reference_codes()
     two.reference.assign(ref)
     # [0, 1]: 1 and sqrt(9 + 9); [3, 4]: 0 and 5; [-3, -4]: 5 and 10.
     np.testing.assert_allclose(np.asarray(two(z)), [(1 + 18 ** 0.5) / 2, 2.5, 7.5], atol=1e-3)
-    with pytest.raises(ValueError, match=r"expected 1 <= k <= num_reference=3. Received: k=4"):
+    with pytest.raises(ValueError, match=r"expected 1 <= k <= num_reference / groups=3. "
+                                         r"Received: k=4"):
         LatentDistance(3, 2, k=4)
+
+
+def test_grouped_latent_distance_averages_the_nearest_code_of_each_group():
+    # Groups [r0, r1] and [r2, r3].
+    ref = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [0.0, 10.0]], np.float32)
+    z = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 9.0]], np.float32)
+    grouped = LatentDistance(4, 2, k=1, groups=2)
+    grouped.reference.assign(ref)
+    # [0, 0]: 0 in group 1, 10 (r2 and r3 both) in group 2 -> 5. [3, 4]: 0 and 5 -> 2.5.
+    # [0, 9]: sqrt(9 + 25) in group 1, 1 in group 2.
+    np.testing.assert_allclose(np.asarray(grouped(z)), [5.0, 2.5, (34 ** 0.5 + 1) / 2],
+                               atol=1e-3)
+    # A row that is itself a reference code scores 0 against one group, not overall.
+    assert float(np.asarray(LatentDistance(4, 2, groups=1)(z))[0]) == 0.0
+    pairs = LatentDistance(4, 2, k=2, groups=2)
+    pairs.reference.assign(ref)
+    # [0, 0]: (0 + 5) / 2 and (10 + 10) / 2 -> mean 6.25.
+    np.testing.assert_allclose(float(np.asarray(pairs(z[:1]))[0]), 6.25, atol=1e-3)
+    with pytest.raises(ValueError, match=r"expected a positive divisor of num_reference=4. "
+                                         r"Received: groups=3"):
+        LatentDistance(4, 2, groups=3)
+    with pytest.raises(ValueError, match=r"num_reference / groups=2. Received: k=3"):
+        LatentDistance(4, 2, k=3, groups=2)
 
 
 def test_anomaly_score_weighs_standardized_errors_and_distance():
@@ -211,9 +237,10 @@ def test_trimmed_loss_leaves_out_the_worst_rows_in_training_only():
 
 
 def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_path):
-    m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=2, reference_rows=5)
+    m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=2, reference_rows=6,
+              reference_groups=3)
     m.get_layer(OUTPUT_LATENT_DISTANCE).reference.assign(
-        np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32))
+        np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32))
     m.get_layer(OUTPUT_SCORE).term_scale.assign(np.array([0.3, 0.7], np.float32))
     path = str(tmp_path / "m.keras")
     m.save(path)
@@ -225,3 +252,4 @@ def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_pat
     for key in before:
         np.testing.assert_allclose(after[key], before[key], rtol=1e-6, atol=1e-6)
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).k == 2
+    assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).groups == 3

@@ -146,8 +146,11 @@ def test_score_terms_are_scaled_by_their_calibration_spread(tiny_bundle, digits_
     # The density term is what it says: codes of calibration rows lie near training codes,
     # a code far outside them gets a large distance.
     ref = np.asarray(tiny_bundle.model.get_layer("latent_distance").reference)
-    assert ref.shape == (desc["reference_rows"], 2)
-    nearest = np.sqrt(((s.latent[:, None, :] - ref[None]) ** 2).sum(-1)).min(axis=1)
+    groups = desc["reference_groups"]
+    assert groups == 8 and ref.shape == (desc["reference_rows"], 2)
+    assert desc["reference_rows"] % groups == 0
+    dist = np.sqrt(((s.latent[:, None, :] - ref[None]) ** 2).sum(-1))  # (rows, references)
+    nearest = dist.reshape(len(dist), groups, -1).min(axis=2).mean(axis=1)
     np.testing.assert_allclose(s.latent_distance, nearest, rtol=1e-3, atol=1e-4)
 
 

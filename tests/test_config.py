@@ -28,6 +28,8 @@ def test_yaml_with_only_data_gets_the_documented_defaults(tmp_path):
     assert config.train.epochs == 100 and config.train.patience == 10
     assert config.threshold.method == "quantile"
     assert config.threshold_value() == 0.99
+    assert (config.score.latent_neighbors, config.score.reference_rows,
+            config.score.reference_groups) == (1, 512, 8)
 
 
 def test_set_overrides_nested_keys_with_yaml_typed_values(tmp_path):
@@ -126,6 +128,10 @@ def test_a_non_mapping_section_or_file_is_rejected():
     (DATA, ["threshold.method=contamination", "threshold.value=0.6"],
      "expected anomaly fraction in (0, 0.5). Received: 0.6"),
     (DATA, ["threshold.method=mad", "threshold.value=0"], "for mad is k > 0. Received: 0"),
+    (DATA, ["score.reference_groups=0"],
+     "`score.reference_groups` must be in [1, score.reference_rows=512]. Received: 0"),
+    (DATA, ["score.reference_rows=16", "score.reference_groups=8", "score.latent_neighbors=3"],
+     "`score.latent_neighbors` (3) cannot exceed the codes per reference group"),
 ])
 def test_cross_field_rules(raw, overrides, message):
     with pytest.raises(ValueError) as e:

@@ -351,11 +351,15 @@ def _build_model(config: Config, source, stats):
                              f"{[f.name for f in source.features]}. Set `data.features`.")
         image_feature_shape = image_shape(source.features[0].shape)
     reference_rows = max(1, min(sc.reference_rows, stats.rows_by_split["train"]))
+    # Fewer training rows than references: fewer groups, each of equal size.
+    groups = min(sc.reference_groups, reference_rows)
+    reference_rows -= reference_rows % groups
     model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,
                               image_feature_shape=image_feature_shape, seed=tc.seed,
                               trim_fraction=tc.trim_fraction,
-                              latent_neighbors=min(sc.latent_neighbors, reference_rows),
-                              reference_rows=reference_rows,
+                              latent_neighbors=min(sc.latent_neighbors,
+                                                   reference_rows // groups),
+                              reference_rows=reference_rows, reference_groups=groups,
                               reconstruction_weight=sc.reconstruction_weight)
     model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
     return model
@@ -408,7 +412,11 @@ def _fit(model, config: Config, source, stats):
 
 
 def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:
-    """Stores the codes of a seeded sample of training rows in the LatentDistance layer."""
+    """Stores the codes of a seeded sample of training rows in the LatentDistance layer.
+
+    The sample is shuffled (it is drawn in row order), so each of the layer's contiguous
+    reference groups is a random subsample even when the data is sorted.
+    """
     from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE
     from latentbeam.model.scoring import score
 
@@ -426,7 +434,7 @@ def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -
         rows.append(matrix[wanted[lo:hi] - start])
         start += len(matrix)
     codes = score(bundle, np.concatenate(rows), threshold=1.0).latent
-    layer.reference.assign(codes.astype(np.float32))
+    layer.reference.assign(codes[rng.permutation(len(codes))].astype(np.float32))
 
 
 def _calibrate_score(bundle: Bundle, source, config: Config):
@@ -491,6 +499,7 @@ def _score_description(model, config: Config) -> dict:
         "terms": ["reconstruction"] + (["latent_distance"] if distance is not None else []),
         "latent_neighbors": distance.k if distance is not None else 0,
         "reference_rows": distance.num_reference if distance is not None else 0,
+        "reference_groups": distance.groups if distance is not None else 0,
         "reconstruction_scale": scales[0],
         "latent_distance_scale": scales[1] if distance is not None else None,
         "reconstruction_weight": layer.reconstruction_weight if distance is not None else 1.0,
