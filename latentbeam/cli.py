@@ -43,8 +43,8 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconstruction", action="store_true",
                    help="add `reconstruction`: X-hat in input units")
     p.add_argument("--latent-distance", action="store_true",
-                   help="add `latent_distance`: the code's distance to the nearest training "
-                        "code (the score's density term)")
+                   help="add `latent_distance`: the code's mean distance to the nearest "
+                        "training code of each reference group (the score's density term)")
     p.add_argument("--top-features", type=int, default=0, metavar="K",
                    help="add `top_features`: the K inputs with the largest share of each "
                         "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
