@@ -32,42 +32,28 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_UNREADABLE,
-                                       SchemaMismatch, clip)
+from latentbeam.model.features import SchemaMismatch
 from latentbeam.model.scoring import check_missing_mode
 from latentbeam.pipeline import io
+from latentbeam.pipeline.dead_letters import file_fault_letter
+from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, DEFAULT_BATCH_ROWS, PARTIAL_SUFFIX,
+                                        STAGING_PREFIX, STATS_DIR, SUCCESS_FILE,
+                                        dead_letter_part_name, part_name)
 from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
 from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_dask
+from latentbeam.pipeline.parquet_out import ParquetOutput
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS, MODE_DECODE,
                                          MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letters_to_batch, list_array,
-                                         whole_file_dead_letter)
+                                         as_file_fault, dead_letters_to_batch, list_array)
 
 log = logging.getLogger(__name__)
 
 TFDS_PREFIX = "tfds:"
-SUCCESS_FILE = outputs.SUCCESS_FILE
-DEAD_LETTER_DIR = outputs.DEAD_LETTER_DIR
-STATS_DIR = "_stats"
-TMP_PREFIX = outputs.STAGING_PREFIX
-
-
-def part_name(index: int) -> str:
-    """Output file name of the input file at `index` of the sorted match."""
-    return f"part-{index:05d}.parquet"
-
-
-def dead_letter_part_name(index: int) -> str:
-    """Dead-letter file name of the input file at `index` (under OUT/_dead_letter/)."""
-    return outputs.dead_letter_name(f"part-{index:05d}")
 
 
 @dataclass(frozen=True)
@@ -171,42 +157,6 @@ def _add_columns(columns: Dict[str, pa.Array], examples: Dict[str, Any], prefix:
 
 # --------------------------------------------------------------------------- the DoFn
 
-class _LazyParquetWriter:
-    """A Parquet file (any Beam filesystem) opened at the first batch written."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._file = None
-        self._writer = None
-
-    @property
-    def opened(self) -> bool:
-        return self._writer is not None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            self._file = FileSystems.create(self.path,
-                                            compression_type=CompressionTypes.UNCOMPRESSED)
-            self._writer = pq.ParquetWriter(self._file, batch.schema)
-        self._writer.write_batch(batch)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._file.close()
-            self._writer = self._file = None
-
-    def discard(self) -> None:
-        """Closes and deletes what was written (a file that failed part way)."""
-        opened = self.opened
-        try:
-            self.close()
-        except (OSError, pa.ArrowException):
-            pass
-        if opened and FileSystems.exists(self.path):
-            FileSystems.delete([self.path])
-
-
 class _FileJobFn(beam.DoFn):
     """Scores (or decodes) one input file into one temporary output file."""
 
@@ -245,9 +195,8 @@ class _FileJobFn(beam.DoFn):
         index, source = element
         name = part_name(index)
         dead_name = dead_letter_part_name(index)
-        out = _LazyParquetWriter(fs.join(self._tmp_dir, name + outputs.PARTIAL_SUFFIX))
-        dead = _LazyParquetWriter(fs.join(self._tmp_dir, DEAD_LETTER_DIR,
-                                          dead_name + outputs.PARTIAL_SUFFIX))
+        out = ParquetOutput(fs.join(self._tmp_dir, name + PARTIAL_SUFFIX))
+        dead = ParquetOutput(fs.join(self._tmp_dir, DEAD_LETTER_DIR, dead_name + PARTIAL_SUFFIX))
         counts = dict.fromkeys((ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES,
                                 FILES_DEAD_LETTERED), 0)
         errors: List[np.ndarray] = []
@@ -270,13 +219,12 @@ class _FileJobFn(beam.DoFn):
             out.close()
             dead.close()
         except (io.UnreadableFile, SchemaMismatch) as e:
-            # All or nothing per file: drop the partial output, keep one dead letter.
-            log.warning("Dead-lettering whole file %s: %s", source, clip(e, 400),
-                        exc_info=getattr(e, "reason", None) == REASON_CONVERSION_ERROR)
+            # All or nothing per file: drop the partial output, keep one dead letter. What
+            # cannot be removed stays in the staging directory, which is never published.
+            letter = file_fault_letter(source, e)
             out.discard()
             dead.discard()
-            reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
-            dead.write(dead_letters_to_batch([whole_file_dead_letter(source, e, reason)]))
+            dead.write(dead_letters_to_batch([letter]))
             dead.close()
             counts = dict.fromkeys(counts, 0)
             counts[FILES_DEAD_LETTERED] = 1
@@ -307,7 +255,7 @@ class FileJob:
     opts: ScoringOptions = ScoringOptions()  # key columns, optional output columns
     data_dir: Optional[str] = None  # TFDS data_dir
     overwrite: bool = False  # replace the contents of a non-empty output directory
-    batch_rows: int = 8192  # rows per record batch read
+    batch_rows: int = DEFAULT_BATCH_ROWS  # rows per record batch read
 
 
 def check_output_dir(output: str, overwrite: bool) -> List[str]:
@@ -348,7 +296,7 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     sources = resolve_inputs(job.input, job.data_dir)
     paths.check_output(job.output, _reads(job, sources))
     replace = check_output_dir(job.output, job.overwrite)
-    tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    tmp_dir = fs.join(job.output, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
     if uses_dask(beam_args):
@@ -390,12 +338,12 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
     files, dead_files, moves = [], [], []
     for s in stats:
         if s["output"]:
-            moves.append((fs.join(tmp_dir, s["output"] + outputs.PARTIAL_SUFFIX), s["output"]))
+            moves.append((fs.join(tmp_dir, s["output"] + PARTIAL_SUFFIX), s["output"]))
             files.append(fs.join(job.output, s["output"]))
         if s["dead_letter"]:
             rel = f"{DEAD_LETTER_DIR}/{s['dead_letter']}"
             moves.append((fs.join(tmp_dir, DEAD_LETTER_DIR,
-                                  s["dead_letter"] + outputs.PARTIAL_SUFFIX), rel))
+                                  s["dead_letter"] + PARTIAL_SUFFIX), rel))
             dead_files.append(fs.join(job.output, DEAD_LETTER_DIR, s["dead_letter"]))
 
     totals = {k: sum(s[k] for s in stats) for k in
