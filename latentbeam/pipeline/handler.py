@@ -30,8 +30,8 @@ from latentbeam.pipeline import io
 from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 from latentbeam.pipeline.metrics import NAMESPACE
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, COL_LATENT, COL_SCORE,
-                                         ScoringOptions, as_row_dict, feature_columns,
-                                         rows_to_record_batch, score_record_batch)
+                                         ScoringOptions, feature_columns, score_record_batch)
+from latentbeam.pipeline.rows import as_row_dict, rows_to_record_batch
 
 _MAX_FAULTS_IN_MESSAGE = 3
 

@@ -20,6 +20,11 @@ META_SOURCES = b"latentbeam.sources"  # JSON {source: rows in this file}
 META_MODEL_VERSIONS = b"latentbeam.model_versions"  # JSON list of model versions
 
 
+def basename(path: str) -> str:
+    """The last component of a local or remote path."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def part_name(index: int) -> str:
     """Output file name of the input file at `index` of the sorted match."""
     return f"part-{index:05d}.parquet"

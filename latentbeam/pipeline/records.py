@@ -19,6 +19,7 @@ from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR
                                        row_payload, to_matrix)
 from latentbeam.model.scoring import (MISSING_IMPUTE, MISSING_MASK, MISSING_MODES,
                                       MISSING_REJECT, Scores, check_missing_mode, impute, score)
+from latentbeam.pipeline.rows import as_record_batch
 # Dead letters are built in dead_letters; their names stay importable from here.
 from latentbeam.pipeline.dead_letters import (DATA_ERRORS, DEAD_LETTER_SCHEMA, as_file_fault,
                                               dead_letter, dead_letters_to_batch,
@@ -190,27 +191,6 @@ def top_features_array(feature_errors: np.ndarray, names: pa.Array, k: int) -> p
     return pa.ListArray.from_arrays(offsets, entries, type=pa.list_(TOP_FEATURE_TYPE))
 
 
-def as_record_batch(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-    """A record batch or table as ONE record batch (a table's chunks combined)."""
-    if isinstance(data, pa.RecordBatch):
-        return data
-    return data.combine_chunks().to_batches()[0] if data.num_rows else \
-        pa.RecordBatch.from_pylist([], schema=data.schema)
-
-
-def as_row_dict(row: Any, expected: str) -> Dict[str, Any]:
-    """A dict, `beam.Row` or NamedTuple element as a dict.
-
-    Raises:
-      TypeError: anything else; `expected` says what the caller accepts.
-    """
-    if isinstance(row, dict):
-        return row
-    if hasattr(row, "_asdict"):  # beam.Row and NamedTuples
-        return dict(row._asdict())
-    raise TypeError(f"{expected} Received: {type(row).__name__}.")
-
-
 def _convert(batch: pa.RecordBatch, features, key_columns: Sequence[str], source: str,
              row_offset: int, allow_missing: bool = False):
     """Checks key columns, converts the features; returns (Conversion, dead letters)."""
@@ -376,37 +356,11 @@ def apply_bundle(bundle, batch: pa.RecordBatch | pa.Table, mode: str, *, source:
     return score_record_batch(bundle, batch, source=source, row_offset=row_offset, opts=opts)
 
 
-def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
-    """Python rows (dicts) -> one record batch, column by column.
-
-    A column whose values Arrow cannot unify (e.g. numbers mixed with text) is kept as
-    text, so `to_matrix` reports the offending rows as `non_numeric` instead of the
-    whole batch failing.
-    """
-    names: Dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            names.setdefault(k, None)
-    arrays, fields = [], []
-    for name in names:
-        values = [r.get(name) for r in rows]
-        try:
-            arr = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            arr = pa.array([None if v is None else (v if isinstance(v, str) else repr(v))
-                            for v in values], type=pa.string())
-        if pa.types.is_null(arr.type):
-            arr = arr.cast(pa.float64())
-        arrays.append(arr)
-        fields.append(pa.field(name, arr.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-
-
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
            "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "DEAD_LETTER_SCHEMA", "MODE_DECODE",
            "MODE_SCORE", "TOP_FEATURE_TYPE",
-           "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle", "as_record_batch", "as_row_dict",
+           "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
            "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
            "decode_record_batch", "feature_columns", "float_list_array",
-           "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
+           "list_array", "output_schema", "score_record_batch", "scores_to_batch",
            "top_features", "top_features_array", "whole_file_dead_letter"]

@@ -36,15 +36,14 @@ import pyarrow as pa
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
+from latentbeam.pipeline.dead_letters import DATA_ERRORS, as_file_fault, dead_letter
 from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
 from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, COL_TOP_FEATURES,
-                                         DATA_ERRORS, MODE_DECODE, MODE_SCORE, ScoringOptions,
-                                         apply_bundle, as_file_fault, as_record_batch,
-                                         as_row_dict, dead_letter,
-                                         decode_output_schema, output_schema,
-                                         rows_to_record_batch)
+                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
+                                         decode_output_schema, output_schema)
+from latentbeam.pipeline.rows import as_record_batch, as_row_dict, rows_to_record_batch
 
 log = logging.getLogger(__name__)
 
