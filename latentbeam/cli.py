@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 log = logging.getLogger("latentbeam")
 
@@ -36,6 +36,8 @@ def _add_output_flags(p: argparse.ArgumentParser, progress: bool = True) -> None
 
 
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
+
     p.add_argument("--key-columns", default="",
                    help="comma-separated input columns copied to the output unchanged")
     p.add_argument("--per-feature-errors", action="store_true",
@@ -48,8 +50,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-features", type=int, default=0, metavar="K",
                    help="add `top_features`: the K inputs with the largest share of each "
                         "row's error, as {name, share} (e.g. pixel_07 or image[3,5])")
-    p.add_argument("--batch-rows", type=int, default=8192,
-                   help="rows per Arrow record batch read from each file (default 8192)")
+    p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                   help=f"rows per Arrow record batch read from each file (default "
+                        f"{DEFAULT_BATCH_ROWS})")
     p.add_argument("--missing", default="reject", choices=("reject", "impute", "mask"),
                    help="rows with null or NaN feature values: reject (default) dead-letters "
                         "them; impute fills the bundle's training medians; mask fills them "
@@ -218,6 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def cmd_train(args, beam_args: List[str]) -> int:
     from latentbeam.config import load_config
     from latentbeam.model import train
+    from latentbeam.summaries import summarize_bundle
 
     overrides = list(args.overrides) + (["train.verbose=0"] if args.quiet else [])
     config = load_config(args.config, overrides)
@@ -226,36 +230,83 @@ def cmd_train(args, beam_args: List[str]) -> int:
     return 0
 
 
-def summarize_bundle(info) -> str:
-    t = info.training
-    losses = t.get("losses", {})
-    lines = [
-        f"bundle:          {info.path}",
-        f"model_version:   {info.model_version}",
-        f"features:        {len(info.features)} ({info.n_inputs} inputs) -> latent_dim {info.latent_dim}",
-        f"rows:            {t.get('rows')} {t.get('rows_by_split')} (skipped {t.get('rows_skipped')})",
-        f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})",
-        f"loss:            {losses.get('loss', [float('nan')])[-1]:.5f} (train, last epoch)",
-    ]
-    if "val_loss" in losses:
-        lines.append(f"val_loss:        {min(losses['val_loss']):.5f} (best)")
-    th = info.threshold
-    lines.append(f"threshold:       {th.threshold:.6g} ({th.method}, value={th.value})")
-    cal = info.calibration
-    if cal.get("quantiles"):
-        q = cal["quantiles"]
-        lines.append(f"calibration:     {cal['rows']} rows, score p50 {q['0.5']:.4g}, "
-                     f"p99 {q['0.99']:.4g}, flagged {cal['flagged_fraction']:.2%}")
-    if "roc_auc" in cal:
-        lines.append(f"calibration AUC: {cal['roc_auc']:.4f} (label column)")
-    return "\n".join(lines)
+def _key_columns(text: Optional[str]) -> Tuple[str, ...]:
+    """`--key-columns a,b` -> ("a", "b")."""
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
 
 
-def _pipeline_command(module: str, function: str):
-    def run(args, beam_args):
-        import importlib
-        return getattr(importlib.import_module(module), function)(args, beam_args)
-    return run
+def _scoring_options(args, keys: Tuple[str, ...]):
+    from latentbeam.pipeline.records import ScoringOptions
+
+    return ScoringOptions(key_columns=keys, per_feature_errors=args.per_feature_errors,
+                          reconstruction=args.reconstruction,
+                          latent_distance=args.latent_distance,
+                          top_features=args.top_features, missing=args.missing)
+
+
+def cmd_score(args, beam_args: List[str]) -> int:
+    from latentbeam.console import progress_line
+    from latentbeam.pipeline.batch import run_file_job
+    from latentbeam.pipeline.jobs import ScoreJob
+    from latentbeam.summaries import format_summary
+
+    job = ScoreJob(bundle=args.bundle, input=args.input, output=args.output,
+                   opts=_scoring_options(args, _key_columns(args.key_columns)),
+                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
+    print(format_summary(run_file_job(job, beam_args, progress=progress_line(args))))
+    return 0
+
+
+def cmd_decode(args, beam_args: List[str]) -> int:
+    from latentbeam.console import progress_line
+    from latentbeam.pipeline.batch import run_file_job
+    from latentbeam.pipeline.jobs import DecodeJob
+    from latentbeam.pipeline.records import ScoringOptions
+    from latentbeam.summaries import format_summary
+
+    job = DecodeJob(bundle=args.bundle, input=args.input, output=args.output,
+                    opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
+                    overwrite=args.overwrite)
+    print(format_summary(run_file_job(job, beam_args, progress=progress_line(args))))
+    return 0
+
+
+def _stream_job(args):
+    """The StreamJob of `latentbeam stream`'s flags (the adaptive key is kept as a key column)."""
+    from latentbeam import fs
+    from latentbeam.pipeline.adaptive import AdaptiveConfig
+    from latentbeam.pipeline.jobs import StreamJob
+
+    keys = _key_columns(args.key_columns)
+    adaptive = None
+    if args.adaptive_threshold:
+        adaptive = AdaptiveConfig(quantile=args.adaptive_quantile,
+                                  window_rows=args.adaptive_window_rows,
+                                  warmup_rows=min(args.adaptive_warmup_rows,
+                                                  args.adaptive_window_rows),
+                                  key_column=args.adaptive_key)
+        if adaptive.key_column and adaptive.key_column not in keys:
+            keys = keys + (adaptive.key_column,)
+    return StreamJob(
+        bundle=args.bundle, output=args.output,
+        watch=fs.parquet_pattern(args.watch) if args.watch else None,
+        pubsub_subscription=args.pubsub_subscription, window_seconds=args.window_seconds,
+        poll_seconds=args.poll_seconds, stop_after_seconds=args.stop_after_seconds,
+        timestamp_column=args.timestamp_column,
+        allowed_lateness_seconds=args.allowed_lateness_seconds,
+        early_firing_seconds=args.early_firing_seconds,
+        bundle_poll_seconds=args.bundle_poll_seconds, batch_rows=args.batch_rows,
+        scoring=_scoring_options(args, keys), adaptive=adaptive)
+
+
+def cmd_stream(args, beam_args: List[str]) -> int:
+    from latentbeam.console import progress_line
+    from latentbeam.pipeline.streaming import run_stream
+    from latentbeam.summaries import format_stream_summary
+
+    summary = run_stream(_stream_job(args), beam_args, progress=progress_line(args))
+    print(format_stream_summary(summary))
+    return 0
 
 
 def cmd_generate(args, beam_args: List[str]) -> int:
@@ -347,9 +398,9 @@ def cmd_demo(args, beam_args: List[str]) -> int:
 
 COMMANDS = {
     "train": cmd_train,
-    "score": _pipeline_command("latentbeam.pipeline.batch", "run_score_command"),
-    "decode": _pipeline_command("latentbeam.pipeline.batch", "run_decode_command"),
-    "stream": _pipeline_command("latentbeam.pipeline.streaming", "run_stream_command"),
+    "score": cmd_score,
+    "decode": cmd_decode,
+    "stream": cmd_stream,
     "generate": cmd_generate,
     "rethreshold": cmd_rethreshold,
     "report": cmd_report,

@@ -138,10 +138,10 @@ def run_demo(workdir: str, top: int = 5) -> int:
 
     import yaml
 
-    from latentbeam.cli import summarize_bundle
     from latentbeam.config import from_dict
     from latentbeam.console import ProgressLine
     from latentbeam.model import train
+    from latentbeam.summaries import summarize_bundle
 
     out = sys.stdout
     workdir = os.path.abspath(workdir)
@@ -194,8 +194,10 @@ def report_digits(bundle_dir: str, scored_dir: str, out: str) -> str:
 def score_digits_with_beam(bundle_dir: str, pattern: str, out: str, top: int = 10) -> None:
     """Runs the `latentbeam score` job over the digits and prints the most anomalous rows."""
     from latentbeam.console import ProgressLine
-    from latentbeam.pipeline.batch import FileJob, format_summary, run_file_job
+    from latentbeam.pipeline.batch import run_file_job
+    from latentbeam.pipeline.jobs import FileJob
     from latentbeam.pipeline.records import ScoringOptions
+    from latentbeam.summaries import format_summary
 
     t0 = time.time()
     line = ProgressLine()

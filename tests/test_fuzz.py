@@ -193,7 +193,7 @@ def test_any_parquet_file_is_scored_or_dead_lettered_exactly(workdir, tiny_bundl
 def test_the_stream_never_crashes_on_a_file(workdir, tiny_bundle_dir, data, event_time):
     from apache_beam.utils.timestamp import Timestamp
 
-    from latentbeam.pipeline.streaming import StreamConfig, _ScoreFileDoFn
+    from latentbeam.pipeline.streaming import StreamJob as StreamConfig, _ScoreFileDoFn
 
     payload, rows = data
     case = tempfile.mkdtemp(dir=workdir)

@@ -19,15 +19,25 @@ threshold is used.
 State is per (model_version, key): errors of different models are not comparable, so
 a model hot-swap starts a fresh window (warm-up with the new bundle's threshold).
 
-`AdaptiveState` is plain Python/numpy (no Beam); `AdaptiveThresholds` wraps it in a
-stateful DoFn.
+`AdaptiveState` is plain Python/numpy (no Beam); `adaptive_update` is the one step
+both stream sources run per state key. Where the states live differs, and why:
+
+* Pub/Sub source: `AdaptiveThresholds`, a stateful DoFn over (state key, rows): the
+  states are Beam state, so they survive worker failures and restarts from a
+  snapshot, and each key is held by one worker on a multi-worker runner.
+* Watched-files source: `with_adaptive` inside the scoring DoFn, states in a dict of
+  the DoFn instance. Keyed Beam state needs a keyed input, i.e. a shuffle between the
+  poll and the writing, and on the local runners nothing after a shuffle downstream
+  of PeriodicImpulse runs until polling stops (streaming package docstring): scores
+  would appear only when the stream ends. So there a state lives as long as its
+  worker process: a restart, or another worker, starts the key again with warm-up.
 """
 from __future__ import annotations
 
 import bisect
 import collections
 from dataclasses import dataclass
-from typing import Deque, List, Optional, Tuple
+from typing import Deque, List, MutableMapping, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -37,6 +47,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from latentbeam.pipeline.records import COL_MODEL_VERSION, COL_SCORE
+from latentbeam.pipeline.rows import as_record_batch
 
 COL_ADAPTIVE_THRESHOLD = "adaptive_threshold"
 COL_ADAPTIVE_FLAG = "is_anomaly_adaptive"
@@ -167,6 +178,34 @@ def split_by_key(batch: pa.RecordBatch, key_column: Optional[str]
     return parts
 
 
+def adaptive_update(state: Optional[AdaptiveState], batch: pa.RecordBatch,
+                    config: AdaptiveConfig, scale: float, base_threshold: float
+                    ) -> Tuple[AdaptiveState, pa.RecordBatch]:
+    """Scores the rows of ONE state key against its rolling window, in order.
+
+    A missing state, or one of another scale (another bundle), starts afresh.
+
+    Returns:
+      (the key's updated state, `batch` plus the adaptive columns).
+    """
+    if state is None or state.scale != scale:
+        state = AdaptiveState(config, scale, base_threshold)
+    thresholds, flags = state.update(scores(batch, base_threshold))
+    return state, with_adaptive_columns(batch, thresholds, flags)
+
+
+def with_adaptive(batch: pa.RecordBatch, states: MutableMapping[str, AdaptiveState],
+                  config: AdaptiveConfig, scale: float, base_threshold: float
+                  ) -> pa.RecordBatch:
+    """`batch` plus the adaptive columns, each state key's rows run through `states[key]`."""
+    out = []
+    for key, part in split_by_key(batch, config.key_column):
+        states[key], part = adaptive_update(states.get(key), part, config, scale,
+                                            base_threshold)
+        out.append(part)
+    return out[0] if len(out) == 1 else as_record_batch(pa.Table.from_batches(out))
+
+
 class _AdaptiveDoFn(beam.DoFn):
     """Per state key: rows in, same rows plus adaptive columns out (state updated in order)."""
     STATE = ReadModifyWriteStateSpec("adaptive", PickleCoder())
@@ -176,18 +215,16 @@ class _AdaptiveDoFn(beam.DoFn):
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
         _, chunk = element
-        current = state.read()
-        if current is None or current.scale != chunk.adaptive_scale:
-            current = AdaptiveState(self._config, chunk.adaptive_scale, chunk.base_threshold)
-        thresholds, flags = current.update(scores(chunk.batch, chunk.base_threshold))
+        current, batch = adaptive_update(state.read(), chunk.batch, self._config,
+                                         chunk.adaptive_scale, chunk.base_threshold)
         state.write(current)
-        yield chunk._replace(batch=with_adaptive_columns(chunk.batch, thresholds, flags))
+        yield chunk._replace(batch=batch)
 
 
 class AdaptiveThresholds(beam.PTransform):
     """Adds `adaptive_threshold` and `is_anomaly_adaptive` to scored chunks.
 
-    Input and output: `streaming.Chunk`s in the global window (state must outlive
+    Input and output: `streaming.scoring.Chunk`s in the global window (state must outlive
     output windows). Element timestamps are kept.
 
     Example:

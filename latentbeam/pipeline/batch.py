@@ -26,78 +26,34 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
-from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_UNREADABLE,
-                                       SchemaMismatch, clip)
+from latentbeam.model.features import SchemaMismatch
 from latentbeam.model.scoring import check_missing_mode
 from latentbeam.pipeline import io
-from latentbeam.pipeline.metrics import (ANOMALIES, ERROR_DISTRIBUTION, FILES_DEAD_LETTERED,
+from latentbeam.pipeline.dead_letters import file_fault_letter
+from latentbeam.pipeline.jobs import FileJob, JobSummary
+from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, PARTIAL_SUFFIX, STAGING_PREFIX,
+                                        STATS_DIR, SUCCESS_FILE, basename,
+                                        dead_letter_part_name, part_name)
+from latentbeam.pipeline.metrics import (ANOMALIES, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
                                          ScoringMetrics, query_metrics)
 from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_dask
-from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS, MODE_DECODE,
+from latentbeam.pipeline.parquet_out import ParquetOutput
+from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS,
                                          MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letters_to_batch, list_array,
-                                         whole_file_dead_letter)
+                                         as_file_fault, dead_letters_to_batch, list_array)
 
 log = logging.getLogger(__name__)
 
 TFDS_PREFIX = "tfds:"
-SUCCESS_FILE = outputs.SUCCESS_FILE
-DEAD_LETTER_DIR = outputs.DEAD_LETTER_DIR
-STATS_DIR = "_stats"
-TMP_PREFIX = outputs.STAGING_PREFIX
-
-
-def part_name(index: int) -> str:
-    """Output file name of the input file at `index` of the sorted match."""
-    return f"part-{index:05d}.parquet"
-
-
-def dead_letter_part_name(index: int) -> str:
-    """Dead-letter file name of the input file at `index` (under OUT/_dead_letter/)."""
-    return outputs.dead_letter_name(f"part-{index:05d}")
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """What a finished job wrote; counts come from the per-file records of the job."""
-    output: str  # output directory
-    model_version: str
-    files_read: int  # input files (a TFDS split counts as one)
-    rows_read: int  # rows of readable files
-    rows_scored: int  # rows written to the output (decoded rows for `decode`)
-    rows_dead_lettered: int  # rows in OUT/dead_letter (row faults)
-    files_dead_lettered: int  # whole files in OUT/dead_letter (unreadable, missing column)
-    anomalies: int  # scored rows with is_anomaly
-    files: List[str]  # output Parquet files, sorted
-    dead_letter_files: List[str]  # dead-letter Parquet files, sorted
-    metrics: Dict[str, Any] = field(default_factory=dict)  # "latentbeam" Beam metrics; {} if none
-    result: Any = field(default=None, repr=False, compare=False)  # the PipelineResult
-
-    def to_json(self) -> dict:
-        return {"model_version": self.model_version, "files_read": self.files_read,
-                "rows_read": self.rows_read, "rows_scored": self.rows_scored,
-                "rows_dead_lettered": self.rows_dead_lettered,
-                "files_dead_lettered": self.files_dead_lettered, "anomalies": self.anomalies,
-                "files": [_basename(p) for p in self.files],
-                "dead_letter_files": [f"{DEAD_LETTER_DIR}/{_basename(p)}"
-                                      for p in self.dead_letter_files]}
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -118,7 +74,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
             raise ValueError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
-    files = [p for p in fs.match(fs.parquet_pattern(pattern)) if _basename(p) != SUCCESS_FILE]
+    files = [p for p in fs.match(fs.parquet_pattern(pattern)) if basename(p) != SUCCESS_FILE]
     if not files:
         raise ValueError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
                          f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
@@ -171,42 +127,6 @@ def _add_columns(columns: Dict[str, pa.Array], examples: Dict[str, Any], prefix:
 
 # --------------------------------------------------------------------------- the DoFn
 
-class _LazyParquetWriter:
-    """A Parquet file (any Beam filesystem) opened at the first batch written."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._file = None
-        self._writer = None
-
-    @property
-    def opened(self) -> bool:
-        return self._writer is not None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            self._file = FileSystems.create(self.path,
-                                            compression_type=CompressionTypes.UNCOMPRESSED)
-            self._writer = pq.ParquetWriter(self._file, batch.schema)
-        self._writer.write_batch(batch)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._file.close()
-            self._writer = self._file = None
-
-    def discard(self) -> None:
-        """Closes and deletes what was written (a file that failed part way)."""
-        opened = self.opened
-        try:
-            self.close()
-        except (OSError, pa.ArrowException):
-            pass
-        if opened and FileSystems.exists(self.path):
-            FileSystems.delete([self.path])
-
-
 class _FileJobFn(beam.DoFn):
     """Scores (or decodes) one input file into one temporary output file."""
 
@@ -245,9 +165,8 @@ class _FileJobFn(beam.DoFn):
         index, source = element
         name = part_name(index)
         dead_name = dead_letter_part_name(index)
-        out = _LazyParquetWriter(fs.join(self._tmp_dir, name + outputs.PARTIAL_SUFFIX))
-        dead = _LazyParquetWriter(fs.join(self._tmp_dir, DEAD_LETTER_DIR,
-                                          dead_name + outputs.PARTIAL_SUFFIX))
+        out = ParquetOutput(fs.join(self._tmp_dir, name + PARTIAL_SUFFIX))
+        dead = ParquetOutput(fs.join(self._tmp_dir, DEAD_LETTER_DIR, dead_name + PARTIAL_SUFFIX))
         counts = dict.fromkeys((ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES,
                                 FILES_DEAD_LETTERED), 0)
         errors: List[np.ndarray] = []
@@ -270,13 +189,12 @@ class _FileJobFn(beam.DoFn):
             out.close()
             dead.close()
         except (io.UnreadableFile, SchemaMismatch) as e:
-            # All or nothing per file: drop the partial output, keep one dead letter.
-            log.warning("Dead-lettering whole file %s: %s", source, clip(e, 400),
-                        exc_info=getattr(e, "reason", None) == REASON_CONVERSION_ERROR)
+            # All or nothing per file: drop the partial output, keep one dead letter. What
+            # cannot be removed stays in the staging directory, which is never published.
+            letter = file_fault_letter(source, e)
             out.discard()
             dead.discard()
-            reason = e.reason if isinstance(e, SchemaMismatch) else REASON_UNREADABLE
-            dead.write(dead_letters_to_batch([whole_file_dead_letter(source, e, reason)]))
+            dead.write(dead_letters_to_batch([letter]))
             dead.close()
             counts = dict.fromkeys(counts, 0)
             counts[FILES_DEAD_LETTERED] = 1
@@ -296,29 +214,6 @@ class _FileJobFn(beam.DoFn):
 
 
 # --------------------------------------------------------------------------- the job
-
-@dataclass(frozen=True)
-class FileJob:
-    """One run of `latentbeam score` or `latentbeam decode`."""
-    bundle: str  # bundle directory
-    input: str  # Parquet glob or tfds:NAME/SPLIT
-    output: str  # output directory
-    mode: str = MODE_SCORE  # score | decode
-    opts: ScoringOptions = ScoringOptions()  # key columns, optional output columns
-    data_dir: Optional[str] = None  # TFDS data_dir
-    overwrite: bool = False  # replace the contents of a non-empty output directory
-    batch_rows: int = 8192  # rows per record batch read
-
-
-def check_output_dir(output: str, overwrite: bool) -> List[str]:
-    """The files of an earlier run an overwrite will delete; refuses what it must not touch.
-
-    Raises:
-      ValueError: `output` holds files and `overwrite` is False, or it holds files no
-        latentbeam run wrote (named in the message).
-    """
-    return outputs.check_output_dir(output, overwrite)
-
 
 def _reads(job: FileJob, sources: List[str]) -> List[paths.Location]:
     """Every location the job reads: input files, their directories, a TFDS data_dir, the bundle."""
@@ -340,15 +235,13 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
         non-empty output without overwrite (or with files no latentbeam run wrote), or
         a job option the input cannot satisfy.
     """
-    if job.batch_rows < 1:
-        raise ValueError(f"--batch-rows must be a positive integer. Received: {job.batch_rows}")
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
     if job.mode == MODE_SCORE:
         check_missing_mode(info, job.opts.missing)
     sources = resolve_inputs(job.input, job.data_dir)
     paths.check_output(job.output, _reads(job, sources))
-    replace = check_output_dir(job.output, job.overwrite)
-    tmp_dir = fs.join(job.output, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    replace = outputs.check_output_dir(job.output, job.overwrite)
+    tmp_dir = fs.join(job.output, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
     if uses_dask(beam_args):
@@ -390,12 +283,12 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
     files, dead_files, moves = [], [], []
     for s in stats:
         if s["output"]:
-            moves.append((fs.join(tmp_dir, s["output"] + outputs.PARTIAL_SUFFIX), s["output"]))
+            moves.append((fs.join(tmp_dir, s["output"] + PARTIAL_SUFFIX), s["output"]))
             files.append(fs.join(job.output, s["output"]))
         if s["dead_letter"]:
             rel = f"{DEAD_LETTER_DIR}/{s['dead_letter']}"
             moves.append((fs.join(tmp_dir, DEAD_LETTER_DIR,
-                                  s["dead_letter"] + outputs.PARTIAL_SUFFIX), rel))
+                                  s["dead_letter"] + PARTIAL_SUFFIX), rel))
             dead_files.append(fs.join(job.output, DEAD_LETTER_DIR, s["dead_letter"]))
 
     totals = {k: sum(s[k] for s in stats) for k in
@@ -405,7 +298,7 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
         log.warning("Runner metrics %s differ from the job's per-file records %s (runners "
                     "without metrics support report 0); the summary uses the records.",
                     {k: metrics.get(k) for k in totals}, totals)
-    summary = JobSummary(output=job.output, model_version=info.model_version,
+    summary = JobSummary(output=job.output, model_version=info.model_version, mode=job.mode,
                          files_read=len(sources), files=files, dead_letter_files=dead_files,
                          metrics=metrics, result=result, **totals)
     doc = {"job": job.mode, "input": job.input, **summary.to_json(),
@@ -416,64 +309,4 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
     return summary
 
 
-# --------------------------------------------------------------------------- CLI
-
-def _key_columns(text: str) -> Tuple[str, ...]:
-    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
-
-
-def format_summary(summary: JobSummary, mode: str = MODE_SCORE) -> str:
-    verb = "scored" if mode == MODE_SCORE else "decoded"
-    lines = [
-        f"rows read:            {summary.rows_read}",
-        f"rows {verb}:{' ' * (16 - len(verb))}{summary.rows_scored}",
-        f"rows dead-lettered:   {summary.rows_dead_lettered}",
-        f"files dead-lettered:  {summary.files_dead_lettered}",
-    ]
-    if mode == MODE_SCORE:
-        lines.append(f"anomalies:            {summary.anomalies}")
-        dist = summary.metrics.get(ERROR_DISTRIBUTION)
-        if dist is not None:
-            lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
-                         f"max {dist.max:.6g}")
-    if not summary.metrics:
-        lines.append("runner metrics:       unavailable on this runner; counts above are from "
-                     "the job's per-file records")
-    lines.append(f"output files:         {len(summary.files)} in {summary.output}")
-    lines += [f"  {p}" for p in summary.files]
-    if summary.dead_letter_files:
-        lines.append(f"dead-letter files:    {len(summary.dead_letter_files)}")
-        lines += [f"  {p}" for p in summary.dead_letter_files]
-    lines.append(f"model_version:        {summary.model_version}")
-    return "\n".join(lines)
-
-
-def run_score_command(args, beam_args: Sequence[str]) -> int:
-    """`latentbeam score`: prints the summary; returns the exit code."""
-    job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_SCORE,
-                  opts=ScoringOptions(key_columns=_key_columns(args.key_columns),
-                                      per_feature_errors=args.per_feature_errors,
-                                      reconstruction=args.reconstruction,
-                                      latent_distance=args.latent_distance,
-                                      top_features=args.top_features,
-                                      missing=args.missing),
-                  data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
-    from latentbeam.console import progress_line
-    summary = run_file_job(job, beam_args, progress=progress_line(args))
-    print(format_summary(summary, MODE_SCORE))
-    return 0
-
-
-def run_decode_command(args, beam_args: Sequence[str]) -> int:
-    """`latentbeam decode`: prints the summary; returns the exit code."""
-    job = FileJob(bundle=args.bundle, input=args.input, output=args.output, mode=MODE_DECODE,
-                  opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
-                  overwrite=args.overwrite)
-    from latentbeam.console import progress_line
-    summary = run_file_job(job, beam_args, progress=progress_line(args))
-    print(format_summary(summary, MODE_DECODE))
-    return 0
-
-
-__all__ = ["FileJob", "JobSummary", "check_output_dir", "format_summary", "part_name",
-           "resolve_inputs", "run_decode_command", "run_file_job", "run_score_command"]
+__all__ = ["TFDS_PREFIX", "resolve_inputs", "run_file_job", "tfds_batches"]

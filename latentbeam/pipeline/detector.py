@@ -28,6 +28,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 
 from latentbeam.model import load_bundle_info
 from latentbeam.pipeline.handler import BundleModelHandler
+from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 
 # The anomaly_score above which a row is anomalous (anomaly_score = score / threshold).
 SCORE_THRESHOLD = 1.0
@@ -45,7 +46,7 @@ def to_anomaly_prediction(keyed: Tuple[Any, PredictionResult]) -> Tuple[Any, Ano
 
 
 def bundle_detector(bundle_path: str, *, features: Optional[Sequence[str]] = None,
-                    model_id: Optional[str] = None, max_batch_size: int = 8192,
+                    model_id: Optional[str] = None, max_batch_size: int = DEFAULT_BATCH_ROWS,
                     **kwargs) -> OfflineDetector:
     """An `OfflineDetector` that scores `beam.Row`s with a latentbeam bundle.
 

@@ -27,10 +27,11 @@ from latentbeam.model import load_bundle_info
 from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE
 from latentbeam.model.features import SchemaMismatch
 from latentbeam.pipeline import io
+from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 from latentbeam.pipeline.metrics import NAMESPACE
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, COL_LATENT, COL_SCORE,
-                                         ScoringOptions, feature_columns,
-                                         rows_to_record_batch, score_record_batch)
+                                         ScoringOptions, feature_columns, score_record_batch)
+from latentbeam.pipeline.rows import as_row_dict, rows_to_record_batch
 
 _MAX_FAULTS_IN_MESSAGE = 3
 
@@ -45,13 +46,7 @@ class RowScore:
     model_version: str  # the bundle's model_version
 
 
-def _to_dict(example: Any) -> Dict[str, Any]:
-    if isinstance(example, dict):
-        return example
-    if hasattr(example, "_asdict"):
-        return dict(example._asdict())
-    raise TypeError(f"BundleModelHandler expects dicts, beam.Row or 1-D numpy arrays. "
-                    f"Received: {type(example).__name__}.")
+_EXPECTED_EXAMPLE = "BundleModelHandler expects dicts, beam.Row or 1-D numpy arrays."
 
 
 class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
@@ -68,7 +63,7 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
     """
 
     def __init__(self, bundle_path: str, *, min_batch_size: Optional[int] = None,
-                 max_batch_size: int = 8192, **kwargs):
+                 max_batch_size: int = DEFAULT_BATCH_ROWS, **kwargs):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **kwargs)
         self._bundle_path = bundle_path
         self._model_version = load_bundle_info(bundle_path).model_version
@@ -95,8 +90,8 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
         return NAMESPACE
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return sum(e.nbytes if isinstance(e, np.ndarray) else 8 * len(_to_dict(e))
-                   for e in batch)
+        return sum(e.nbytes if isinstance(e, np.ndarray)
+                   else 8 * len(as_row_dict(e, _EXPECTED_EXAMPLE)) for e in batch)
 
     def run_inference(self, batch: Sequence[Any], model,
                       inference_args: Optional[Dict[str, Any]] = None
@@ -112,7 +107,7 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
         if batch and all(isinstance(e, np.ndarray) for e in batch):
             table = _arrays_to_batch(batch, info)
         else:
-            table = rows_to_record_batch([_to_dict(e) for e in batch])
+            table = rows_to_record_batch([as_row_dict(e, _EXPECTED_EXAMPLE) for e in batch])
         try:
             scored, letters = score_record_batch(model, table, source="RunInference",
                                                  opts=ScoringOptions())

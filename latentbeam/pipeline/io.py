@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentbeam import fs
+from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ class UnreadableFile(ValueError):
 
 
 def iter_file_batches(path: str, *, columns: Optional[Sequence[str]] = None,
-                      batch_rows: int = 8192) -> Iterator[Tuple[int, pa.RecordBatch]]:
+                      batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Tuple[int, pa.RecordBatch]]:
     """Yields (row offset in file, record batch) for one Parquet file, streaming.
 
     Memory stays at about one record batch (plus one row group being decoded).

@@ -1,8 +1,8 @@
 """Arrow in, Arrow out: the scoring core applied to one record batch (no Beam here).
 
 Every Beam path (the `Score` transform, the `latentbeam score` job, streaming) and the
-benchmarks call `score_record_batch`; the output schema and the dead-letter schema are
-defined once, here.
+benchmarks call `score_record_batch`; the output schema is defined once, here (the
+dead-letter schema in `dead_letters`).
 """
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from latentbeam.model.features import (REASON_CONVERSION_ERROR, REASON_MISSING_COLUMN,
-                                       REASON_MODEL_ERROR, SchemaMismatch, clip, input_names,
+from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
+                                       SchemaMismatch, input_names,
                                        row_payload, to_matrix)
 from latentbeam.model.scoring import (MISSING_IMPUTE, MISSING_MASK, MISSING_MODES,
                                       MISSING_REJECT, Scores, check_missing_mode, impute, score)
+from latentbeam.pipeline.rows import as_record_batch
+# Dead letters are built in dead_letters; their names stay importable from here.
+from latentbeam.pipeline.dead_letters import (DATA_ERRORS, DEAD_LETTER_SCHEMA, as_file_fault,
+                                              dead_letter, dead_letters_to_batch,
+                                              whole_file_dead_letter)
 
 # Output column names (the scored-output contract in the README).
 COL_LATENT = "latent"
@@ -45,15 +50,6 @@ TOP_FEATURE_TYPE = pa.struct([pa.field("name", pa.string()), pa.field("share", p
 META_MODEL_VERSION = b"latentbeam.model_version"
 META_THRESHOLD = b"latentbeam.threshold"
 META_THRESHOLD_METHOD = b"latentbeam.threshold_method"
-
-DEAD_LETTER_SCHEMA = pa.schema([
-    pa.field("source", pa.string(), nullable=False),  # input file (or "pubsub", ...)
-    pa.field("row", pa.int64()),  # row index in the source; null for a whole-file fault
-    pa.field("reason", pa.string(), nullable=False),  # short code, see features.REASON_*
-    pa.field("detail", pa.string()),  # human-readable message
-    pa.field("payload", pa.string()),  # original row as JSON; null for a whole-file fault
-])
-
 
 @dataclass(frozen=True)
 class ScoringOptions:
@@ -195,41 +191,6 @@ def top_features_array(feature_errors: np.ndarray, names: pa.Array, k: int) -> p
     return pa.ListArray.from_arrays(offsets, entries, type=pa.list_(TOP_FEATURE_TYPE))
 
 
-
-# Errors that data can cause while a file's rows are converted, scored or written (not
-# I/O on the output: OSError fails the job). Callers turn them into a whole-file dead
-# letter with reason `conversion_error` instead of failing every other file's job.
-DATA_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError, UnicodeError,
-               pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError,
-               pa.ArrowIndexError)
-MAX_DETAIL_CHARS = 2000  # a dead letter's `detail` never grows with the input
-
-
-def dead_letter(source: str, row: Optional[int], reason: str, detail: str,
-                payload: Optional[str] = None) -> Dict[str, Any]:
-    return {"source": source, "row": row, "reason": reason,
-            "detail": clip(detail, MAX_DETAIL_CHARS), "payload": payload}
-
-
-def as_file_fault(error: BaseException, what: str) -> SchemaMismatch:
-    """A DATA_ERRORS exception as a whole-file fault (`conversion_error`), naming the step."""
-    if isinstance(error, SchemaMismatch):
-        return error
-    return SchemaMismatch(f"{what} failed: {type(error).__name__}: {clip(error, 1000)}",
-                          REASON_CONVERSION_ERROR)
-
-
-def dead_letters_to_batch(records: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(list(records), schema=DEAD_LETTER_SCHEMA)
-
-
-def _as_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-    if isinstance(batch, pa.RecordBatch):
-        return batch
-    return batch.combine_chunks().to_batches()[0] if batch.num_rows else \
-        pa.RecordBatch.from_pylist([], schema=batch.schema)
-
-
 def _convert(batch: pa.RecordBatch, features, key_columns: Sequence[str], source: str,
              row_offset: int, allow_missing: bool = False):
     """Checks key columns, converts the features; returns (Conversion, dead letters)."""
@@ -276,7 +237,7 @@ def score_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str 
       ValueError: impute or mask with a bundle that has no training medians.
     """
     check_missing_mode(bundle.info, opts.missing)
-    batch = _as_batch(batch)
+    batch = as_record_batch(batch)
     conv, letters = _convert(batch, bundle.info.features, opts.key_columns, source, row_offset,
                              allow_missing=opts.missing != MISSING_REJECT)
     if not len(conv.valid):
@@ -318,12 +279,6 @@ def _take_scores(scores: Scores, rows: np.ndarray) -> Scores:
                      else getattr(scores, f.name)[rows] for f in dataclasses.fields(Scores)})
 
 
-def whole_file_dead_letter(source: str, error: BaseException, reason: str) -> Dict[str, Any]:
-    return dead_letter(source, None, reason, f"{type(error).__name__}: {clip(error, 1000)}", None)
-
-
-
-
 # --- Decoding and the row path (dicts / beam.Row), shared by the Beam transforms,
 # --- the RunInference model handler and the `latentbeam decode` job.
 
@@ -346,7 +301,7 @@ def decode_record_batch(bundle, batch: pa.RecordBatch | pa.Table, *, source: str
     from latentbeam.model.features import Feature
     from latentbeam.model.scoring import decode
 
-    batch = _as_batch(batch)
+    batch = as_record_batch(batch)
     info = bundle.info
     conv, letters = _convert(batch, [Feature(COL_LATENT, "float32", (info.latent_dim,))],
                              key_columns, source, row_offset)
@@ -401,37 +356,11 @@ def apply_bundle(bundle, batch: pa.RecordBatch | pa.Table, mode: str, *, source:
     return score_record_batch(bundle, batch, source=source, row_offset=row_offset, opts=opts)
 
 
-def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:
-    """Python rows (dicts) -> one record batch, column by column.
-
-    A column whose values Arrow cannot unify (e.g. numbers mixed with text) is kept as
-    text, so `to_matrix` reports the offending rows as `non_numeric` instead of the
-    whole batch failing.
-    """
-    names: Dict[str, None] = {}
-    for r in rows:
-        for k in r:
-            names.setdefault(k, None)
-    arrays, fields = [], []
-    for name in names:
-        values = [r.get(name) for r in rows]
-        try:
-            arr = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            arr = pa.array([None if v is None else (v if isinstance(v, str) else repr(v))
-                            for v in values], type=pa.string())
-        if pa.types.is_null(arr.type):
-            arr = arr.cast(pa.float64())
-        arrays.append(arr)
-        fields.append(pa.field(name, arr.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-
-
 __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LATENT_DISTANCE", "COL_MODEL_VERSION",
            "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "DEAD_LETTER_SCHEMA", "MODE_DECODE",
            "MODE_SCORE", "TOP_FEATURE_TYPE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
            "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
            "decode_record_batch", "feature_columns", "float_list_array",
-           "list_array", "output_schema", "rows_to_record_batch", "score_record_batch", "scores_to_batch",
+           "list_array", "output_schema", "score_record_batch", "scores_to_batch",
            "top_features", "top_features_array", "whole_file_dead_letter"]

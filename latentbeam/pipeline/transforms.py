@@ -36,19 +36,20 @@ import pyarrow as pa
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
+from latentbeam.pipeline.dead_letters import DATA_ERRORS, as_file_fault, dead_letter
+from latentbeam.pipeline.layout import DEFAULT_BATCH_ROWS
 from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTERED, ROWS_READ,
                                          ROWS_SCORED, ScoringMetrics)
 from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, COL_TOP_FEATURES,
-                                         DATA_ERRORS, MODE_DECODE, MODE_SCORE, ScoringOptions,
-                                         apply_bundle, as_file_fault, dead_letter,
-                                         decode_output_schema, output_schema,
-                                         rows_to_record_batch)
+                                         MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
+                                         decode_output_schema, output_schema)
+from latentbeam.pipeline.rows import as_record_batch, as_row_dict, rows_to_record_batch
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_TAG = "dead_letter"
 MODE_ENCODE = "encode"  # scoring, keeping only the key columns, latent and model_version
-DEFAULT_MAX_BATCH_ROWS = 8192
+DEFAULT_MAX_BATCH_ROWS = DEFAULT_BATCH_ROWS
 _ARROW_TYPES = (pa.RecordBatch, pa.Table)
 
 
@@ -57,13 +58,7 @@ def _element_rows(element: Any) -> int:
     return max(1, element.num_rows) if isinstance(element, _ARROW_TYPES) else 1
 
 
-def _as_dict(row: Any) -> Dict[str, Any]:
-    if isinstance(row, dict):
-        return row
-    if hasattr(row, "_asdict"):  # beam.Row and NamedTuples
-        return dict(row._asdict())
-    raise TypeError(f"Expected a dict, a beam.Row or an Arrow record batch/table as element. "
-                    f"Received: {type(row).__name__}.")
+_EXPECTED_ELEMENT = "Expected a dict, a beam.Row or an Arrow record batch/table as element."
 
 
 def input_row_fields(element_type: Any) -> Optional[List[Tuple[str, Any]]]:
@@ -147,9 +142,7 @@ class _BundleDoFn(beam.DoFn):
 
     def _process_arrow(self, element):
         try:
-            out, letters = self._apply(element.combine_chunks().to_batches()[0]
-                                       if isinstance(element, pa.Table) and element.num_rows
-                                       else element)
+            out, letters = self._apply(as_record_batch(element))
         except DATA_ERRORS as e:
             e = as_file_fault(e, "scoring the batch")
             self._metrics.inc(BATCHES_DEAD_LETTERED)
@@ -165,7 +158,7 @@ class _BundleDoFn(beam.DoFn):
     def _process_rows(self, rows: List[Any]):
         if not rows:
             return
-        dicts = [_as_dict(r) for r in rows]
+        dicts = [as_row_dict(r, _EXPECTED_ELEMENT) for r in rows]
         try:
             results = self._rows_batch(dicts)
         except DATA_ERRORS:

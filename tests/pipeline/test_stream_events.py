@@ -13,7 +13,7 @@ from apache_beam.testing.test_stream import TestStream as _TestStream
 from latentbeam.demo import digits_table
 from latentbeam.pipeline.adaptive import AdaptiveConfig, AdaptiveState
 from latentbeam.pipeline.records import ScoringOptions
-from latentbeam.pipeline.streaming import (StreamConfig, build_stream, event_micros,
+from latentbeam.pipeline.streaming import (StreamJob, build_stream, event_micros,
                                            split_by_window)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -45,7 +45,7 @@ def _ids_by_window(out):
 
 def test_event_time_windows_late_rows_and_late_panes(tmp_path, tiny_bundle_dir):
     out = str(tmp_path / "out")
-    cfg = StreamConfig(bundle=tiny_bundle_dir, output=out, pubsub_subscription="projects/p/subscriptions/s",
+    cfg = StreamJob(bundle=tiny_bundle_dir, output=out, pubsub_subscription="projects/p/subscriptions/s",
                        window_seconds=10, timestamp_column="ts", allowed_lateness_seconds=5,
                        scoring=ScoringOptions(key_columns=("id",)))
     stream = (_TestStream()
@@ -79,7 +79,7 @@ def test_event_time_windows_late_rows_and_late_panes(tmp_path, tiny_bundle_dir):
 
 def test_early_firing_writes_partial_window_then_the_rest(tmp_path, tiny_bundle_dir):
     out = str(tmp_path / "out")
-    cfg = StreamConfig(bundle=tiny_bundle_dir, output=out, pubsub_subscription="projects/p/subscriptions/s",
+    cfg = StreamJob(bundle=tiny_bundle_dir, output=out, pubsub_subscription="projects/p/subscriptions/s",
                        window_seconds=60, early_firing_seconds=5,
                        scoring=ScoringOptions(key_columns=("id",)))
     stream = (_TestStream()
