@@ -14,8 +14,8 @@ import numpy as np
 from latentbeam.config import Config
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
-from latentbeam.model.bundle import (Bundle, BundleInfo, check_bundle_output, in_memory_info,
-                                     save_bundle)
+from latentbeam.model.bundle import Bundle, BundleInfo
+from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
 from latentbeam.model.features import n_inputs
 
