@@ -208,11 +208,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from latentbeam.pipeline.options import check_beam_flags
                 beam_args = check_beam_flags(beam_args, _own_flags(parser, args.command))
             return COMMANDS[args.command](args, beam_args)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            # User errors: one clear line, no traceback (use --log-level DEBUG for it).
+        except Exception as e:  # noqa: BLE001  sorted into user errors and bugs below
+            if not is_user_error(e):
+                report_bug(args.command)
+                return 1
+            # One clear line, no traceback (use --log-level DEBUG for it).
             log.debug("failed", exc_info=True)
             print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
             return 2
+
+
+# Modules that still raise plain ValueError / TypeError for problems a user can fix:
+# latentbeam.pipeline (until its errors are converted to latentbeam.errors) and the two
+# modules of the scoring core whose checks are plain ValueErrors (architectures: the
+# model settings of a config; scoring: `--missing impute` on a bundle without medians).
+# Such an exception raised in one of their own frames is a user error, as before; the
+# same types raised inside numpy, pyarrow, TensorFlow or Beam are bugs.
+_PLAIN_ERROR_MODULES = ("latentbeam.pipeline.", "latentbeam.model.architectures",
+                        "latentbeam.model.scoring")
+BUG_HINT = ("This is a bug in latentbeam or a library it uses, not a problem with your input: "
+            "please report it to the latentbeam issue tracker with the command line and the "
+            "traceback above.")
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for errors a user can fix (printed as one line); False for bugs (traceback)."""
+    from latentbeam.errors import LatentbeamError
+
+    if isinstance(error, LatentbeamError):
+        return True
+    if not isinstance(error, (ValueError, TypeError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return any(module == m.rstrip(".") or module.startswith(m) for m in _PLAIN_ERROR_MODULES)
+
+
+def report_bug(command: str) -> None:
+    """Prints the traceback of the exception being handled and where to report it."""
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+    print(f"latentbeam {command}: internal error. {BUG_HINT}", file=sys.stderr)
 
 
 def cmd_train(args, beam_args: List[str]) -> int:
@@ -266,11 +305,12 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     import pyarrow.parquet as pq
 
     from latentbeam import fs, outputs, paths
+    from latentbeam.errors import ConfigError
     from latentbeam.model import load_bundle, sample_latent
     from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
     if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
+        raise ConfigError(f"--num-samples must be >= 1. Received: {args.num_samples}")
     paths.check_output(args.output, [("bundle", args.bundle)])
     replace = outputs.check_output_dir(args.output, args.overwrite)
     bundle = load_bundle(args.bundle)

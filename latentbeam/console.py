@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
+from latentbeam.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 _TERMINAL: Optional[TextIO] = None  # the real stderr while a NativeLogFilter is active
@@ -76,12 +78,12 @@ def configure_logging(level_name: str) -> int:
       the numeric level.
 
     Raises:
-      ValueError: `level_name` is not a logging level.
+      ConfigError: `level_name` is not a logging level.
     """
     level = logging.getLevelName(str(level_name).upper())
     if not isinstance(level, int):
-        raise ValueError(f"--log-level expects DEBUG, INFO, WARNING or ERROR. "
-                         f"Received: {level_name!r}")
+        raise ConfigError(f"--log-level expects DEBUG, INFO, WARNING or ERROR. "
+                          f"Received: {level_name!r}")
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _StderrHandler):  # an earlier call's (in-process runs)

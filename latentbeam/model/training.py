@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from latentbeam.config import Config
+from latentbeam.errors import ConfigError
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
 from latentbeam.model.bundle import Bundle, BundleInfo
@@ -244,9 +245,9 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
         try:
             import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
         except ImportError as e:
-            raise ValueError("`train.tensorboard_dir` needs TensorBoard: pip install "
-                             "'latentbeam[tensorboard]' (or tensorboard), or unset "
-                             "train.tensorboard_dir.") from e
+            raise ConfigError("`train.tensorboard_dir` needs TensorBoard: pip install "
+                              "'latentbeam[tensorboard]' (or tensorboard), or unset "
+                              "train.tensorboard_dir.") from e
     set_seed(tc.seed)
     source = source or data_mod.make_source(config.data)
     spill_dir = tempfile.mkdtemp(prefix="latentbeam-train-") if tc.disk_cache else None
@@ -347,8 +348,8 @@ def _build_model(config: Config, source, stats):
     image_feature_shape = None
     if mc.kind == "conv2d":
         if len(source.features) != 1:
-            raise ValueError(f"`model.kind: conv2d` needs exactly one image feature; got "
-                             f"{[f.name for f in source.features]}. Set `data.features`.")
+            raise ConfigError(f"`model.kind: conv2d` needs exactly one image feature; got "
+                              f"{[f.name for f in source.features]}. Set `data.features`.")
         image_feature_shape = image_shape(source.features[0].shape)
     reference_rows = max(1, min(sc.reference_rows, stats.rows_by_split["train"]))
     model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from latentbeam import fs
+from latentbeam.errors import ConfigError
 from latentbeam.model.features import input_names
 from latentbeam.pipeline.records import SCORING_COLUMNS
 from latentbeam.report import plots
@@ -141,14 +142,14 @@ def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None,
         `data.label` when the scored files have it).
 
     Raises:
-      ValueError: unusable bundle, scored files or arguments (the message names the file
+      LatentbeamError: unusable bundle, scored files or arguments (the message names the file
         or column and the fix).
     """
     from latentbeam.model import load_bundle, load_bundle_info
 
     if top_n < 1 or sample_rows < 1:
-        raise ValueError(f"--top and --sample-rows must be >= 1. Received: top={top_n}, "
-                         f"sample_rows={sample_rows}")
+        raise ConfigError(f"--top and --sample-rows must be >= 1. Received: top={top_n}, "
+                          f"sample_rows={sample_rows}")
     t0 = time.time()
     _check_output(output, bundle_path, scored)
     summary_info = bundle_summary(bundle_path)

@@ -82,7 +82,7 @@ def bundle_summary(path: str) -> Dict[str, Any]:
     """Everything `latentbeam info` shows, as plain JSON-able values.
 
     Raises:
-      ValueError: no bundle.json at `path`, or it is malformed (names the file and the fix).
+      BundleError: no bundle.json at `path`, or it is malformed (names the file and the fix).
     """
     info = load_bundle_info(path)
     t = dict(info.training)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentbeam import fs
+from latentbeam.errors import InputError
 from latentbeam.pipeline.records import (COL_ERROR, COL_FEATURE_ERRORS, COL_FLAG, COL_LATENT,
                                          COL_MODEL_VERSION, COL_RECONSTRUCTION, COL_SCORE,
                                          COL_TOP_FEATURES, META_MODEL_VERSION)
@@ -68,13 +69,13 @@ def scored_files(location: str) -> List[str]:
     dead-letter files live in a subdirectory and are not matched.
 
     Raises:
-      ValueError: nothing matches (names the pattern and what was expected).
+      InputError: nothing matches (names the pattern and what was expected).
     """
     pattern = fs.parquet_pattern(location)
     files = [p for p, size in fs.match_with_sizes(pattern)
              if size > 0 and not os.path.basename(p).startswith(("_", "."))]
     if not files:
-        raise ValueError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
+        raise InputError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
                          f"directory of `latentbeam score` or `latentbeam stream`, or a glob of "
                          f"its *.parquet files.")
     return files
@@ -98,7 +99,7 @@ def _parquet(path: str):
         try:
             pf = pq.ParquetFile(handle)
         except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"Cannot read scored file {path}: {e}. Remove it or point "
+            raise InputError(f"Cannot read scored file {path}: {e}. Remove it or point "
                              f"--scored at the scored files only.") from e
         yield pf
 
@@ -189,7 +190,7 @@ def _inspect(path: str) -> _File:
     names = schema.names
     missing = [c for c in REQUIRED if c not in names]
     if missing:
-        raise ValueError(f"{path} is not scored output: column(s) {', '.join(missing)} missing "
+        raise InputError(f"{path} is not scored output: column(s) {', '.join(missing)} missing "
                          f"(columns present: {', '.join(names)}). Pass --scored the output of "
                          f"`latentbeam score` or `latentbeam stream`.")
     meta = schema.metadata or {}
@@ -262,7 +263,7 @@ def summarize_scored(location: str, *, threshold: float = 1.0, top_n: int = 20,
       label_column: a column to colour the latent map by (None: no label).
 
     Raises:
-      ValueError: no files, an unreadable file, or a file without the scored columns.
+      InputError: no files, an unreadable file, or a file without the scored columns.
     """
     paths = scored_files(location)
     files = [_inspect(p) for p in paths]
@@ -272,7 +273,7 @@ def summarize_scored(location: str, *, threshold: float = 1.0, top_n: int = 20,
 def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed, label_column):
     columns = files[0].names
     if label_column is not None and label_column not in columns:
-        raise ValueError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
+        raise InputError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
                          f"{', '.join(columns)}). Pass --label-column one of them, or none.")
     lo, hi = _score_range(files)
     edges = make_edges(lo * threshold, hi * threshold, FINE_BINS)
