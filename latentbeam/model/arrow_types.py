@@ -1,4 +1,4 @@
-"""Arrow type predicates and value access used by the feature conversion (no pandas)."""
+"""Arrow type predicates, value access and list arrays of the feature conversion (no pandas)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -61,3 +61,11 @@ def numeric_values(array) -> np.ndarray:
     if pa.types.is_floating(array.type):
         return array.to_numpy(zero_copy_only=False)
     return pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def list_array(matrix: np.ndarray) -> pa.ListArray:
+    """(n, k) matrix -> list array of its dtype (one list of k values per row)."""
+    matrix = np.ascontiguousarray(matrix)
+    n, k = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
