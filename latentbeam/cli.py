@@ -13,6 +13,8 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from latentbeam.errors import BUG_HINT, ConfigError, is_user_error
+
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
@@ -65,7 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Python logging level (default WARNING; INFO shows Beam's, "
                              "absl's and TensorFlow's INFO lines)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_score(sub)
+    _add_stream(sub)
+    _add_decode(sub)
+    _add_generate(sub)
+    _add_rethreshold(sub)
+    _add_report(sub)
+    _add_info(sub)
+    _add_demo(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an autoencoder and write a model bundle")
     p.add_argument("--config", required=True, help="YAML training config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
     _add_output_flags(p, progress=False)
 
+
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--input", required=True,
@@ -84,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_flags(p)
     _add_output_flags(p)
 
+
+def _add_stream(sub) -> None:
     p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
     p.add_argument("--watch", default=None, help="glob watched for new Parquet files")
@@ -116,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_flags(p)
     _add_output_flags(p)
 
+
+def _add_decode(sub) -> None:
     p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True)
     p.add_argument("--input", required=True, help="Parquet glob with a `latent` column")
@@ -124,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-columns", default="")
     _add_output_flags(p)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample the latent space and decode to new rows")
     p.add_argument("--bundle", required=True)
     p.add_argument("--num-samples", type=int, required=True)
@@ -132,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier latentbeam run wrote to --output")
 
+
+def _add_rethreshold(sub) -> None:
     p = sub.add_parser("rethreshold", help="re-seal a bundle with a new threshold")
     p.add_argument("--bundle", required=True, help="bundle directory")
     how = p.add_mutually_exclusive_group(required=True)
@@ -145,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="write the new bundle here (default: replace --bundle in place)")
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write a static HTML report (PNG plots) of a bundle and "
                                       "its scored output")
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -159,13 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scored column to colour the latent map by (default: the bundle's "
                         "data.label when the scored files have it)")
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a bundle's summary and check its integrity")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the embedded digits example end to end")
     p.add_argument("--workdir", default="build/demo")
-    return parser
 
 
 def _quiet_tensorflow() -> None:
@@ -216,34 +245,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.debug("failed", exc_info=True)
             print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
             return 2
-
-
-# Modules that still raise plain ValueError / TypeError for problems a user can fix:
-# latentbeam.pipeline (until its errors are converted to latentbeam.errors) and the two
-# modules of the scoring core whose checks are plain ValueErrors (architectures: the
-# model settings of a config; scoring: `--missing impute` on a bundle without medians).
-# Such an exception raised in one of their own frames is a user error, as before; the
-# same types raised inside numpy, pyarrow, TensorFlow or Beam are bugs.
-_PLAIN_ERROR_MODULES = ("latentbeam.pipeline.", "latentbeam.model.architectures",
-                        "latentbeam.model.scoring")
-BUG_HINT = ("This is a bug in latentbeam or a library it uses, not a problem with your input: "
-            "please report it to the latentbeam issue tracker with the command line and the "
-            "traceback above.")
-
-
-def is_user_error(error: BaseException) -> bool:
-    """True for errors a user can fix (printed as one line); False for bugs (traceback)."""
-    from latentbeam.errors import LatentbeamError
-
-    if isinstance(error, LatentbeamError):
-        return True
-    if not isinstance(error, (ValueError, TypeError)):
-        return False
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return any(module == m.rstrip(".") or module.startswith(m) for m in _PLAIN_ERROR_MODULES)
 
 
 def report_bug(command: str) -> None:
@@ -305,7 +306,6 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     import pyarrow.parquet as pq
 
     from latentbeam import fs, outputs, paths
-    from latentbeam.errors import ConfigError
     from latentbeam.model import load_bundle, sample_latent
     from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 

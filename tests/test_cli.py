@@ -141,6 +141,7 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
 
 def test_a_bug_shows_its_traceback_and_where_to_report_it(monkeypatch, capsys):
     from latentbeam import cli
+    from latentbeam.errors import BUG_HINT
 
     def broken(args, beam_args):
         import numpy as np
@@ -151,7 +152,7 @@ def test_a_bug_shows_its_traceback_and_where_to_report_it(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert "ValueError: cannot reshape array of size 3 into shape (2,2)" in err
-    assert err.strip().splitlines()[-1] == f"latentbeam info: internal error. {cli.BUG_HINT}"
+    assert err.strip().splitlines()[-1] == f"latentbeam info: internal error. {BUG_HINT}"
 
 
 def test_user_errors_are_latentbeam_errors_or_plain_errors_of_unconverted_modules(monkeypatch,
