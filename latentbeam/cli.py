@@ -13,6 +13,8 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from latentbeam.errors import BUG_HINT, ConfigError, is_user_error
+
 log = logging.getLogger("latentbeam")
 
 BEAM_COMMANDS = ("score", "stream", "decode")
@@ -68,7 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Python logging level (default WARNING; INFO shows Beam's, "
                              "absl's and TensorFlow's INFO lines)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_score(sub)
+    _add_stream(sub)
+    _add_decode(sub)
+    _add_generate(sub)
+    _add_rethreshold(sub)
+    _add_report(sub)
+    _add_info(sub)
+    _add_demo(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an autoencoder and write a model bundle")
     p.add_argument("--config", required=True, help="YAML training config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="bundle directory (local, gs://, s3://)")
     _add_output_flags(p, progress=False)
 
+
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score Parquet or a TFDS split with Beam; write Parquet", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--input", required=True,
@@ -87,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_flags(p)
     _add_output_flags(p)
 
+
+def _add_stream(sub) -> None:
     p = sub.add_parser("stream", help="score Parquet files as they land (Beam streaming)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True, help="bundle directory (or a watched pattern)")
     p.add_argument("--watch", default=None, help="glob watched for new Parquet files")
@@ -119,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_flags(p)
     _add_output_flags(p)
 
+
+def _add_decode(sub) -> None:
     p = sub.add_parser("decode", help="decode a `latent` column back to features (Beam)", epilog=BEAM_EPILOG)
     p.add_argument("--bundle", required=True)
     p.add_argument("--input", required=True, help="Parquet glob with a `latent` column")
@@ -127,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-columns", default="")
     _add_output_flags(p)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample the latent space and decode to new rows")
     p.add_argument("--bundle", required=True)
     p.add_argument("--num-samples", type=int, required=True)
@@ -135,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier latentbeam run wrote to --output")
 
+
+def _add_rethreshold(sub) -> None:
     p = sub.add_parser("rethreshold", help="re-seal a bundle with a new threshold")
     p.add_argument("--bundle", required=True, help="bundle directory")
     how = p.add_mutually_exclusive_group(required=True)
@@ -148,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="write the new bundle here (default: replace --bundle in place)")
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write a static HTML report (PNG plots) of a bundle and "
                                       "its scored output")
     p.add_argument("--bundle", required=True, help="bundle directory")
@@ -162,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scored column to colour the latent map by (default: the bundle's "
                         "data.label when the scored files have it)")
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print a bundle's summary and check its integrity")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the embedded digits example end to end")
     p.add_argument("--workdir", default="build/demo")
-    return parser
 
 
 def _quiet_tensorflow() -> None:
@@ -211,11 +240,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 from latentbeam.pipeline.options import check_beam_flags
                 beam_args = check_beam_flags(beam_args, _own_flags(parser, args.command))
             return COMMANDS[args.command](args, beam_args)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            # User errors: one clear line, no traceback (use --log-level DEBUG for it).
+        except Exception as e:  # noqa: BLE001  sorted into user errors and bugs below
+            if not is_user_error(e):
+                report_bug(args.command)
+                return 1
+            # One clear line, no traceback (use --log-level DEBUG for it).
             log.debug("failed", exc_info=True)
             print(f"latentbeam {args.command}: error: {e}", file=sys.stderr)
             return 2
+
+
+def report_bug(command: str) -> None:
+    """Prints the traceback of the exception being handled and where to report it."""
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+    print(f"latentbeam {command}: internal error. {BUG_HINT}", file=sys.stderr)
 
 
 def cmd_train(args, beam_args: List[str]) -> int:
@@ -321,7 +361,7 @@ def cmd_generate(args, beam_args: List[str]) -> int:
     from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
     if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1. Received: {args.num_samples}")
+        raise ConfigError(f"--num-samples must be >= 1. Received: {args.num_samples}")
     paths.check_output(args.output, [("bundle", args.bundle)])
     replace = outputs.check_output_dir(args.output, args.overwrite)
     bundle = load_bundle(args.bundle)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,12 +17,9 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from latentbeam.errors import ConfigError, ConfigTypeError
 from latentbeam.text import clip, echo
-
-# A config is a few hundred bytes; these bounds only stop hostile or broken input.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_CONFIG_NODES = 100_000  # values after alias expansion
-MAX_CONFIG_NESTING = 64  # levels of [ { or indentation; PyYAML recurses per level
+from latentbeam.yaml_safe import MAX_CONFIG_BYTES, MAX_CONFIG_NODES, load_yaml  # noqa: F401
 
 DATA_SOURCES = ("parquet", "tfds")
 MODEL_KINDS = ("dense", "conv2d")
@@ -39,6 +35,9 @@ DEFAULT_THRESHOLD_VALUES = {
 }
 
 
+DEFAULT_BATCH_ROWS = 8192  # rows per Arrow record batch read (training, scoring, streaming)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "parquet"  # parquet | tfds
@@ -49,7 +48,7 @@ class DataConfig:
     features: Optional[Tuple[str, ...]] = None  # default: every numeric column
     label: Optional[str] = None  # calibration/evaluation only, never trained on
     key_columns: Tuple[str, ...] = ()  # identifiers, never trained on
-    batch_rows: int = 8192  # Arrow record batch size when streaming Parquet
+    batch_rows: int = DEFAULT_BATCH_ROWS  # Arrow record batch size when streaming Parquet
 
 
 @dataclass(frozen=True)
@@ -136,36 +135,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"`{where}` expects a list, received: {echo(value)}")
+            raise ConfigTypeError(f"`{where}` expects a list, received: {echo(value)}")
         return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"`{where}` expects true or false, received: {echo(value)}")
+            raise ConfigTypeError(f"`{where}` expects true or false, received: {echo(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{where}` expects an integer, received: {echo(value)}")
+            raise ConfigTypeError(f"`{where}` expects an integer, received: {echo(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"`{where}` expects a number, received: {echo(value)}")
+            raise ConfigTypeError(f"`{where}` expects a number, received: {echo(value)}")
         try:
             number = float(value)
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise ValueError(f"`{where}` expects a finite number, received: {echo(value)}")
+            raise ConfigError(f"`{where}` expects a finite number, received: {echo(value)}")
         return number
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"`{where}` expects a string, received: {echo(value)}")
+            raise ConfigTypeError(f"`{where}` expects a string, received: {echo(value)}")
         return value
-    raise TypeError(f"unsupported config type {tp} at `{where}`")
+    raise ConfigTypeError(f"unsupported config type {tp} at `{where}`")
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
-        raise TypeError(f"`{prefix or 'config'}` expects a mapping, received: {echo(raw)}")
+        raise ConfigTypeError(f"`{prefix or 'config'}` expects a mapping, received: {echo(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names), key=str)
@@ -174,8 +173,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         valid = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
         shown = ", ".join(clip(k, 40) for k in map(str, unknown[:5]))
         more = f", ... ({len(unknown)} in all)" if len(unknown) > 5 else ""
-        raise ValueError(
-            f"Unknown config key(s) {where}: {shown}{more}. Valid keys: {valid}.")
+        raise ConfigError(
+             f"Unknown config key(s) {where}: {shown}{more}. Valid keys: {valid}.")
     kwargs = {}
     for name in names:
         if name not in raw:
@@ -191,47 +190,47 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
 
 def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
     if value not in choices:
-        raise ValueError(
-            f"Received an invalid value for `{key}`, expected one of {', '.join(choices)}. "
-            f"Received: {key}={echo(value)}")
+        raise ConfigError(
+             f"Received an invalid value for `{key}`, expected one of {', '.join(choices)}. "
+             f"Received: {key}={echo(value)}")
 
 
 def validate(config: Config) -> Config:
-    """Checks cross-field rules; returns the config unchanged or raises ValueError."""
+    """Checks cross-field rules; returns the config unchanged or raises ConfigError."""
     d, m, t, th = config.data, config.model, config.train, config.threshold
     _check_choice(d.source, DATA_SOURCES, "data.source")
     _check_choice(m.kind, MODEL_KINDS, "model.kind")
     _check_choice(th.method, THRESHOLD_METHODS, "threshold.method")
     if d.source == "parquet" and not d.path:
-        raise ValueError("`data.source: parquet` needs `data.path`, a glob of Parquet files "
-                         "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
+        raise ConfigError("`data.source: parquet` needs `data.path`, a glob of Parquet files "
+                          "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
     if d.source == "tfds" and not d.name:
-        raise ValueError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
+        raise ConfigError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
     if m.latent_dim is not None and m.latent_dim < 1:
-        raise ValueError(f"Received an invalid value for `model.latent_dim`, expected a "
-                         f"positive integer. Received: model.latent_dim={m.latent_dim}")
+        raise ConfigError(f"Received an invalid value for `model.latent_dim`, expected a "
+                          f"positive integer. Received: model.latent_dim={m.latent_dim}")
     for key, units in (("model.hidden_units", m.hidden_units),
                        ("model.conv_filters", m.conv_filters)):
         if any(u < 1 for u in units):
-            raise ValueError(f"Received an invalid value for `{key}`, expected positive "
-                             f"integers. Received: {key}={list(units)}")
+            raise ConfigError(f"Received an invalid value for `{key}`, expected positive "
+                              f"integers. Received: {key}={list(units)}")
     if not 0.0 <= m.dropout < 1.0:
-        raise ValueError(f"`model.dropout` must be in [0, 1). Received: {m.dropout}")
+        raise ConfigError(f"`model.dropout` must be in [0, 1). Received: {m.dropout}")
     for key, v in (("model.l2", m.l2), ("model.noise_stddev", m.noise_stddev),
                    ("model.kl_weight", m.kl_weight)):
         if v < 0:
-            raise ValueError(f"`{key}` must be >= 0. Received: {v}")
+            raise ConfigError(f"`{key}` must be >= 0. Received: {v}")
     if t.epochs < 1 or t.batch_size < 1 or t.patience < 0 or t.learning_rate <= 0 \
             or t.cache_mb < 0:
-        raise ValueError("`train.epochs` and `train.batch_size` must be >= 1, "
-                         "`train.patience` and `train.cache_mb` >= 0 and "
-                         "`train.learning_rate` > 0.")
+        raise ConfigError("`train.epochs` and `train.batch_size` must be >= 1, "
+                          "`train.patience` and `train.cache_mb` >= 0 and "
+                          "`train.learning_rate` > 0.")
     for key, v in (("train.validation_fraction", t.validation_fraction),
                    ("threshold.calibration_fraction", th.calibration_fraction)):
         if not 0.0 < v < 0.5:
-            raise ValueError(f"`{key}` must be in (0, 0.5). Received: {v}")
+            raise ConfigError(f"`{key}` must be in (0, 0.5). Received: {v}")
     if not 0.0 <= t.trim_fraction < 0.5:
-        raise ValueError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
+        raise ConfigError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
     sc = config.score
     if sc.latent_neighbors < 0 or sc.reference_rows < 1:
         raise ValueError("`score.latent_neighbors` must be >= 0 and `score.reference_rows` >= 1. "
@@ -248,115 +247,16 @@ def validate(config: Config) -> Config:
                          f"`score.reference_groups` ({sc.reference_rows // sc.reference_groups}).")
     value = config.threshold_value()
     if th.method in ("quantile",) and not 0.0 < value < 1.0:
-        raise ValueError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")
+        raise ConfigError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")
     if th.method == "contamination" and not 0.0 < value < 0.5:
-        raise ValueError("`threshold.value` for contamination is the expected anomaly "
-                         f"fraction in (0, 0.5). Received: {value}")
+        raise ConfigError("`threshold.value` for contamination is the expected anomaly "
+                          f"fraction in (0, 0.5). Received: {value}")
     if th.method in ("mad", "mean_std") and value <= 0:
-        raise ValueError(f"`threshold.value` for {th.method} is k > 0. Received: {value}")
+        raise ConfigError(f"`threshold.value` for {th.method} is k > 0. Received: {value}")
     if th.method == "f1" and not d.label:
-        raise ValueError("`threshold.method: f1` needs `data.label`, the column that marks "
-                         "known anomalies in the calibration rows.")
+        raise ConfigError("`threshold.method: f1` needs `data.label`, the column that marks "
+                          "known anomalies in the calibration rows.")
     return config
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 numbers and booleans.
-
-    PyYAML follows YAML 1.1, where `learning_rate: 1e-3` is the string "1e-3" and
-    `label: yes` / `name: on` are booleans; here 1e-3 is a number and only
-    true/false are booleans, so a column named `yes` or `no` stays a string.
-    """
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _construct_mapping(loader: _YamlLoader, node, deep: bool = False):
-    """SafeLoader's mapping, refusing a key given twice (YAML keeps the last silently)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` merges; its keys may be overridden on purpose
-            key = loader.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # an unhashable key: SafeLoader refuses it below
-            # By key, not by line: `train: {epochs: 1, epochs: 5}` repeats on one line.
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {echo(key, 40)} (first given on line {first})",
-                    key_node.start_mark)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_YamlLoader.construct_mapping = _construct_mapping
-
-
-def _check_size(obj: Any) -> None:
-    """Refuses a document whose values, aliases expanded, exceed MAX_CONFIG_NODES.
-
-    Aliases are shared references after loading; every later traversal (merging, the
-    training config copied into bundle.json) expands them, so 9 levels of 10 aliases
-    ("billion laughs") would take forever. The walk stops at the budget.
-    """
-    budget = MAX_CONFIG_NODES
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise ValueError(f"The config expands to more than {MAX_CONFIG_NODES} values "
-                             f"(YAML aliases repeated inside each other?). Write the values "
-                             f"out; a training config needs a few dozen.")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-
-
-def _nesting(text: str) -> int:
-    """An upper bound of the nesting depth: open flow brackets, or indentation / 2."""
-    depth = deepest = 0
-    for c in text:
-        if c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth = max(depth - 1, 0)
-    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
-    return max(deepest, indent // 2)
-
-
-def _yaml_load(text: str) -> Any:
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ValueError(f"YAML text of {len(text)} characters; a config is at most "
-                         f"{MAX_CONFIG_BYTES} (a few hundred bytes is typical).")
-    if _nesting(text) > MAX_CONFIG_NESTING:
-        # Checked before parsing: PyYAML recurses per level, and unwinding a RecursionError
-        # from thousands of levels takes seconds.
-        raise ValueError(f"YAML nested more than {MAX_CONFIG_NESTING} levels deep; a config "
-                         f"has at most a few levels.")
-    try:
-        obj = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
-    except RecursionError as e:
-        raise ValueError("YAML nested too deeply; a config has at most a few levels.") from e
-    _check_size(obj)
-    return obj
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -364,21 +264,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     nested: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value (e.g. model.latent_dim=2). Received: "
-                             f"{echo(item)}")
+            raise ConfigError(f"--set expects key=value (e.g. model.latent_dim=2). Received: "
+                              f"{echo(item)}")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {clip(key)}: `{clip(part)}` is not a section")
+                raise ConfigError(f"--set {clip(key)}: `{clip(part)}` is not a section")
         try:
-            node[parts[-1]] = _yaml_load(text) if text.strip() else None
+            node[parts[-1]] = load_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise ValueError(f"--set {clip(key)}: the value is not valid YAML "
-                             f"({clip(getattr(e, 'problem', None) or e, 200)}). Received: "
-                             f"{echo(text)}") from e
+            raise ConfigError(f"--set {clip(key)}: the value is not valid YAML "
+                              f"({clip(getattr(e, 'problem', None) or e, 200)}). Received: "
+                              f"{echo(text)}") from e
     return nested
 
 
@@ -394,8 +294,8 @@ def _merge(base: dict, extra: Mapping) -> dict:
 
 def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     if raw is not None and not isinstance(raw, Mapping):
-        raise TypeError(f"The config expects a mapping of sections (data, model, train, "
-                        f"threshold), received: {echo(raw)}")
+        raise ConfigTypeError(f"The config expects a mapping of sections (data, model, train, "
+                              f"threshold), received: {echo(raw)}")
     merged = _merge(dict(raw or {}), parse_overrides(overrides))
     return validate(_build(Config, merged, ""))
 
@@ -404,31 +304,33 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """Loads a YAML config file (local or Beam filesystem) and applies `--set` overrides.
 
     Raises:
-      ValueError: unknown keys, invalid values or unreadable YAML, naming the file.
+      ConfigError: unknown keys, invalid values or unreadable YAML, naming the file.
     """
     from latentbeam import fs
 
     if not fs.exists(path):
-        raise ValueError(f"Config file {path} does not exist. Pass --config with a YAML file "
-                         f"such as configs/tabular_parquet.yaml.")
+        raise ConfigError(f"Config file {path} does not exist. Pass --config with a YAML file "
+                          f"such as configs/tabular_parquet.yaml.")
     data = fs.read_bytes(path)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"Config file {path} has {len(data)} bytes; a config is at most "
-                         f"{MAX_CONFIG_BYTES}. Pass the YAML training config, not a data file.")
+        raise ConfigError(f"Config file {path} has {len(data)} bytes; a config is at most "
+                          f"{MAX_CONFIG_BYTES}. Pass the YAML training config, not a data file.")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"Config file {path} is not UTF-8 text ({e.reason} at byte "
-                         f"{e.start}). Pass a YAML file.") from e
+        raise ConfigError(f"Config file {path} is not UTF-8 text ({e.reason} at byte "
+                          f"{e.start}). Pass a YAML file.") from e
     try:
-        raw = _yaml_load(text) or {}
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as e:
         # One line: PyYAML's message spans several (and quotes the offending line).
-        raise ValueError(f"Config file {path} is not valid YAML: "
-                         f"{clip(' '.join(str(e).split()), 600)}") from e
-    except ValueError as e:
-        raise ValueError(f"Config file {path}: {e}") from e
+        raise ConfigError(f"Config file {path} is not valid YAML: "
+                          f"{clip(' '.join(str(e).split()), 600)}") from e
+    except ConfigError as e:
+        raise ConfigError(f"Config file {path}: {e}") from e
     try:
         return from_dict(raw, overrides)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{path}: {e}") from e
+    except ConfigTypeError as e:
+        raise ConfigTypeError(f"{path}: {e}") from e
+    except ValueError as e:  # the `score` section's checks still raise plain ValueError
+        raise ConfigError(f"{path}: {e}") from e

@@ -28,6 +28,7 @@ import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from latentbeam import fs, paths
+from latentbeam.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -159,25 +160,25 @@ def check_output_dir(output: str, overwrite: bool, *, flag: str = "--output") ->
     A directory holding only staging of an interrupted run counts as empty.
 
     Raises:
-      ValueError: `output` holds files and `overwrite` is False; or `overwrite` is True
+      OutputError: `output` holds files and `overwrite` is False; or `overwrite` is True
         and some files were not written by latentbeam (named in the message).
     """
     tree = list_tree(output)
     data = [rel for rel in tree if not is_staging(rel)]
     if data and not overwrite:
         tops = sorted({rel.split("/", 1)[0] for rel in data})
-        raise ValueError(
-            f"Output directory {output} is not empty ({len(tops)} entries: "
-            f"{', '.join(tops[:3])}{', ...' if len(tops) > 3 else ''}). Writing into it would "
-            f"mix old and new shards. Pass --overwrite to replace what an earlier latentbeam "
-            f"run wrote there, or choose an empty directory.")
+        raise OutputError(
+             f"Output directory {output} is not empty ({len(tops)} entries: "
+             f"{', '.join(tops[:3])}{', ...' if len(tops) > 3 else ''}). Writing into it would "
+             f"mix old and new shards. Pass --overwrite to replace what an earlier latentbeam "
+             f"run wrote there, or choose an empty directory.")
     owned, foreign = owned_files(output, tree)
     if foreign:
-        raise ValueError(
-            f"{flag} {output} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
-            f"that no latentbeam run listed as its output: {describe(foreign)}. --overwrite only "
-            f"deletes files a previous latentbeam run wrote (listed in its {SUCCESS_FILE} or "
-            f"manifest). Move those entries away, or choose another output directory.")
+        raise OutputError(
+             f"{flag} {output} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
+             f"that no latentbeam run listed as its output: {describe(foreign)}. --overwrite only "
+             f"deletes files a previous latentbeam run wrote (listed in its {SUCCESS_FILE} or "
+             f"manifest). Move those entries away, or choose another output directory.")
     return owned
 
 

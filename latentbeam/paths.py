@@ -19,6 +19,7 @@ import os
 import posixpath
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from latentbeam.errors import OutputError
 from latentbeam.fs import GLOB_CHARS
 
 # What a location is, for messages: ("input file", "/data/a.parquet").
@@ -146,25 +147,25 @@ def check_output(output: str, reads: Iterable[Location] = (), *, flag: str = "--
       cwd: also refuse an output that is or contains the current working directory.
 
     Raises:
-      ValueError: naming both locations (as given and resolved) and the fix.
+      OutputError: naming both locations (as given and resolved) and the fix.
     """
     if not str(output).strip():
-        raise ValueError(f"{flag} is empty. Expected a directory path, e.g. {flag} scored/.")
+        raise OutputError(f"{flag} is empty. Expected a directory path, e.g. {flag} scored/.")
     if has_glob(output):
-        raise ValueError(f"{flag} {output!r} contains a glob character (one of * ? [). "
-                         f"Expected one directory; name it without wildcards.")
+        raise OutputError(f"{flag} {output!r} contains a glob character (one of * ? [). "
+                          f"Expected one directory; name it without wildcards.")
     norm = normalize(output)
     if not is_remote(norm) and os.path.exists(norm) and not os.path.isdir(norm):
-        raise ValueError(f"{flag} {output} is an existing file ({norm}), expected a directory. "
-                         f"Choose a directory path.")
+        raise OutputError(f"{flag} {output} is an existing file ({norm}), expected a directory. "
+                          f"Choose a directory path.")
     if cwd and not is_remote(norm):
         here = os.getcwd()
         if is_inside(here, norm):
             what = "is" if normalize(here) == norm else "contains"
-            raise ValueError(
-                f"{flag} {output} (resolved: {norm}) {what} the current working directory "
-                f"{here}. Writing there could replace or delete files you are working on. "
-                f"Choose a new directory such as {os.path.join(here, 'out')}.")
+            raise OutputError(
+                 f"{flag} {output} (resolved: {norm}) {what} the current working directory "
+                 f"{here}. Writing there could replace or delete files you are working on. "
+                 f"Choose a new directory such as {os.path.join(here, 'out')}.")
     for what, path in reads:
         relation = _relation(output, path)
         if relation is None:
@@ -176,10 +177,10 @@ def check_output(output: str, reads: Iterable[Location] = (), *, flag: str = "--
         else:
             sentence = (f"{flag} {output} (resolved: {norm}) {relation} the {what} {path} "
                         f"(resolved: {normalize(path)})")
-        raise ValueError(
-            f"{sentence}. The command writes and replaces files in its output directory, "
-            f"so it must not overlap what it reads. Choose an output directory that neither "
-            f"contains nor lies inside {path}.")
+        raise OutputError(
+             f"{sentence}. The command writes and replaces files in its output directory, "
+             f"so it must not overlap what it reads. Choose an output directory that neither "
+             f"contains nor lies inside {path}.")
     return norm
 
 

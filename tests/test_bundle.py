@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from latentbeam.model import load_bundle, load_bundle_info, score
-from latentbeam.model.bundle import (BUNDLE_FILE, FORMAT_VERSION, MODEL_FILE, model_version,
-                                     save_bundle)
+from latentbeam.model.bundle import BUNDLE_FILE, FORMAT_VERSION, MODEL_FILE, model_version
+from latentbeam.model.bundle_write import save_bundle
 
 COMPUTED = ("format_version", "model_version", "versions", "sha256", "files", "seal")
 

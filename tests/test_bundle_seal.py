@@ -11,8 +11,8 @@ import pytest
 from latentbeam.cli import main
 from latentbeam.demo import digits_table, pixel_columns
 from latentbeam.model import load_bundle, load_bundle_info, score
-from latentbeam.model.bundle import (BUNDLE_FILE, MODEL_FILE, model_version, save_bundle,
-                                     scoring_meta, seal_of)
+from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE, model_version, scoring_meta, seal_of
+from latentbeam.model.bundle_write import save_bundle
 from latentbeam.model.rethreshold import estimated_flagged_fraction, rethreshold
 
 

@@ -137,3 +137,41 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
     report = {f for f in os.listdir(tmp_path / "report")}
     assert {"index.html", "latent_calibration.png", "latent_scored.png", "anomalies_scored.png",
             "generated.png", "latent_plane.png"} <= report
+
+
+def test_a_bug_shows_its_traceback_and_where_to_report_it(monkeypatch, capsys):
+    from latentbeam import cli
+    from latentbeam.errors import BUG_HINT
+
+    def broken(args, beam_args):
+        import numpy as np
+        np.zeros(3).reshape(2, 2)  # a ValueError raised inside numpy: a bug, not user input
+
+    monkeypatch.setitem(cli.COMMANDS, "info", broken)
+    assert main(["info", "somewhere"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert "ValueError: cannot reshape array of size 3 into shape (2,2)" in err
+    assert err.strip().splitlines()[-1] == f"latentbeam info: internal error. {BUG_HINT}"
+
+
+def test_user_errors_are_latentbeam_errors_or_plain_errors_of_unconverted_modules(monkeypatch,
+                                                                                   capsys):
+    from latentbeam import cli
+    from latentbeam.errors import InputError
+    from latentbeam.pipeline import options
+
+    def user_error(args, beam_args):
+        raise InputError("No files match --input 'x'.")
+
+    def pipeline_error(args, beam_args):
+        options.check_beam_flags(["--runner", "Dsk"])
+
+    monkeypatch.setitem(cli.COMMANDS, "info", user_error)
+    assert main(["info", "b"]) == 2
+    assert capsys.readouterr().err == "latentbeam info: error: No files match --input 'x'.\n"
+    monkeypatch.setitem(cli.COMMANDS, "info", pipeline_error)
+    assert main(["info", "b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentbeam info: error: Unknown runner --runner Dsk.")
+    assert len(err.strip().splitlines()) == 1

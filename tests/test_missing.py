@@ -162,7 +162,8 @@ def test_a_bundle_without_medians_refuses_impute_and_mask(tmp_path, tiny_bundle,
     from latentbeam import cli
     from latentbeam.model import load_bundle
     from latentbeam.model.bundle import (COMPUTED_KEYS, model_version, parse_bundle_json,
-                                         read_verified_files, scoring_meta, write_bundle)
+                                         read_verified_files, scoring_meta)
+    from latentbeam.model.bundle_write import write_bundle
     from latentbeam.pipeline.transforms import Score
 
     # A bundle as written before training kept medians: no `imputation` key, sealed.

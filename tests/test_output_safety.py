@@ -106,7 +106,7 @@ def test_train_refuses_a_non_bundle_directory_before_training(ws, capsys):
 
 
 def test_a_failed_train_leaves_the_previous_bundle_loadable(ws, monkeypatch, digits_glob):
-    from latentbeam.model import bundle as bundle_mod
+    from latentbeam.model import bundle_write as bundle_mod
     from latentbeam.model import train
     from tiny import tiny_config
 

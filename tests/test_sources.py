@@ -203,3 +203,35 @@ def test_parquet_source_accepts_a_directory(digits_dir, digits_glob):
     assert fs.parquet_pattern(digits_dir) == os.path.join(digits_dir, "*.parquet")
     assert fs.parquet_pattern(digits_glob) == digits_glob
     assert fs.parquet_pattern(by_glob.files[0]) == by_glob.files[0]
+
+
+def test_tfds_rows_are_validated_as_scoring_validates_them(tmp_path):
+    """Training reads TFDS through the record batches scoring reads (model.sources): a NaN
+    is skipped with the reason and detail a scoring dead letter would carry."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from latentbeam.model.features import to_matrix
+    from latentbeam.model.sources import tfds_batches
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    x[4, 1] = np.nan
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="with_nan", version="1.0.0", data_dir=str(tmp_path), disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "v": tfds.features.Tensor(shape=(2,), dtype=np.float32)}),
+        split_datasets={"train": tf.data.Dataset.from_tensor_slices({"v": x})})
+    source = TfdsSource("with_nan", data_dir=str(tmp_path), batch_rows=4)
+    chunks, matrix, _ = collect(source)
+    assert [len(m) for m, _ in chunks] == [4, 1]
+    np.testing.assert_array_equal(matrix, x[[0, 1, 2, 3, 5]])
+    assert source.skipped.by_reason == {"not_finite": 1}
+    assert source.skipped.examples == [f"{source.describe()} row 4: not_finite: "
+                                       f"column 'v'[1] is nan"]
+    offsets, faults = [], []
+    for offset, batch in tfds_batches("tfds:with_nan/train", str(tmp_path), 4):
+        offsets.append(offset)
+        faults += [(offset + row, reason, detail)
+                   for row, reason, detail in to_matrix(batch, source.features).faults]
+    assert offsets == [0, 4]
+    assert faults == [(4, "not_finite", "column 'v'[1] is nan")]

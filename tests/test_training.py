@@ -8,7 +8,7 @@ from latentbeam.config import from_dict
 from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
 from latentbeam.model import data as data_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
-from latentbeam.model.training import CachedSource
+from latentbeam.model.batching import CachedSource
 from tiny import tiny_config
 
 TINY = ["model.hidden_units=[16]", "train.verbose=0"]

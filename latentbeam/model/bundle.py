@@ -12,8 +12,7 @@ partially copied bundle is refused, so scores never carry a stale model_version.
 The seal detects edits and partial copies; it is not a signature (anyone can re-seal
 with `latentbeam rethreshold`).
 
-A bundle is written to a hidden sibling directory and swapped in whole, so a failed
-write leaves the previous bundle loadable.
+Writing bundles is in `latentbeam.model.bundle_write`.
 """
 from __future__ import annotations
 
@@ -27,9 +26,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from latentbeam import fs, outputs, paths
-from latentbeam.text import echo
+from latentbeam import fs
+from latentbeam.errors import BundleError
 from latentbeam.model.features import Feature, n_inputs
+from latentbeam.text import echo
 
 # 2: `files` and `seal` (format 1 had neither; `latentbeam rethreshold` re-seals one).
 FORMAT_VERSION = 2
@@ -88,15 +88,15 @@ class BundleInfo:
         return [f.name for f in self.features]
 
 
-def _bad(path: str, what: str) -> ValueError:
-    return ValueError(f"Malformed bundle.json in {path}: {what}. Re-create the bundle with "
-                      f"`latentbeam train --config CONFIG --output {path}`.")
+def _bad(path: str, what: str) -> BundleError:
+    return BundleError(f"Malformed bundle.json in {path}: {what}. Re-create the bundle with "
+                       f"`latentbeam train --config CONFIG --output {path}`.")
 
 
 def canonical_json(doc: Dict[str, Any]) -> bytes:
     """The bytes the seal hashes: sorted keys, no whitespace, UTF-8."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=_json_default).encode("utf-8")
+                      default=json_default).encode("utf-8")
 
 
 def seal_of(doc: Dict[str, Any]) -> str:
@@ -110,7 +110,7 @@ def _is_hex64(value: Any) -> bool:
         all(c in "0123456789abcdef" for c in value)
 
 
-def _safe_name(name: Any) -> bool:
+def safe_name(name: Any) -> bool:
     """A relative path inside the bundle (no absolute path, no `..`, not bundle.json)."""
     if not isinstance(name, str) or not name or name == BUNDLE_FILE:
         return False
@@ -126,6 +126,10 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
       path: the bundle directory (for messages).
       text: the content of bundle.json.
       allow_unsealed: also accept format_version 1 (no seal); only for re-sealing.
+
+    Raises:
+      BundleError: not valid JSON, an unknown or unsealed format, a missing or invalid
+        field, or a seal that does not match (names the file and the fix).
     """
     try:
         raw = json.loads(text)
@@ -133,16 +137,34 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
         raise _bad(path, f"not valid JSON ({echo(str(e))})") from e
     if not isinstance(raw, dict):
         raise _bad(path, "expected a JSON object")
+    version = _check_format(path, raw, allow_unsealed)
+    features, threshold, latent_dim = _scoring_fields(path, raw)
+    medians = _medians(path, raw.get("imputation"), n_inputs(features))
+    files = _files(path, raw)
+    # Last: a malformed document gets the more specific message above.
+    if version == FORMAT_VERSION:
+        _check_seal(path, raw)
+    return BundleInfo(
+        path=path, format_version=version, model_version=str(raw["model_version"]),
+        features=features, latent_dim=latent_dim, threshold=threshold,
+        calibration=dict(raw["calibration"]), training=dict(raw["training"]),
+        versions=dict(raw["versions"]), sha256=raw["sha256"],
+        variational=bool(raw.get("variational", False)),
+        latent_stats=raw.get("latent_stats"), raw=raw, files=dict(files), medians=medians)
+
+
+def _check_format(path: str, raw: Dict[str, Any], allow_unsealed: bool) -> int:
+    """The document's format_version, once it is one this latentbeam reads with its keys."""
     version = raw.get("format_version")
     if version == UNSEALED_FORMAT_VERSION and not allow_unsealed:
         th = raw.get("threshold") if isinstance(raw.get("threshold"), dict) else {}
-        raise ValueError(
+        raise BundleError(
             f"Bundle {path} has format_version 1, which has no seal: edits to its "
             f"{BUNDLE_FILE} cannot be detected. This latentbeam reads format_version "
             f"{FORMAT_VERSION}. Check its threshold and re-seal it with `latentbeam rethreshold "
             f"--bundle {path} --threshold {echo(th.get('threshold', 'T'))}`, or re-train it.")
     if version not in (FORMAT_VERSION, UNSEALED_FORMAT_VERSION):
-        raise ValueError(
+        raise BundleError(
             f"Unknown bundle format_version {echo(version)} in {path}; this latentbeam reads "
             f"format_version {FORMAT_VERSION}. Use the latentbeam version that wrote it, or "
             f"re-train the bundle.")
@@ -150,6 +172,11 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
                if k not in raw]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)}")
+    return version
+
+
+def _scoring_fields(path: str, raw: Dict[str, Any]):
+    """(features, threshold, latent_dim) of the document, validated."""
     try:
         features = [Feature.from_json(f) for f in raw["features"]]
         th = raw["threshold"]
@@ -164,36 +191,35 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
         raise _bad(path, "`features` is empty or `latent_dim` < 1")
     if not (np.isfinite(threshold.threshold) and threshold.threshold > 0):
         raise _bad(path, f"threshold must be a positive number, got {threshold.threshold}")
-    medians = _medians(path, raw.get("imputation"), n_inputs(features))
+    return features, threshold, latent_dim
+
+
+def _files(path: str, raw: Dict[str, Any]) -> Dict[str, str]:
+    """`files` of the document (format 1: model.keras only), with `sha256` checked."""
     if not _is_hex64(raw["sha256"]):
         raise _bad(path, "`sha256` must be the 64-hex-digit hash of model.keras")
     files = raw.get("files", {MODEL_FILE: raw["sha256"]})
-    if not isinstance(files, dict) or not all(_safe_name(k) and _is_hex64(v)
+    if not isinstance(files, dict) or not all(safe_name(k) and _is_hex64(v)
                                               for k, v in files.items()):
         raise _bad(path, "`files` must map relative file names in the bundle to 64-hex-digit "
                          "sha256 values")
     if files.get(MODEL_FILE) != raw["sha256"]:
         raise _bad(path, f"`files` must list {MODEL_FILE} with the hash in `sha256`")
-    # Last: a malformed document gets the more specific message above.
-    if version == FORMAT_VERSION:
-        if not _is_hex64(raw["seal"]):
-            raise _bad(path, "`seal` must be a 64-hex-digit sha256")
-        expected = seal_of(raw)
-        if raw["seal"] != expected:
-            raise ValueError(
-                f"{fs.join(path, BUNDLE_FILE)} was changed after it was written: its seal "
-                f"{raw['seal'][:16]}... does not match its content ({expected[:16]}...). "
-                f"Every field can change scores or describe them (threshold, feature order, "
-                f"model_version), so an edited bundle is refused. To change the threshold run "
-                f"`latentbeam rethreshold --bundle {path} --threshold T` (or --method M "
-                f"--value V); otherwise copy the bundle again from its source or re-train it.")
-    return BundleInfo(
-        path=path, format_version=version, model_version=str(raw["model_version"]),
-        features=features, latent_dim=latent_dim, threshold=threshold,
-        calibration=dict(raw["calibration"]), training=dict(raw["training"]),
-        versions=dict(raw["versions"]), sha256=raw["sha256"],
-        variational=bool(raw.get("variational", False)),
-        latent_stats=raw.get("latent_stats"), raw=raw, files=dict(files), medians=medians)
+    return files
+
+
+def _check_seal(path: str, raw: Dict[str, Any]) -> None:
+    if not _is_hex64(raw["seal"]):
+        raise _bad(path, "`seal` must be a 64-hex-digit sha256")
+    expected = seal_of(raw)
+    if raw["seal"] != expected:
+        raise BundleError(
+            f"{fs.join(path, BUNDLE_FILE)} was changed after it was written: its seal "
+            f"{raw['seal'][:16]}... does not match its content ({expected[:16]}...). "
+            f"Every field can change scores or describe them (threshold, feature order, "
+            f"model_version), so an edited bundle is refused. To change the threshold run "
+            f"`latentbeam rethreshold --bundle {path} --threshold T` (or --method M "
+            f"--value V); otherwise copy the bundle again from its source or re-train it.")
 
 
 def _medians(path: str, imputation: Any, width: int) -> Optional[List[float]]:
@@ -218,8 +244,8 @@ def load_bundle_info(path: str, *, allow_unsealed: bool = False) -> BundleInfo:
     """
     json_path = fs.join(path, BUNDLE_FILE)
     if not fs.exists(json_path):
-        raise ValueError(f"No bundle at {path}: {BUNDLE_FILE} is missing. Expected a directory "
-                         f"written by `latentbeam train --output {path}`.")
+        raise BundleError(f"No bundle at {path}: {BUNDLE_FILE} is missing. Expected a directory "
+                          f"written by `latentbeam train --output {path}`.")
     return parse_bundle_json(path, fs.read_bytes(json_path), allow_unsealed=allow_unsealed)
 
 
@@ -271,21 +297,21 @@ def read_verified_files(info: BundleInfo) -> Dict[str, bytes]:
     """The bytes of every file bundle.json lists, each checked against its sha256.
 
     Raises:
-      ValueError: a listed file is missing or its content does not match (names the file).
+      BundleError: a listed file is missing or its content does not match (names the file).
     """
     out = {}
     for name, expected in sorted(info.files.items()):
         file_path = fs.join(info.path, name)
         if not fs.exists(file_path):
-            raise ValueError(f"Bundle {info.path} has no {name}. Copy the whole bundle directory, "
-                             f"or re-create it with `latentbeam train`.")
+            raise BundleError(f"Bundle {info.path} has no {name}. Copy the whole bundle directory, "
+                              f"or re-create it with `latentbeam train`.")
         data = fs.read_bytes(file_path)
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected:
-            raise ValueError(
-                f"{file_path} does not match bundle.json: sha256 {digest} != recorded "
-                f"{expected}. The file was modified or partially copied; copy the bundle "
-                f"again or re-train it.")
+            raise BundleError(
+                 f"{file_path} does not match bundle.json: sha256 {digest} != recorded "
+                 f"{expected}. The file was modified or partially copied; copy the bundle "
+                 f"again or re-train it.")
         out[name] = data
     return out
 
@@ -298,7 +324,7 @@ def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
       allow_unsealed: also load format_version 1 (no seal); only for re-sealing.
 
     Raises:
-      ValueError: bundle.json missing, malformed, edited (seal mismatch) or of an unknown
+      BundleError: bundle.json missing, malformed, edited (seal mismatch) or of an unknown
         format version; a listed file missing or not matching its sha256 (tampered or
         partially copied); model_version not matching the model and bundle.json.
     """
@@ -315,15 +341,15 @@ def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
         model = keras.saving.load_model(local, compile=False, safe_mode=True)
     width = int(model.inputs[0].shape[-1])
     if width != info.n_inputs:
-        raise ValueError(f"Bundle {path}: model input width {width} != {info.n_inputs} "
-                         f"inputs described by bundle.json features.")
+        raise BundleError(f"Bundle {path}: model input width {width} != {info.n_inputs} "
+                          f"inputs described by bundle.json features.")
     derived = model_version(model, scoring_meta(info.raw))
     if derived != info.model_version:
-        raise ValueError(
-            f"Bundle {path}: model_version {info.model_version!r} in bundle.json does not match "
-            f"its model and scoring fields, which give {derived!r}. Scores would carry a stale "
-            f"model_version; re-seal the bundle with `latentbeam rethreshold --bundle {path} "
-            f"--threshold T` or re-train it.")
+        raise BundleError(
+             f"Bundle {path}: model_version {info.model_version!r} in bundle.json does not match "
+             f"its model and scoring fields, which give {derived!r}. Scores would carry a stale "
+             f"model_version; re-seal the bundle with `latentbeam rethreshold --bundle {path} "
+             f"--threshold T` or re-train it.")
     return Bundle(info, model)
 
 
@@ -342,140 +368,7 @@ def model_version(model, meta: Dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def library_versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("latentbeam", "tensorflow", "keras", "apache-beam", "pyarrow"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
-def save_bundle(model, path: str, meta: Dict[str, Any],
-                extra_files: Optional[Dict[str, bytes]] = None) -> BundleInfo:
-    """Writes a bundle (model.keras, any `extra_files`, then bundle.json) to a local or remote dir.
-
-    `meta` holds every bundle.json key except the computed ones (COMPUTED_KEYS), which
-    are computed here; computed keys in `meta` are ignored. The bundle is written to a
-    hidden sibling directory and swapped in whole (see `write_bundle`).
-    """
-    meta = _plain(meta)
-    with tempfile.TemporaryDirectory(prefix="latentbeam-save-") as tmp:
-        local = os.path.join(tmp, MODEL_FILE)
-        model.save(local)
-        with open(local, "rb") as f:
-            data = f.read()
-    return write_bundle(path, {**(extra_files or {}), MODEL_FILE: data}, meta,
-                        model_version(model, scoring_meta(meta)))
-
-
-def write_bundle(path: str, files: Dict[str, bytes], meta: Dict[str, Any], version: str
-                 ) -> BundleInfo:
-    """Writes `files` and a sealed bundle.json into a staging sibling, then swaps it in.
-
-    `files` covers every file of the bundle but bundle.json; their hashes are read back
-    from the staging directory, so whatever is written there is covered by `files`.
-    A failure before the swap leaves the previous bundle at `path` untouched.
-
-    Raises:
-      ValueError: `path` holds entries that are not part of a latentbeam bundle, or the
-        document does not validate.
-    """
-    check_bundle_target(path)
-    for name in files:
-        if not _safe_name(name):
-            raise ValueError(f"Bundle file name {name!r} must be a relative path inside the "
-                             f"bundle (no '..', not {BUNDLE_FILE}).")
-    staging = outputs.staging_sibling(path)
-    try:
-        for name, data in files.items():
-            fs.write_bytes(fs.join(staging, name), data)
-        hashes = {rel: hashlib.sha256(fs.read_bytes(fs.join(staging, rel))).hexdigest()
-                  for rel in outputs.list_tree(staging) if not rel.endswith("/")}
-        doc = _document(_plain(meta), version, hashes)
-        text = json.dumps(doc, indent=2, sort_keys=False, default=_json_default)
-        info = parse_bundle_json(path, text)  # refuse what a loader would refuse, before the swap
-        fs.write_bytes(fs.join(staging, BUNDLE_FILE), text.encode("utf-8"))
-        outputs.swap_in(staging, path, BUNDLE_FILE)
-    except BaseException:
-        outputs.remove_tree(staging)
-        raise
-    return info
-
-
-def check_bundle_target(path: str) -> None:
-    """Refuses to replace a directory holding anything but a latentbeam bundle.
-
-    An absent or empty directory, or one with a bundle.json (any format) and only the
-    files it lists, may be replaced.
-
-    Raises:
-      ValueError: naming the entries that are not part of a bundle.
-    """
-    tree = outputs.list_tree(path)
-    if not tree:
-        return
-    listed = {BUNDLE_FILE, MODEL_FILE}
-    doc = None
-    if BUNDLE_FILE in tree:
-        try:
-            doc = json.loads(fs.read_bytes(fs.join(path, BUNDLE_FILE)))
-        except (ValueError, RecursionError):
-            doc = None
-    if not (isinstance(doc, dict) and "format_version" in doc and "model_version" in doc):
-        raise ValueError(
-            f"Bundle output {path} is a non-empty directory that is not a latentbeam bundle "
-            f"(no valid {BUNDLE_FILE}; it holds {outputs.describe(tree)}). Writing a bundle "
-            f"there would delete those files. Choose an empty or new directory.")
-    if isinstance(doc.get("files"), dict):
-        listed.update(k for k in doc["files"] if isinstance(k, str))
-    foreign = [rel for rel in tree if rel not in listed]
-    if foreign:
-        raise ValueError(
-            f"Bundle output {path} holds {outputs.describe(foreign)}, which the bundle there "
-            f"does not list. Replacing the bundle would delete them. Move them away or "
-            f"choose another directory.")
-
-
-def check_bundle_output(path: str, reads=()) -> None:
-    """All checks before writing a bundle to `path`: no overlap with what is read, no foreign files."""
-    paths.check_output(path, reads, flag="--output")
-    check_bundle_target(path)
-
-
-def in_memory_info(model, meta: Dict[str, Any]) -> BundleInfo:
-    """The BundleInfo `save_bundle` would write, for a model kept in memory only.
-
-    `path` is empty and `sha256` all zeros: there is no model file to hash.
-    """
-    meta = _plain(meta)
-    doc = _document(meta, model_version(model, scoring_meta(meta)), {MODEL_FILE: "0" * 64})
-    return parse_bundle_json("", json.dumps(doc, default=_json_default))
-
-
-def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:
-    """`meta` as JSON values (numpy scalars/arrays converted), computed keys dropped."""
-    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in COMPUTED_KEYS},
-                                 default=_json_default))
-
-
-def _document(meta: Dict[str, Any], version: str, files: Dict[str, str]) -> Dict[str, Any]:
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "model_version": version,
-        **meta,
-        "versions": library_versions(),
-        "sha256": files[MODEL_FILE],
-        "files": dict(sorted(files.items())),
-    }
-    doc["seal"] = seal_of(doc)
-    return doc
-
-
-def _json_default(obj):
+def json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from latentbeam.errors import ConfigError, InputError
 from latentbeam.model.bundle import Threshold
 
 # Error quantiles stored in bundle.json (and used by reports / drift checks).
@@ -29,11 +30,12 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
       A Threshold; `parameters` records the statistics it was derived from.
 
     Raises:
-      ValueError: no errors, or f1 without labels of both classes.
+      InputError: no errors, or f1 labels that are not 0/1 of both classes.
+      ConfigError: an unknown method, or f1 without labels.
     """
     errors = np.asarray(errors, dtype=np.float64)
     if errors.size == 0:
-        raise ValueError("Cannot calibrate a threshold on 0 calibration rows.")
+        raise InputError("Cannot calibrate a threshold on 0 calibration rows.")
     params: Dict[str, float] = {}
     if method == "quantile":
         t = float(np.quantile(errors, value))
@@ -51,8 +53,8 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
     elif method == "f1":
         t, params = _best_f1(errors, labels)
     else:
-        raise ValueError(f"Unknown threshold method {method!r}; expected quantile, "
-                         f"contamination, mad, mean_std or f1.")
+        raise ConfigError(f"Unknown threshold method {method!r}; expected quantile, "
+                          f"contamination, mad, mean_std or f1.")
     # A threshold must be positive for anomaly_score = score / threshold to be defined.
     t = max(t, float(np.finfo(np.float32).tiny))
     return Threshold(method=method, value=value, threshold=t, parameters=params)
@@ -62,13 +64,13 @@ def _best_f1(errors: np.ndarray, labels: Optional[np.ndarray]):
     from sklearn.metrics import precision_recall_curve
 
     if labels is None:
-        raise ValueError("threshold method f1 needs labels (set `data.label`).")
+        raise ConfigError("threshold method f1 needs labels (set `data.label`).")
     if not is_binary(labels):
-        raise ValueError("threshold method f1 needs a 0/1 label column (1 = anomaly); the "
+        raise InputError("threshold method f1 needs a 0/1 label column (1 = anomaly); the "
                          f"label has values {np.unique(labels)[:10].tolist()}.")
     y = np.asarray(labels).astype(int)
     if y.min() == y.max():
-        raise ValueError("threshold method f1 needs both normal and anomalous rows in the "
+        raise InputError("threshold method f1 needs both normal and anomalous rows in the "
                          f"calibration split; it has only label {int(y[0])}. Use quantile or "
                          "contamination, or give more labelled anomalies.")
     precision, recall, cuts = precision_recall_curve(y, errors)

@@ -2,14 +2,14 @@
 
 Both sources yield `(matrix, labels)` chunks: a (rows, n_inputs) float32 matrix in
 feature order and, when a label is configured, a (rows,) float32 label vector. They
-can be iterated any number of times (once per epoch) with bounded memory: Parquet is
-read one Arrow record batch at a time, TFDS one batch of examples at a time.
+can be iterated any number of times (once per epoch) with bounded memory. Both read
+Arrow record batches through latentbeam.model.sources, the reader scoring uses, and
+convert them with `to_matrix`, so a row training skips is a row scoring dead-letters.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -18,8 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentbeam import fs
-from latentbeam.config import DataConfig
+from latentbeam.config import DEFAULT_BATCH_ROWS, DataConfig
+from latentbeam.errors import InputError
+from latentbeam.model import sources
 from latentbeam.model.features import Feature, SchemaMismatch, infer_features, to_matrix
+# Re-exported: the TFDS helpers were defined here before the shared reader existed.
+from latentbeam.model.sources import load_tfds_builder, tfds_features  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,25 @@ class SkipCounter:
         return sum(self.by_reason.values())
 
 
+def _chunks(batches: Iterator[Tuple[int, pa.RecordBatch]], features: Sequence[Feature],
+            label: Optional[str], where: str, skipped: SkipCounter) -> Iterator[Chunk]:
+    """Float32 chunks of record batches: the conversion scoring uses, bad rows counted."""
+    for offset, batch in batches:
+        conv = to_matrix(batch, features)
+        for row, reason, detail in conv.faults:
+            skipped.add(where, offset + row, reason, detail)
+        labels = None
+        if label:
+            index = batch.schema.get_field_index(label)
+            if index < 0:
+                raise InputError(f"{where}: label column {label!r} is missing (columns "
+                                 f"present: {', '.join(batch.schema.names)}).")
+            labels = batch.column(index).cast(pa.float32()).fill_null(0).to_numpy(
+                zero_copy_only=False)[conv.valid]
+        if len(conv.valid):
+            yield conv.matrix, labels
+
+
 class ParquetSource:
     """Rows of a Parquet glob (local or any Beam filesystem) as float32 chunks.
 
@@ -56,13 +79,13 @@ class ParquetSource:
 
     def __init__(self, pattern: str, *, features: Optional[Sequence[str]] = None,
                  label: Optional[str] = None, key_columns: Sequence[str] = (),
-                 batch_rows: int = 8192):
+                 batch_rows: int = DEFAULT_BATCH_ROWS):
         self.pattern = pattern = fs.parquet_pattern(pattern)
         self.label = label
         self.batch_rows = batch_rows
         self.files = [p for p, size in fs.match_with_sizes(pattern) if size > 0]
         if not self.files:
-            raise ValueError(f"No non-empty Parquet files match {pattern!r}. Check `data.path` "
+            raise InputError(f"No non-empty Parquet files match {pattern!r}. Check `data.path` "
                              f"(a glob such as data/*.parquet or gs://bucket/prefix/*.parquet).")
         first = self.files[0]
         with fs.open_read(first) as f:
@@ -72,7 +95,7 @@ class ParquetSource:
                 sample = pf.schema_arrow.empty_table()
         exclude = set(key_columns) | ({label} if label else set())
         if label and label not in sample.schema.names:
-            raise ValueError(f"Label column {label!r} not found in {first}. "
+            raise InputError(f"Label column {label!r} not found in {first}. "
                              f"Available columns: {', '.join(sample.schema.names)}.")
         self.features: List[Feature] = infer_features(sample, include=features, exclude=exclude,
                                                       source=first)
@@ -85,100 +108,15 @@ class ParquetSource:
         columns = [f.name for f in self.features] + ([self.label] if self.label else [])
         self.skipped = SkipCounter()
         for path in self.files:
-            with fs.open_read(path) as f:
-                try:
-                    pf = pq.ParquetFile(f)
-                    batches = pf.iter_batches(batch_size=self.batch_rows, columns=columns)
-                except (pa.ArrowException, OSError) as e:
-                    raise ValueError(f"Cannot read Parquet file {path}: {e}. Remove or repair "
-                                     f"it, or narrow `data.path`.") from e
-                offset = 0
-                for batch in batches:
-                    try:
-                        conv = to_matrix(batch, self.features)
-                    except SchemaMismatch as e:
-                        raise ValueError(f"{path}: {e}. All training files must share the "
-                                         f"feature columns of {self.files[0]}.") from e
-                    for row, reason, detail in conv.faults:
-                        self.skipped.add(path, offset + row, reason, detail)
-                    labels = None
-                    if self.label:
-                        col = batch.column(batch.schema.get_field_index(self.label))
-                        labels = col.cast(pa.float32()).fill_null(0).to_numpy(
-                            zero_copy_only=False)[conv.valid]
-                    offset += batch.num_rows
-                    if len(conv.valid):
-                        yield conv.matrix, labels
-
-
-_TFDS_HELP = ("Prepare it on a connected machine with `tfds build {name} --data_dir DIR` "
-              "(or `tfds.builder('{name}', data_dir=DIR).download_and_prepare()`) and copy "
-              "DIR here, or write your own data with "
-              "`tfds.dataset_builders.store_as_tfds_dataset`. latentbeam never downloads.")
-
-
-def load_tfds_builder(name: str, data_dir: Optional[str]):
-    """A prepared TFDS builder from `data_dir`; never downloads.
-
-    Raises:
-      ValueError: the dataset is not prepared, naming where it looked and how to fix it.
-    """
-    import tensorflow_datasets as tfds
-
-    data_dir = os.path.expanduser(data_dir) if data_dir else None
-    where = data_dir or tfds.core.constants.DATA_DIR
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises several types (DatasetNotFoundError, ...)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"TFDS dataset {name!r} was not found in data_dir {where!r} "
-                         f"({first_line}). "
-                         + _TFDS_HELP.format(name=name.split('/')[0].split(':')[0])) from e
-    if not builder.is_prepared():
-        raise ValueError(f"TFDS dataset {name!r} is not prepared in data_dir {where!r} "
-                         f"(looked in {builder.data_dir}). "
-                         + _TFDS_HELP.format(name=name.split('/')[0].split(':')[0]))
-    return builder
-
-
-def tfds_example_batches(builder, split: str, batch_rows: int):
-    """Dicts of numpy arrays, `batch_rows` examples each, in the split's stored order."""
-    import tensorflow_datasets as tfds
-
-    ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=batch_rows)
-    return tfds.as_numpy(ds)
-
-
-def tfds_features(builder, *, include: Optional[Sequence[str]] = None,
-                  exclude: Sequence[str] = ()) -> List[Feature]:
-    """Numeric TFDS features (tensors, images, class labels excluded) as Feature specs."""
-    import tensorflow_datasets as tfds
-
-    info = builder.info.features
-    # Sorted: a restored FeaturesDict does not keep the order the dataset was written in
-    # (it varies between processes), and the default order fixes the model's input order.
-    available = sorted(info.keys())
-    names = list(include) if include else [k for k in available if k not in set(exclude)]
-    out = []
-    for name in names:
-        if name not in info:
-            raise ValueError(f"Feature {name!r} not in TFDS dataset {builder.name!r}. "
-                             f"Available: {', '.join(available)}.")
-        feat = info[name]
-        dtype = np.dtype(feat.np_dtype) if hasattr(feat, "np_dtype") else np.dtype(feat.dtype.as_numpy_dtype)
-        shape = tuple(int(s) for s in (feat.shape or ()))
-        if isinstance(feat, tfds.features.ClassLabel) and not include:
-            continue
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or any(s is None or s < 0 for s in shape):
-            if include:
-                raise ValueError(f"TFDS feature {name!r} has dtype {dtype} and shape {shape}; "
-                                 f"expected a fixed-shape numeric feature.")
-            continue
-        out.append(Feature(name, dtype.name, shape))
-    if not out:
-        raise ValueError(f"No fixed-shape numeric features in TFDS dataset {builder.name!r}. "
-                         f"Set `data.features`.")
-    return out
+            batches = sources.parquet_batches(path, columns=columns, batch_rows=self.batch_rows)
+            try:
+                yield from _chunks(batches, self.features, self.label, path, self.skipped)
+            except sources.UnreadableFile as e:
+                raise InputError(f"Cannot read training data: {e}. Remove or repair the file, "
+                                 f"or narrow `data.path`.") from e
+            except SchemaMismatch as e:
+                raise InputError(f"{path}: {e}. All training files must share the feature "
+                                 f"columns of {self.files[0]}.") from e
 
 
 class TfdsSource:
@@ -186,13 +124,13 @@ class TfdsSource:
 
     def __init__(self, name: str, split: str = "train", *, data_dir: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, label: Optional[str] = None,
-                 batch_rows: int = 8192):
+                 batch_rows: int = DEFAULT_BATCH_ROWS):
         self.name, self.split, self.label, self.batch_rows = name, split, label, batch_rows
         self.builder = load_tfds_builder(name, data_dir)
         self.features = tfds_features(self.builder, include=features,
                                       exclude=[label] if label else [])
         if label and label not in self.builder.info.features:
-            raise ValueError(f"Label {label!r} not in TFDS dataset {name!r}. "
+            raise InputError(f"Label {label!r} not in TFDS dataset {name!r}. "
                              f"Available: {', '.join(sorted(self.builder.info.features.keys()))}.")
         self.skipped = SkipCounter()
 
@@ -201,19 +139,8 @@ class TfdsSource:
 
     def chunks(self) -> Iterator[Chunk]:
         self.skipped = SkipCounter()
-        offset = 0
-        for batch in tfds_example_batches(self.builder, self.split, self.batch_rows):
-            blocks = [np.asarray(batch[f.name], dtype=np.float32).reshape(-1, f.size)
-                      for f in self.features]
-            matrix = np.concatenate(blocks, axis=1)
-            finite = np.isfinite(matrix).all(axis=1)
-            for row in np.flatnonzero(~finite):
-                self.skipped.add(self.describe(), offset + int(row), "not_finite", "NaN or inf value")
-            labels = None
-            if self.label:
-                labels = np.asarray(batch[self.label], dtype=np.float32)[finite]
-            offset += len(matrix)
-            yield np.ascontiguousarray(matrix[finite]), labels
+        batches = sources.tfds_split_batches(self.builder, self.split, self.batch_rows)
+        yield from _chunks(batches, self.features, self.label, self.describe(), self.skipped)
 
 
 def make_source(cfg: DataConfig):
@@ -350,7 +277,7 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         s2 += (d * d).sum(axis=0)
     n_train = int(counts[SPLIT_TRAIN])
     if n_train < 2 or counts[SPLIT_CALIBRATION] < 1:
-        raise ValueError(f"Too few usable rows in {source.describe()}: {total} read, "
+        raise InputError(f"Too few usable rows in {source.describe()}: {total} read, "
                          f"{n_train} for training, {int(counts[SPLIT_CALIBRATION])} for threshold "
                          f"calibration. Provide more data (at least ~20 rows).")
     mean_d = s1 / n_train

@@ -11,8 +11,6 @@ structs, binary, ...) is a whole-batch `wrong_type` fault.
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -20,6 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from latentbeam.errors import InputError
+from latentbeam.model.arrow_types import (dtype_name, is_numeric, is_text, list_depth,
+                                          list_value_type, numeric_values, plain_column)
+# Re-exported: dead-letter code imports the payload with the reason codes from here.
+from latentbeam.model.payload import MAX_PAYLOAD_CHARS, row_payload  # noqa: F401
 from latentbeam.text import clip, echo  # noqa: F401  (echoed values are clipped)
 
 # Dead-letter reason codes (short, stable; documented in the README).
@@ -34,9 +37,6 @@ REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole 
 REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
 REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
 REASON_NO_OBSERVED = "no_observed_values"  # imputing or masking: every feature value missing
-
-# Dead-letter payloads longer than this are replaced by a JSON object with their head.
-MAX_PAYLOAD_CHARS = 16384
 
 
 @dataclass(frozen=True)
@@ -78,35 +78,6 @@ def input_names(features: Sequence[Feature]) -> List[str]:
     return names
 
 
-def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-        or pa.types.is_decimal(t)
-
-
-def _dtype_name(t: pa.DataType) -> str:
-    if pa.types.is_decimal(t):
-        return "float64"
-    # Not t.to_pandas_dtype(): it imports pandas, which a plain install does not have.
-    return pa.array([], type=t).to_numpy(zero_copy_only=False).dtype.name
-
-
-def _list_value_type(t: pa.DataType) -> Optional[pa.DataType]:
-    """Innermost value type of a (nested) list type, or None for non-lists."""
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        return None
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        t = t.value_type
-    return t
-
-
-def _list_depth(t: pa.DataType) -> int:
-    depth = 0
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        depth += 1
-        t = t.value_type
-    return depth
-
-
 def infer_features(batch: pa.RecordBatch | pa.Table, *, include: Optional[Sequence[str]] = None,
                    exclude: Sequence[str] = (), source: str = "") -> List[Feature]:
     """Feature specs from a sample batch: numeric columns and numeric list columns.
@@ -119,35 +90,35 @@ def infer_features(batch: pa.RecordBatch | pa.Table, *, include: Optional[Sequen
       source: file name used in error messages.
 
     Raises:
-      ValueError: a named feature is missing or not numeric, or nothing is usable.
+      InputError: a named feature is missing or not numeric, or nothing is usable.
     """
     schema = batch.schema
     names = list(include) if include else [n for n in schema.names if n not in set(exclude)]
     features = []
     for name in names:
         if name not in schema.names:
-            raise ValueError(
+            raise InputError(
                 f"Feature column {name!r} not found in {source or 'the data'}. "
                 f"Available columns: {', '.join(schema.names)}.")
         t = schema.field(name).type
         column = batch.column(schema.get_field_index(name))
-        if _is_numeric(t):
-            features.append(Feature(name, _dtype_name(t), ()))
+        if is_numeric(t):
+            features.append(Feature(name, dtype_name(t), ()))
             continue
-        inner = _list_value_type(t)
-        if inner is not None and _is_numeric(inner):
+        inner = list_value_type(t)
+        if inner is not None and is_numeric(inner):
             shape = _list_shape(t, column)
             if shape is None:
-                raise ValueError(f"List column {name!r} in {source or 'the data'} has no non-null "
+                raise InputError(f"List column {name!r} in {source or 'the data'} has no non-null "
                                  f"row to take its length from; list features need a fixed length.")
-            features.append(Feature(name, _dtype_name(inner), shape))
+            features.append(Feature(name, dtype_name(inner), shape))
             continue
         if include:
-            raise ValueError(
+            raise InputError(
                 f"Feature column {name!r} in {source or 'the data'} has type {t}, expected a "
                 f"number or a list of numbers. Remove it from `data.features` or convert it.")
     if not features:
-        raise ValueError(f"No numeric feature columns in {source or 'the data'} "
+        raise InputError(f"No numeric feature columns in {source or 'the data'} "
                          f"(columns: {', '.join(schema.names)}). Set `data.features`.")
     return features
 
@@ -158,7 +129,7 @@ def _list_shape(t: pa.DataType, column) -> Optional[Tuple[int, ...]]:
     while pa.types.is_fixed_size_list(t):
         shape.append(t.list_size)
         t = t.value_type
-    if _is_numeric(t):
+    if is_numeric(t):
         return tuple(shape)
     for value in column.to_pylist():
         if value is not None:
@@ -177,41 +148,13 @@ class Conversion:
     observed: Optional[np.ndarray] = None
 
 
-class SchemaMismatch(ValueError):
-    """A whole batch cannot be used; `reason` says why (missing_column, wrong_type, ...)."""
+class SchemaMismatch(InputError):
+    """A whole batch cannot be used; `reason` is the dead-letter reason code of why
+    (missing_column by default, wrong_type, conversion_error, ...)."""
 
-    reason = REASON_MISSING_COLUMN
-
-    def __init__(self, message: str, reason: Optional[str] = None):
+    def __init__(self, message: str, reason: str = REASON_MISSING_COLUMN):
         super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-
-
-def _values(array) -> np.ndarray:
-    """Numbers of a numeric Arrow array as numpy, nulls as NaN (floats are not widened).
-
-    Integers, booleans and decimals go through an unchecked cast: Arrow's checked cast
-    refuses int64 / uint64 values beyond 2**53 (and so would fail the whole file on
-    one large id); rounding them is what float32 model inputs do anyway.
-    """
-    if pa.types.is_floating(array.type):
-        return array.to_numpy(zero_copy_only=False)
-    return pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-
-
-def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or \
-        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
-
-
-def _plain_column(column):
-    """One Arrow array, dictionary encoding removed."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column
+        self.reason = reason
 
 
 def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]],
@@ -221,7 +164,7 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
     Marks bad rows in `bad`, and those whose fault is not a missing value (null) also
     in `hard`. Missing values are NaN in the result.
     """
-    column = _plain_column(column)
+    column = plain_column(column)
     t = column.type
     name = feature.name
     if pa.types.is_null(t):  # a column of nulls only (e.g. written from an empty frame)
@@ -229,39 +172,51 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
             bad.setdefault(i, (REASON_NULL, f"column {name!r} is null"))
         return np.full((n, feature.size), np.nan)
     if feature.shape == ():
-        if _is_text(t):
-            values = np.full(n, np.nan)
-            for i, s in enumerate(column.to_pylist()):
-                if s is None:
-                    bad.setdefault(i, (REASON_NULL, f"column {name!r} is null"))
-                    continue
-                try:
-                    values[i] = float(s)
-                except (ValueError, OverflowError):
-                    _fault(bad, hard, i, REASON_NON_NUMERIC,
-                           f"column {name!r} value {echo(s)} is not a number")
-            return values.reshape(n, 1)
-        if not _is_numeric(t):
+        if is_text(t):
+            return _text_column(column, name, n, bad, hard)
+        if not is_numeric(t):
             raise SchemaMismatch(f"column {name!r} has type {clip(t)}, expected a number",
                                  REASON_WRONG_TYPE)
-        values = _values(column)
+        values = numeric_values(column)
         if column.null_count:
             for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
                 bad.setdefault(int(i), (REASON_NULL, f"column {name!r} is null"))
         return values.reshape(n, 1)
-    inner = _list_value_type(t)
-    if inner is None or not _is_numeric(inner):
+    inner = list_value_type(t)
+    if inner is None or not is_numeric(inner):
         raise SchemaMismatch(f"column {name!r} has type {clip(t)}, expected a list of "
                              f"{feature.size} numbers", REASON_WRONG_TYPE)
-    # Flatten nested lists down to the values, tracking the row each value came from.
+    return _list_column(column, feature, n, bad, hard)
+
+
+def _text_column(column, name: str, n: int, bad: Dict[int, Tuple[str, str]],
+                 hard: Dict[int, Tuple[str, str]]) -> np.ndarray:
+    """(n, 1) numbers parsed from a text column; text that is not a number is a fault."""
+    values = np.full(n, np.nan)
+    for i, s in enumerate(column.to_pylist()):
+        if s is None:
+            bad.setdefault(i, (REASON_NULL, f"column {name!r} is null"))
+            continue
+        try:
+            values[i] = float(s)
+        except (ValueError, OverflowError):
+            _fault(bad, hard, i, REASON_NON_NUMERIC,
+                   f"column {name!r} value {echo(s)} is not a number")
+    return values.reshape(n, 1)
+
+
+def _flatten(column, feature: Feature, n: int):
+    """(values array, row of each value or None, (n,) ragged rows) of a numeric list column.
+
+    Nested lists as deep as the feature shape must match it level by level: a ragged
+    [[1, 2, 3], [4]] has the 4 values of a 2x2 image but not its shape.
+    """
     flat = column
     row_of = None
-    # Nested lists as deep as the feature shape must match it level by level: a ragged
-    # [[1, 2, 3], [4]] has the 4 values of a 2x2 image but not its shape.
-    check_levels = len(feature.shape) > 1 and _list_depth(t) == len(feature.shape)
+    check_levels = len(feature.shape) > 1 and list_depth(column.type) == len(feature.shape)
     ragged = np.zeros(n, dtype=bool)
     depth = 0
-    while not _is_numeric(flat.type):
+    while not is_numeric(flat.type):
         if check_levels:
             lens = pc.list_value_length(flat).fill_null(feature.shape[depth])
             off = np.flatnonzero(lens.to_numpy(zero_copy_only=False) != feature.shape[depth])
@@ -270,9 +225,17 @@ def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str,
         parents = pc.list_parent_indices(flat).to_numpy(zero_copy_only=False).astype(np.int64)
         row_of = parents if row_of is None else row_of[parents]
         flat = pc.list_flatten(flat)
+    return flat, row_of, ragged
+
+
+def _list_column(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]],
+                 hard: Dict[int, Tuple[str, str]]) -> np.ndarray:
+    """(n, feature.size) values of a numeric list column; wrong lengths and shapes are faults."""
+    name = feature.name
+    flat, row_of, ragged = _flatten(column, feature, n)
     lengths = np.bincount(row_of, minlength=n) if row_of is not None else np.ones(n, np.int64)
     row_null = column.is_null().to_numpy(zero_copy_only=False)
-    values = _values(flat)
+    values = numeric_values(flat)
     value_null = flat.is_null().to_numpy(zero_copy_only=False) if flat.null_count else None
     out = np.full((n, feature.size), np.nan)
     ends = np.cumsum(lengths)
@@ -325,30 +288,9 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature], *,
         message names the column and what was expected.
     """
     n = batch.num_rows
-    names = batch.schema.names
     bad: Dict[int, Tuple[str, str]] = {}
     hard: Dict[int, Tuple[str, str]] = {}  # faults that are not missing values
-    # Filled column by column in the model's dtype; checking finiteness after the float32
-    # conversion also catches values too large for float32 (they become inf).
-    matrix = np.empty((n, n_inputs(features)), dtype=np.float32)
-    offset = 0
-    for f in features:
-        if f.name not in names:
-            raise SchemaMismatch(
-                f"feature column {f.name!r} is missing (columns present: "
-                f"{clip(', '.join(names), 400)})")
-        values = _column_to_array(batch.column(names.index(f.name)), f, n, bad, hard)
-        block = matrix[:, offset:offset + f.size]
-        with np.errstate(over="ignore", invalid="ignore"):
-            block[...] = values
-        overflow = ~np.isfinite(block) & np.isfinite(values)
-        for i in np.flatnonzero(overflow.any(axis=1)):
-            j = int(np.flatnonzero(overflow[i])[0])
-            _fault(bad, hard, int(i), REASON_OUT_OF_RANGE,
-                   f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
-                   f"{float(values[i, j])!r} is beyond float32's range "
-                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
-        offset += f.size
+    matrix = _fill_matrix(batch, features, bad, hard)
     if allow_missing:
         return _with_missing(matrix, features, hard)
     finite = np.isfinite(matrix)
@@ -369,6 +311,36 @@ def to_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature], *,
         valid = np.arange(n, dtype=np.int64)
     faults = [(i, r, d) for i, (r, d) in sorted(bad.items())]
     return Conversion(np.ascontiguousarray(matrix), valid, faults)
+
+
+def _fill_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature],
+                 bad: Dict[int, Tuple[str, str]], hard: Dict[int, Tuple[str, str]]
+                 ) -> np.ndarray:
+    """The (rows, n_inputs) float32 matrix of every row, faults marked in `bad` / `hard`."""
+    n = batch.num_rows
+    names = batch.schema.names
+    # Filled column by column in the model's dtype; checking finiteness after the float32
+    # conversion also catches values too large for float32 (they become inf).
+    matrix = np.empty((n, n_inputs(features)), dtype=np.float32)
+    offset = 0
+    for f in features:
+        if f.name not in names:
+            raise SchemaMismatch(
+                f"feature column {f.name!r} is missing (columns present: "
+                f"{clip(', '.join(names), 400)})", REASON_MISSING_COLUMN)
+        values = _column_to_array(batch.column(names.index(f.name)), f, n, bad, hard)
+        block = matrix[:, offset:offset + f.size]
+        with np.errstate(over="ignore", invalid="ignore"):
+            block[...] = values
+        overflow = ~np.isfinite(block) & np.isfinite(values)
+        for i in np.flatnonzero(overflow.any(axis=1)):
+            j = int(np.flatnonzero(overflow[i])[0])
+            _fault(bad, hard, int(i), REASON_OUT_OF_RANGE,
+                   f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
+                   f"{float(values[i, j])!r} is beyond float32's range "
+                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
+        offset += f.size
+    return matrix
 
 
 def _with_missing(matrix: np.ndarray, features: Sequence[Feature],
@@ -400,66 +372,3 @@ def _locate(features: Sequence[Feature], col: int) -> Tuple[str, str]:
             return f.name, (f"[{col}]" if f.shape else "")
         col -= f.size
     return "?", ""
-
-
-def row_payload(batch: pa.RecordBatch | pa.Table, row: int) -> str:
-    """The original row as JSON (NaN/inf written as strings, bytes as hex); never raises.
-
-    A value Python cannot represent (a timestamp past year 9999, a date beyond
-    datetime's range) is written as Arrow's text form of it; a payload longer than
-    MAX_PAYLOAD_CHARS becomes {"truncated": true, "chars": N, "head": "<first chars>"}.
-    """
-    try:
-        try:
-            record = batch.slice(row, 1).to_pylist()[0]
-        except Exception:  # noqa: BLE001  (OverflowError, ValueError, ...: per column below)
-            record = {name: _safe_value(batch.column(i), row)
-                      for i, name in enumerate(batch.schema.names)}
-        if _has_nonfinite(record):
-            record = _clean(record)
-        text = json.dumps(record, default=_json_default, ensure_ascii=False)
-    except Exception as e:  # noqa: BLE001  a dead letter must still be written
-        text = json.dumps({"unrepresentable": clip(f"{type(e).__name__}: {e}", 400)})
-    if len(text) > MAX_PAYLOAD_CHARS:
-        text = json.dumps({"truncated": True, "chars": len(text),
-                           "head": text[:MAX_PAYLOAD_CHARS]}, ensure_ascii=False)
-    return text
-
-
-def _safe_value(column, row: int):
-    """One cell as a Python value, else as Arrow's text form, else a placeholder."""
-    cell = column.slice(row, 1)
-    try:
-        return cell.to_pylist()[0]
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        return cell.cast(pa.string()).to_pylist()[0]
-    except Exception:  # noqa: BLE001
-        return f"<{clip(column.type, 60)} value not representable>"
-
-
-def _has_nonfinite(obj) -> bool:
-    if isinstance(obj, float):
-        return not math.isfinite(obj)
-    if isinstance(obj, dict):
-        return any(_has_nonfinite(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_nonfinite(v) for v in obj)
-    return False
-
-
-def _clean(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _json_default(obj):
-    if isinstance(obj, bytes):
-        return obj.hex()
-    return str(obj)

@@ -20,9 +20,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from latentbeam import paths
+from latentbeam.errors import BundleError, ConfigError
 from latentbeam.model.bundle import (COMPUTED_KEYS, BundleInfo, Threshold,
                                      load_bundle, model_version, read_verified_files,
-                                     scoring_meta, write_bundle)
+                                     scoring_meta)
+from latentbeam.model.bundle_write import write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
     """The threshold `method` at `value` would give, from the stored calibration summary.
 
     Raises:
-      ValueError: the method needs data the bundle does not store (names what is
+      BundleError: the method needs data the bundle does not store (names what is
         missing and what to pass instead).
     """
     cal = info.calibration
@@ -44,19 +46,19 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
         for stored, q in quantiles.items():
             if math.isclose(stored, level, abs_tol=1e-9):
                 return q
-        raise ValueError(
-            f"The bundle stores calibration score quantiles at levels "
-            f"{', '.join(f'{q:g}' for q in sorted(quantiles)) or '(none)'}; {what} needs level "
-            f"{level:g}. Use one of those, or pass an explicit --threshold.")
+        raise BundleError(
+             f"The bundle stores calibration score quantiles at levels "
+             f"{', '.join(f'{q:g}' for q in sorted(quantiles)) or '(none)'}; {what} needs level "
+             f"{level:g}. Use one of those, or pass an explicit --threshold.")
 
     if method in ("quantile", "contamination"):
         if value is None or not 0.0 < value < 1.0:
-            raise ValueError(f"--value for {method} must be in (0, 1). Received: {value}")
+            raise ConfigError(f"--value for {method} must be in (0, 1). Received: {value}")
         level = value if method == "quantile" else 1.0 - value
         return Threshold(method, value, _positive(quantile(level, f"{method} {value:g}")), {})
     if method in ("mad", "mean_std"):
         if value is None or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--value for {method} is k > 0. Received: {value}")
+            raise ConfigError(f"--value for {method} is k > 0. Received: {value}")
         params = dict(info.threshold.parameters) if info.threshold.method == method else {}
         keys = ("median", "mad") if method == "mad" else ("mean", "std")
         for k in keys:
@@ -64,19 +66,19 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
                 params[k] = float(cal[k])
         missing = [k for k in keys if k not in params]
         if missing:
-            raise ValueError(
-                f"The bundle's calibration summary has no {', '.join(missing)} of the errors "
-                f"(bundles trained before they were stored); {method} needs them. Pass an "
-                f"explicit --threshold, or re-train the bundle.")
+            raise BundleError(
+                 f"The bundle's calibration summary has no {', '.join(missing)} of the errors "
+                 f"(bundles trained before they were stored); {method} needs them. Pass an "
+                 f"explicit --threshold, or re-train the bundle.")
         center, spread = params[keys[0]], params[keys[1]]
         return Threshold(method, value, _positive(center + value * spread),
                          {keys[0]: center, keys[1]: spread})
     if method == "f1":
-        raise ValueError("The f1 threshold needs the labelled calibration rows, which a bundle "
-                         "does not store. Pass an explicit --threshold, or re-train with "
-                         "`threshold.method: f1`.")
-    raise ValueError(f"Unknown threshold method {method!r}; expected quantile, contamination, "
-                     f"mad, mean_std (or an explicit --threshold).")
+        raise BundleError("The f1 threshold needs the labelled calibration rows, which a bundle "
+                          "does not store. Pass an explicit --threshold, or re-train with "
+                          "`threshold.method: f1`.")
+    raise ConfigError(f"Unknown threshold method {method!r}; expected quantile, contamination, "
+                      f"mad, mean_std (or an explicit --threshold).")
 
 
 def _positive(t: float) -> float:
@@ -120,13 +122,14 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
       (old info, new info); the new model_version differs when the threshold does.
 
     Raises:
-      ValueError: bad arguments, a broken bundle, or a method the bundle cannot serve.
+      ConfigError: bad arguments.
+      BundleError: a broken bundle, or a method the bundle cannot serve.
     """
     if (threshold is None) == (method is None):
-        raise ValueError("Expected exactly one of --threshold T or --method M [--value V]. "
-                         f"Received: threshold={threshold!r}, method={method!r}")
+        raise ConfigError("Expected exactly one of --threshold T or --method M [--value V]. "
+                          f"Received: threshold={threshold!r}, method={method!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"--threshold must be a finite number > 0. Received: {threshold!r}")
+        raise ConfigError(f"--threshold must be a finite number > 0. Received: {threshold!r}")
     output = output or bundle_path
     if paths.normalize(output) != paths.normalize(bundle_path):
         paths.check_output(output, [("bundle", bundle_path)])

@@ -1,9 +1,10 @@
 """Training: stream the data into tf.data, fit the autoencoder, calibrate, write the bundle."""
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -12,10 +13,13 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from latentbeam.config import Config
+from latentbeam.errors import ConfigError
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
-from latentbeam.model.bundle import (Bundle, BundleInfo, check_bundle_output, in_memory_info,
-                                     save_bundle)
+from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batches,
+                                       shuffled_blocks, stacked_batches)
+from latentbeam.model.bundle import Bundle, BundleInfo
+from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
 from latentbeam.model.features import n_inputs
 
@@ -29,199 +33,6 @@ def set_seed(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-def shuffled_batches(chunks: Iterator, batch_size: int, buffer_rows: int,
-                     rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Re-batches a stream of chunks into shuffled batches with bounded memory.
-
-    Rows are shuffled within windows of about `buffer_rows` rows; the only partial
-    batch is the last one.
-    """
-    for block in _shuffled_blocks(chunks, batch_size, buffer_rows, rng):
-        for s in range(0, len(block), batch_size):
-            yield block[s:s + batch_size]
-
-
-def _shuffled_blocks(chunks: Iterator, batch_size: int, buffer_rows: int,
-                     rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """The rows of `shuffled_batches`, as blocks of whole batches (the last may be partial)."""
-    pending = []
-    held = 0
-    for matrix, _ in chunks:
-        pending.append(matrix)
-        held += len(matrix)
-        if held < buffer_rows:
-            continue
-        block = np.concatenate(pending)
-        block = block[rng.permutation(len(block))]
-        cut = (len(block) // batch_size) * batch_size
-        yield block[:cut]
-        pending, held = [block[cut:]], len(block) - cut
-    if held:
-        block = np.concatenate(pending)
-        yield block[rng.permutation(len(block))]
-
-
-def _stacked_batches(blocks: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Blocks as (k, batch_size, width) stacks of whole batches; a partial one as (1, r, width).
-
-    tf.data splits the stacks in C++ (`unbatch`): one Python call per block instead of
-    one per batch, which otherwise costs about a third of the training throughput.
-    """
-    for block in blocks:
-        cut = (len(block) // batch_size) * batch_size
-        if cut:
-            yield block[:cut].reshape(-1, batch_size, block.shape[1])
-        if cut < len(block):
-            yield block[None, cut:]
-
-
-def _batches(chunks: Iterator, batch_size: int) -> Iterator[np.ndarray]:
-    """Fixed-size batches from a chunk stream, in order."""
-    pending, held = [], 0
-    for matrix, _ in chunks:
-        pending.append(matrix)
-        held += len(matrix)
-        if held >= batch_size:
-            block = np.concatenate(pending)
-            cut = (len(block) // batch_size) * batch_size
-            for s in range(0, cut, batch_size):
-                yield block[s:s + batch_size]
-            pending, held = [block[cut:]], len(block) - cut
-    if held:
-        yield np.concatenate(pending)
-
-
-def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: bool = False,
-                 cache: bool = False):
-    """A tf.data.Dataset over a Python batch generator (re-invoked at each iteration).
-
-    Args:
-      generator_fn: returns an iterator of (rows, width) float32 batches, or of
-        (k, rows, width) stacks of batches when `stacked`.
-      width: number of inputs.
-      stacked: split stacks into batches inside tf.data.
-      repeat: repeat the passes; prefetching then runs on across pass boundaries.
-      cache: keep the first pass in memory and replay it (for small, fixed data).
-    """
-    import tensorflow as tf
-
-    shape = (None, None, width) if stacked else (None, width)
-    ds = tf.data.Dataset.from_generator(
-        generator_fn, output_signature=tf.TensorSpec(shape, tf.float32))
-    if stacked:
-        ds = ds.unbatch()
-    if cache:
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class CachedSource:
-    """Decodes a source once; later passes replay the decoded float32 chunks.
-
-    Chunks are kept in memory while one whole pass fits `max_bytes`. Past that, with a
-    `spill_dir`, every chunk is appended to raw float32 files there and later passes
-    replay them through a memory map: no Parquet decoding or validation after the first
-    pass, and memory stays bounded (the OS page cache does the rest). Without a
-    spill_dir, data larger than `max_bytes` is read from the source on every pass.
-    The replay is the very same chunk stream (same boundaries), so split assignment,
-    shuffling and the trained weights are identical to reading the source every pass.
-    """
-
-    def __init__(self, source, max_bytes: int, spill_dir: Optional[str] = None):
-        self.source = source
-        self.max_bytes = max_bytes
-        self.spill_dir = spill_dir
-        self.features = source.features
-        self._chunks: Optional[list] = None
-        self._spill: Optional["_Spill"] = None
-
-    @property
-    def skipped(self):
-        return self.source.skipped  # counted during the one pass that read the source
-
-    @property
-    def cached(self) -> bool:
-        return self._chunks is not None or self._spill is not None
-
-    @property
-    def spilled(self) -> bool:
-        return self._spill is not None
-
-    def describe(self) -> str:
-        return self.source.describe()
-
-    def chunks(self) -> Iterator:
-        if self._chunks is not None:
-            yield from self._chunks
-            return
-        if self._spill is not None:
-            yield from self._spill.replay()
-            return
-        kept, size, spill = [], 0, None
-        for matrix, labels in self.source.chunks():
-            if kept is not None:
-                size += matrix.nbytes + (labels.nbytes if labels is not None else 0)
-                if size <= self.max_bytes:
-                    kept.append((matrix, labels))
-                else:
-                    if self.spill_dir:
-                        spill = _Spill(self.spill_dir, matrix.shape[1])
-                        for m, lab in kept:
-                            spill.append(m, lab)
-                    kept = None
-            if spill is not None:
-                spill.append(matrix, labels)
-            yield matrix, labels
-        # Only a complete pass is kept (a consumer may stop early).
-        if kept is not None:
-            self._chunks = kept
-        elif spill is not None:
-            spill.close()
-            self._spill = spill
-
-
-class _Spill:
-    """Append-only raw float32 chunk files with a memory-mapped replay."""
-
-    def __init__(self, directory: str, width: int):
-        import tempfile
-
-        fd, self.path = tempfile.mkstemp(prefix="rows-", suffix=".f32", dir=directory)
-        self._file = os.fdopen(fd, "wb")
-        self._labels_file = None
-        self.labels_path = self.path[:-4] + "-labels.f32"
-        self.width = width
-        self.sizes: List[int] = []
-        self.has_labels = False
-
-    def append(self, matrix: np.ndarray, labels: Optional[np.ndarray]) -> None:
-        self._file.write(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
-        if labels is not None:
-            if self._labels_file is None:
-                self._labels_file = open(self.labels_path, "wb")
-                self.has_labels = True
-            self._labels_file.write(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
-        self.sizes.append(len(matrix))
-
-    def close(self) -> None:
-        self._file.close()
-        if self._labels_file is not None:
-            self._labels_file.close()
-
-    def replay(self) -> Iterator:
-        rows = np.memmap(self.path, dtype=np.float32, mode="r").reshape(-1, self.width) \
-            if sum(self.sizes) else np.zeros((0, self.width), np.float32)
-        labels = np.memmap(self.labels_path, dtype=np.float32, mode="r") \
-            if self.has_labels else None
-        start = 0
-        for n in self.sizes:
-            yield (np.asarray(rows[start:start + n]),
-                   np.asarray(labels[start:start + n]) if labels is not None else None)
-            start += n
 
 
 def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundle:
@@ -244,9 +55,9 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
         try:
             import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
         except ImportError as e:
-            raise ValueError("`train.tensorboard_dir` needs TensorBoard: pip install "
-                             "'latentbeam[tensorboard]' (or tensorboard), or unset "
-                             "train.tensorboard_dir.") from e
+            raise ConfigError("`train.tensorboard_dir` needs TensorBoard: pip install "
+                              "'latentbeam[tensorboard]' (or tensorboard), or unset "
+                              "train.tensorboard_dir.") from e
     set_seed(tc.seed)
     source = source or data_mod.make_source(config.data)
     spill_dir = tempfile.mkdtemp(prefix="latentbeam-train-") if tc.disk_cache else None
@@ -277,13 +88,9 @@ def _data_locations(config: Config) -> List[tuple]:
 
 
 def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
-    mc, tc, thc = config.model, config.train, config.threshold
-    vf, cf = tc.validation_fraction, thc.calibration_fraction
-    log.info("Scanning %s", source.describe())
-    stats = data_mod.scan(source, vf, cf, seed=tc.seed)
-    if source.skipped.total:
-        log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
-                    source.skipped.by_reason, source.skipped.examples[:2])
+    """Scan, build, fit, calibrate, then write the bundle (or keep it in memory)."""
+    mc, thc = config.model, config.threshold
+    stats = _scan(config, source)
     model = _build_model(config, source, stats)
     t_fit = time.time()
     history = _fit(model, config, source, stats)
@@ -296,17 +103,40 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     scores, labels = _calibrate_score(provisional, source, config)
     threshold = fit_threshold(scores.score, thc.method, config.threshold_value(), labels)
 
+    meta = _metadata(config, source, stats, model, history, scores, labels, threshold,
+                     latent_dim=provisional.info.latent_dim,
+                     seconds=time.time() - t0, fit_seconds=fit_seconds)
+    info = save_bundle(model, output, meta) if output else in_memory_info(model, meta)
+    log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
+             threshold.threshold, threshold.method, output)
+    return Bundle(info, model)
+
+
+def _scan(config: Config, source) -> data_mod.DataStats:
+    """The one pass before training: split sizes, normalization, medians, fingerprint."""
+    tc = config.train
+    log.info("Scanning %s", source.describe())
+    stats = data_mod.scan(source, tc.validation_fraction, config.threshold.calibration_fraction,
+                          seed=tc.seed)
+    if source.skipped.total:
+        log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
+                    source.skipped.by_reason, source.skipped.examples[:2])
+    return stats
+
+
+def _metadata(config: Config, source, stats, model, history, scores, labels, threshold, *,
+              latent_dim: int, seconds: float, fit_seconds: float) -> dict:
+    """bundle.json's content (every key but the computed ones)."""
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     best_epoch = int(np.argmin(hist["val_loss"])) + 1 if "val_loss" in hist else len(hist["loss"])
-    latent_dim = provisional.info.latent_dim
     latents = scores.latent.astype(np.float64)
     cov = np.cov(latents, rowvar=False).reshape(latent_dim, latent_dim) if len(latents) > 1 \
         else np.eye(latent_dim)
-    meta = {
+    return {
         "features": [f.to_json() for f in source.features],
         "latent_dim": latent_dim,
         "threshold": threshold.to_json(),
-        "variational": mc.variational,
+        "variational": config.model.variational,
         "score": _score_description(model, config),
         "calibration": calibration_summary(scores.score, labels, threshold.threshold),
         "latent_stats": {"mean": latents.mean(axis=0).tolist(), "cov": cov.tolist()},
@@ -326,17 +156,13 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
             "epochs": len(hist["loss"]),
             "best_epoch": best_epoch,
             "losses": hist,
-            "seed": tc.seed,
+            "seed": config.train.seed,
             "data_fingerprint": stats.fingerprint,
-            "seconds": round(time.time() - t0, 3),
+            "seconds": round(seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
             "config": config.to_dict(),
         },
     }
-    info = save_bundle(model, output, meta) if output else in_memory_info(model, meta)
-    log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
-             threshold.threshold, threshold.method, output)
-    return Bundle(info, model)
 
 
 def _build_model(config: Config, source, stats):
@@ -347,8 +173,8 @@ def _build_model(config: Config, source, stats):
     image_feature_shape = None
     if mc.kind == "conv2d":
         if len(source.features) != 1:
-            raise ValueError(f"`model.kind: conv2d` needs exactly one image feature; got "
-                             f"{[f.name for f in source.features]}. Set `data.features`.")
+            raise ConfigError(f"`model.kind: conv2d` needs exactly one image feature; got "
+                              f"{[f.name for f in source.features]}. Set `data.features`.")
         image_feature_shape = image_shape(source.features[0].shape)
     reference_rows = max(1, min(sc.reference_rows, stats.rows_by_split["train"]))
     # Fewer training rows than references: fewer groups, each of equal size.
@@ -365,29 +191,33 @@ def _build_model(config: Config, source, stats):
     return model
 
 
-def _fit(model, config: Config, source, stats):
-    """Adam with early stopping on the validation loss (best weights restored)."""
+def _training_passes(source, tc, validation_fraction: float,
+                     calibration_fraction: float) -> Iterator[np.ndarray]:
+    """The training rows pass after pass, as stacks of shuffled batches.
+
+    Pass e is shuffled with the seed [train.seed, e]. The passes never end: fit() takes
+    `steps_per_epoch` batches per epoch from one iterator, so prefetching runs on
+    across pass boundaries.
+    """
+    for epoch in itertools.count():
+        rng = np.random.default_rng([tc.seed, epoch])
+        chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, validation_fraction,
+                                       calibration_fraction)
+        yield from stacked_batches(
+            shuffled_blocks(chunks, tc.batch_size, tc.shuffle_buffer, rng), tc.batch_size)
+
+
+def _validation_pass(source, batch_size: int, validation_fraction: float,
+                     calibration_fraction: float) -> Iterator[np.ndarray]:
+    yield from ordered_batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION,
+                                                     validation_fraction, calibration_fraction),
+                               batch_size)
+
+
+def _callbacks(config: Config, n_val: int) -> list:
     import keras
 
     tc = config.train
-    vf, cf = tc.validation_fraction, config.threshold.calibration_fraction
-    width = n_inputs(source.features)
-    epoch = [0]
-
-    def train_gen():
-        rng = np.random.default_rng([tc.seed, epoch[0]])
-        epoch[0] += 1
-        chunks = data_mod.split_chunks(source, data_mod.SPLIT_TRAIN, vf, cf)
-        yield from _stacked_batches(
-            _shuffled_blocks(chunks, tc.batch_size, tc.shuffle_buffer, rng), tc.batch_size)
-
-    n_val = stats.rows_by_split["validation"]
-    val_batch = max(tc.batch_size, 1024)
-
-    def val_gen():
-        yield from _batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, vf, cf),
-                            val_batch)
-
     callbacks = []
     if n_val:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -399,16 +229,28 @@ def _fit(model, config: Config, source, stats):
         # output (a bar per epoch) stays off so the two never mix.
         from latentbeam.console import ProgressLine, epoch_progress
         callbacks.append(epoch_progress(tc.epochs, tc.verbose, ProgressLine()))
-    # Both generators yield exactly ceil(rows / batch) batches per pass, so repeat() with
-    # explicit step counts gives whole passes per epoch and a progress bar with a total.
+    return callbacks
+
+
+def _fit(model, config: Config, source, stats):
+    """Adam with early stopping on the validation loss (best weights restored)."""
+    tc = config.train
+    vf, cf = tc.validation_fraction, config.threshold.calibration_fraction
+    width = n_inputs(source.features)
+    n_val = stats.rows_by_split["validation"]
+    val_batch = max(tc.batch_size, 1024)
+    train_data = make_dataset(functools.partial(_training_passes, source, tc, vf, cf), width,
+                              stacked=True, repeat=True)
+    val_data = make_dataset(
+        functools.partial(_validation_pass, source, val_batch, vf, cf), width, repeat=True,
+        cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None
+    # Each pass yields exactly ceil(rows / batch) batches, so explicit step counts give
+    # whole passes per epoch and a progress bar with a total.
     return model.fit(
-        make_dataset(train_gen, width, stacked=True, repeat=True),
-        steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
-        validation_data=make_dataset(
-            val_gen, width, repeat=True,
-            cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None,
+        train_data, steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
+        validation_data=val_data,
         validation_steps=math.ceil(n_val / val_batch) if n_val else None,
-        epochs=tc.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+        epochs=tc.epochs, callbacks=_callbacks(config, n_val), verbose=0, shuffle=False)
 
 
 def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:

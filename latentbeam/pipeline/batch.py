@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -36,6 +36,8 @@ from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import SchemaMismatch
 from latentbeam.model.scoring import check_missing_mode
+from latentbeam.model.sources import parse_tfds as _parse_tfds
+from latentbeam.model.sources import TFDS_PREFIX, tfds_batches
 from latentbeam.pipeline import io
 from latentbeam.pipeline.dead_letters import file_fault_letter
 from latentbeam.pipeline.jobs import FileJob, JobSummary
@@ -49,11 +51,9 @@ from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_
 from latentbeam.pipeline.parquet_out import ParquetOutput
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS,
                                          MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letters_to_batch, list_array)
+                                         as_file_fault, dead_letters_to_batch)
 
 log = logging.getLogger(__name__)
-
-TFDS_PREFIX = "tfds:"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -79,50 +79,6 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
         raise ValueError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
                          f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
     return files
-
-
-def _parse_tfds(source: str) -> Tuple[str, str]:
-    spec = source[len(TFDS_PREFIX):]
-    if "/" not in spec.rstrip("/"):
-        raise ValueError(f"Expected --input tfds:NAME/SPLIT (e.g. tfds:mnist/test). "
-                         f"Received: {source!r}")
-    name, split = spec.rsplit("/", 1)
-    return name, split
-
-
-def tfds_batches(source: str, data_dir: Optional[str], batch_rows: int
-                 ) -> Iterator[Tuple[int, pa.RecordBatch]]:
-    """(row offset, record batch) of a TFDS split, in the split's stored order.
-
-    Scalar features become columns; tensors (images, vectors) become flat lists.
-    """
-    from latentbeam.model.data import load_tfds_builder, tfds_example_batches
-
-    name, split = _parse_tfds(source)
-    builder = load_tfds_builder(name, data_dir)
-    offset = 0
-    for examples in tfds_example_batches(builder, split, batch_rows):
-        batch = _examples_to_batch(examples)
-        yield offset, batch
-        offset += batch.num_rows
-
-
-def _examples_to_batch(examples: Dict[str, Any]) -> pa.RecordBatch:
-    columns: Dict[str, pa.Array] = {}
-    _add_columns(columns, examples, "")
-    return pa.RecordBatch.from_pydict(columns)
-
-
-def _add_columns(columns: Dict[str, pa.Array], examples: Dict[str, Any], prefix: str) -> None:
-    for key, value in examples.items():
-        if isinstance(value, dict):  # nested FeaturesDict: "outer/inner" columns
-            _add_columns(columns, value, f"{prefix}{key}/")
-            continue
-        arr = np.asarray(value)
-        if arr.ndim <= 1:
-            columns[prefix + key] = pa.array(arr)
-            continue
-        columns[prefix + key] = list_array(arr.reshape(len(arr), -1))
 
 
 # --------------------------------------------------------------------------- the DoFn

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from latentbeam.config import DEFAULT_BATCH_ROWS  # rows per record batch read and per model call
 from latentbeam.outputs import (DEAD_LETTER_DIR, DEAD_LETTER_SUFFIX, MANIFEST_DIR,
                                 PARTIAL_SUFFIX, STAGING_PREFIX, SUCCESS_FILE, TEMP_DIR,
                                 dead_letter_name)
 
-DEFAULT_BATCH_ROWS = 8192  # rows per Arrow record batch read, and per model call
 STATS_DIR = "_stats"  # batch job: one JSON record per input file, inside the staging dir
 # Parquet footer keys of stream outputs (report/scored.py reads the second by value).
 META_SOURCES = b"latentbeam.sources"  # JSON {source: rows in this file}

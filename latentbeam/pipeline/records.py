@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from latentbeam.model.arrow_types import list_array
 from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
                                        SchemaMismatch, input_names,
                                        row_payload, to_matrix)
@@ -68,14 +69,6 @@ class ScoringOptions:
         if self.missing not in MISSING_MODES:
             raise ValueError(f"Received an invalid value for `missing`, expected one of "
                              f"{', '.join(MISSING_MODES)}. Received: missing={self.missing!r}")
-
-
-def list_array(matrix: np.ndarray) -> pa.ListArray:
-    """(n, k) matrix -> list array of its dtype (one list of k values per row)."""
-    matrix = np.ascontiguousarray(matrix)
-    n, k = matrix.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if n else np.zeros(1, np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
 
 
 def float_list_array(matrix: np.ndarray) -> pa.ListArray:

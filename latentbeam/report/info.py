@@ -82,7 +82,7 @@ def bundle_summary(path: str) -> Dict[str, Any]:
     """Everything `latentbeam info` shows, as plain JSON-able values.
 
     Raises:
-      ValueError: no bundle.json at `path`, or it is malformed (names the file and the fix).
+      BundleError: no bundle.json at `path`, or it is malformed (names the file and the fix).
     """
     info = load_bundle_info(path)
     t = dict(info.training)
@@ -124,69 +124,90 @@ def _features_text(features: List[dict], limit: int = 8) -> List[str]:
     return lines
 
 
+class _Lines:
+    """`label:  value` lines with aligned values; `more` continues the last fact."""
+
+    width = 16
+
+    def __init__(self):
+        self.lines: List[str] = []
+
+    def add(self, label, value) -> None:
+        self.lines.append(f"{label + ':':<{self.width}} {value}")
+
+    def more(self, value) -> None:
+        self.lines.append(" " * (self.width + 1) + str(value))
+
+
 def format_info(s: Dict[str, Any]) -> str:
     """The text form of `bundle_summary` (one fact per line, for people)."""
-    w = 16
-    lines = []
-
-    def add(label, value):
-        lines.append(f"{label + ':':<{w}} {value}")
-
-    def more(value):
-        lines.append(" " * (w + 1) + str(value))
-
-    add("bundle", s["path"])
+    out = _Lines()
+    out.add("bundle", s["path"])
     integ = s["integrity"]
-    add("integrity", ("ok, " if integ["ok"] else "FAILED, ") + integ["detail"])
-    add("model_version", f"{s['model_version']} (format_version {s['format_version']})")
+    out.add("integrity", ("ok, " if integ["ok"] else "FAILED, ") + integ["detail"])
+    out.add("model_version", f"{s['model_version']} (format_version {s['format_version']})")
     feats = _features_text(s["features"])
-    add("features", f"{len(s['features'])} ({s['n_inputs']} inputs): {feats[0]}")
+    out.add("features", f"{len(s['features'])} ({s['n_inputs']} inputs): {feats[0]}")
     for line in feats[1:]:
-        more(line)
+        out.more(line)
+    _model_lines(out, s)
+    _calibration_lines(out, s)
+    _training_lines(out, s)
+    out.add("versions", ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
+    return "\n".join(out.lines)
+
+
+def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
+    """Architecture, score and threshold."""
     a = s["architecture"]
     extras = [f"{k}={a[k]}" for k in ("activation", "dropout", "l2", "batch_norm", "noise_stddev")
               if k in a and a[k] not in (0, 0.0, False, None)]
     if a.get("variational"):
         extras.insert(0, f"variational (kl_weight={a.get('kl_weight')})")
-    add("architecture", f"{a['kind']} {a['layers']}" + (f"; {', '.join(extras)}" if extras else ""))
+    out.add("architecture", f"{a['kind']} {a['layers']}" + (f"; {', '.join(extras)}" if extras else ""))
     sc = s.get("score")
     if sc:
         terms = " + ".join(sc.get("terms", []))
         detail = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in sc.items() if k != "terms" and v is not None]
-        add("score", terms)
+        out.add("score", terms)
         for line in textwrap.wrap(", ".join(detail), width=80):
-            more(line)
+            out.more(line)
     else:
-        add("score", "reconstruction error (mean squared error, normalized space)")
+        out.add("score", "reconstruction error (mean squared error, normalized space)")
     th = s["threshold"]
     params = ", ".join(f"{k}={v:.4g}" for k, v in th.get("parameters", {}).items())
-    add("threshold", f"{th['threshold']:.6g} ({th['method']}, value={th['value']}"
-        + (f"; {params}" if params else "") + ")")
+    out.add("threshold", f"{th['threshold']:.6g} ({th['method']}, value={th['value']}"
+            + (f"; {params}" if params else "") + ")")
+
+
+def _calibration_lines(out: _Lines, s: Dict[str, Any]) -> None:
     cal = s["calibration"]
     if cal.get("quantiles"):
         q = cal["quantiles"]
         what = "score" if s.get("score") else "error"
-        add("calibration", f"{cal['rows']} rows; {what} p50 {q['0.5']:.4g}, p90 {q['0.9']:.4g}, "
-            f"p99 {q['0.99']:.4g}, max {cal['max']:.4g}; flagged {cal['flagged_fraction']:.2%}")
+        out.add("calibration", f"{cal['rows']} rows; {what} p50 {q['0.5']:.4g}, p90 "
+                f"{q['0.9']:.4g}, p99 {q['0.99']:.4g}, max {cal['max']:.4g}; flagged "
+                f"{cal['flagged_fraction']:.2%}")
     if "roc_auc" in cal:
-        more(f"label: ROC-AUC {cal['roc_auc']:.4f}, average precision "
-             f"{cal['average_precision']:.4f}, positives {cal['label_positive_fraction']:.2%}")
+        out.more(f"label: ROC-AUC {cal['roc_auc']:.4f}, average precision "
+                 f"{cal['average_precision']:.4f}, positives {cal['label_positive_fraction']:.2%}")
+
+
+def _training_lines(out: _Lines, s: Dict[str, Any]) -> None:
     t = s["training"]
     h = t["history"]
-    add("training", f"{t.get('rows')} rows {t.get('rows_by_split')}, "
-        f"skipped {t.get('rows_skipped')}"
-        + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
+    out.add("training", f"{t.get('rows')} rows {t.get('rows_by_split')}, "
+            f"skipped {t.get('rows_skipped')}"
+            + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
     hist = f"epochs {h['epochs']} (best {h['best_epoch']})"
     if "final_loss" in h:
         hist += f", loss {h['losses']['loss'][0]:.5g} -> {h['final_loss']:.5g}"
     if "best_val_loss" in h:
         hist += f", best val_loss {h['best_val_loss']:.5g}"
-    more(hist)
-    more(f"seed {t.get('seed')}, {t.get('seconds')} s; data {t.get('source')}")
-    more(f"data fingerprint {t.get('data_fingerprint')}")
-    add("versions", ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
-    return "\n".join(lines)
+    out.more(hist)
+    out.more(f"seed {t.get('seed')}, {t.get('seconds')} s; data {t.get('source')}")
+    out.more(f"data fingerprint {t.get('data_fingerprint')}")
 
 
 __all__ = ["architecture", "bundle_summary", "format_info", "integrity"]

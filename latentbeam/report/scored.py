@@ -15,7 +15,6 @@ columns, the histograms and the sample; nothing grows with the number of rows.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import heapq
 import json
@@ -23,16 +22,16 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from latentbeam import fs
-from latentbeam.pipeline.records import (COL_ERROR, COL_FEATURE_ERRORS, COL_FLAG, COL_LATENT,
+from latentbeam.errors import InputError
+from latentbeam.pipeline.records import (COL_ERROR, COL_FEATURE_ERRORS, COL_FLAG,
                                          COL_MODEL_VERSION, COL_RECONSTRUCTION, COL_SCORE,
                                          COL_TOP_FEATURES, META_MODEL_VERSION)
+from latentbeam.report.scored_rows import ScoredFile, draw_sample, open_parquet, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,6 @@ META_MODEL_VERSIONS = b"latentbeam.model_versions"
 _WINDOW_NAME = re.compile(r"^scored-(\d{8}T\d{6}(?:\d{6})?)-(\d{8}T\d{6}(?:\d{6})?)-")
 FINE_BINS = 4096  # error histogram resolution (quantiles are read to within one bin)
 WINDOW_BINS = 256  # per-window histogram resolution
-# The sample is drawn uniformly from at most this many rows per sampled row: above it,
-# whole row groups are chosen at random first, so the latent column of 10M rows is
-# never decoded for a 20k-row picture.
-ROWS_READ_PER_SAMPLED_ROW = 50
 
 
 def _parse_stamp(text: str) -> dt.datetime:
@@ -68,39 +63,16 @@ def scored_files(location: str) -> List[str]:
     dead-letter files live in a subdirectory and are not matched.
 
     Raises:
-      ValueError: nothing matches (names the pattern and what was expected).
+      InputError: nothing matches (names the pattern and what was expected).
     """
     pattern = fs.parquet_pattern(location)
     files = [p for p, size in fs.match_with_sizes(pattern)
              if size > 0 and not os.path.basename(p).startswith(("_", "."))]
     if not files:
-        raise ValueError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
+        raise InputError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
                          f"directory of `latentbeam score` or `latentbeam stream`, or a glob of "
                          f"its *.parquet files.")
     return files
-
-
-@dataclass
-class _File:
-    """A scored file's footer facts (the file itself is opened only while it is read:
-    a long stream leaves thousands of files, more than a process may hold open)."""
-    path: str
-    metadata: Any  # pq.FileMetaData
-    names: List[str]  # Arrow column names
-    window: Optional[Tuple[dt.datetime, dt.datetime]]
-    versions: List[str]
-
-
-@contextlib.contextmanager
-def _parquet(path: str):
-    """An open pq.ParquetFile on any Beam filesystem, closed on exit."""
-    with fs.open_read(path) as handle:
-        try:
-            pf = pq.ParquetFile(handle)
-        except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"Cannot read scored file {path}: {e}. Remove it or point "
-                             f"--scored at the scored files only.") from e
-        yield pf
 
 
 @dataclass
@@ -183,13 +155,13 @@ def quantiles_from_hist(hist: np.ndarray, edges: np.ndarray, levels: Sequence[fl
     return out
 
 
-def _inspect(path: str) -> _File:
-    with _parquet(path) as pf:
+def _inspect(path: str) -> ScoredFile:
+    with open_parquet(path) as pf:
         metadata, schema = pf.metadata, pf.schema_arrow
     names = schema.names
     missing = [c for c in REQUIRED if c not in names]
     if missing:
-        raise ValueError(f"{path} is not scored output: column(s) {', '.join(missing)} missing "
+        raise InputError(f"{path} is not scored output: column(s) {', '.join(missing)} missing "
                          f"(columns present: {', '.join(names)}). Pass --scored the output of "
                          f"`latentbeam score` or `latentbeam stream`.")
     meta = schema.metadata or {}
@@ -200,10 +172,10 @@ def _inspect(path: str) -> _File:
         versions = [meta[META_MODEL_VERSION].decode()]
     else:
         versions = []
-    return _File(path, metadata, names, window_of(path), versions)
+    return ScoredFile(path, metadata, names, window_of(path), versions)
 
 
-def _score_range(files: List[_File]) -> Tuple[float, float]:
+def _score_range(files: List[ScoredFile]) -> Tuple[float, float]:
     """Min and max anomaly_score from the row-group statistics (a scan without them)."""
     lo, hi = np.inf, -np.inf
     for f in files:
@@ -218,7 +190,7 @@ def _score_range(files: List[_File]) -> Tuple[float, float]:
             if stats is not None and stats.has_min_max:
                 lo, hi = min(lo, float(stats.min)), max(hi, float(stats.max))
             else:
-                with _parquet(f.path) as pf:
+                with open_parquet(f.path) as pf:
                     err = pf.read_row_group(g, columns=[COL_SCORE]).column(0).to_numpy()
                 if len(err):
                     lo, hi = min(lo, float(np.nanmin(err))), max(hi, float(np.nanmax(err)))
@@ -262,17 +234,17 @@ def summarize_scored(location: str, *, threshold: float = 1.0, top_n: int = 20,
       label_column: a column to colour the latent map by (None: no label).
 
     Raises:
-      ValueError: no files, an unreadable file, or a file without the scored columns.
+      InputError: no files, an unreadable file, or a file without the scored columns.
     """
     paths = scored_files(location)
     files = [_inspect(p) for p in paths]
     return _summarize(location, files, float(threshold), top_n, sample_rows, seed, label_column)
 
 
-def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed, label_column):
+def _summarize(location, files: List[ScoredFile], threshold, top_n, sample_rows, seed, label_column):
     columns = files[0].names
     if label_column is not None and label_column not in columns:
-        raise ValueError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
+        raise InputError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
                          f"{', '.join(columns)}). Pass --label-column one of them, or none.")
     lo, hi = _score_range(files)
     edges = make_edges(lo * threshold, hi * threshold, FINE_BINS)
@@ -290,7 +262,7 @@ def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed
         if f.window is not None:
             win = windows.setdefault(f.window, Window(*f.window))
             win.versions.update(f.versions)
-        with _parquet(f.path) as pf:
+        with open_parquet(f.path) as pf:
             for g in range(f.metadata.num_row_groups):
                 n = f.metadata.row_group(g).num_rows
                 if not n:
@@ -309,26 +281,13 @@ def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed
                     win.rows += n
                     win.anomalies += k
                     win.hist += counts.reshape(WINDOW_BINS, stride).sum(axis=1)
-                if top_n > 0:
-                    cand = (np.argpartition(-score, top_n - 1)[:top_n] if n > top_n
-                            else np.arange(n))
-                    for r in cand:
-                        item = (float(score[r]), -fi, -g, -int(r))
-                        if len(heap) < top_n:
-                            heapq.heappush(heap, item)
-                        elif item > heap[0]:
-                            heapq.heapreplace(heap, item)
+                _keep_top(heap, score, top_n, fi, g)
 
     # Highest score first; ties by file, row group, row (deterministic).
     winners = sorted(heap, key=lambda it: (-it[0], -it[1], -it[2], -it[3]))
     top = read_rows(files, [(-fi, -g, -r) for _, fi, g, r in winners], columns)
-    sample, positions, drawn_from = _sample(files, groups, rows, sample_rows, seed, label_column)
-    # Typical rows: the sampled rows whose error is closest to the sample's median.
-    typical = {}
-    if len(positions):
-        v = sample[COL_SCORE]
-        near = np.argsort(np.abs(v - np.median(v)), kind="stable")[:top_n]
-        typical = read_rows(files, [tuple(int(v) for v in positions[i]) for i in near], columns)
+    sample, positions, drawn_from = draw_sample(files, groups, rows, sample_rows, seed, label_column)
+    typical = _typical(files, sample, positions, top_n, columns)
     window_list = [windows[k] for k in sorted(windows)]
     return ScoredSummary(
         location=location, files=[f.path for f in files], rows=rows, anomalies=anomalies,
@@ -340,93 +299,27 @@ def _summarize(location, files: List[_File], threshold, top_n, sample_rows, seed
         seed=seed, label_column=label_column)
 
 
-def read_rows(files: List[_File], positions: List[Tuple[int, int, int]],
-              columns: List[str]) -> Dict[str, list]:
-    """The given (file index, row group, row) rows, in order, as column -> list of values.
-
-    Each row group is read once and released before the next one.
-    """
-    found: Dict[int, dict] = {}
-    by_group: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
-    for i, (fi, g, r) in enumerate(positions):
-        by_group.setdefault((fi, g), []).append((i, r))
-    by_file: Dict[int, List[int]] = {}
-    for fi, g in sorted(by_group):
-        by_file.setdefault(fi, []).append(g)
-    for fi, group_list in by_file.items():
-        f = files[fi]
-        with _parquet(f.path) as pf:
-            for g in group_list:
-                wanted = by_group[(fi, g)]
-                t = pf.read_row_group(g, columns=[c for c in columns if c in f.names])
-                picked = t.take(pa.array([r for _, r in wanted])).to_pylist()
-                for (i, _), row in zip(wanted, picked):
-                    found[i] = dict(row, _source=f.path)
-    out: Dict[str, list] = {c: [] for c in list(columns) + ["_source"]}
-    for i in range(len(positions)):
-        for c in out:
-            out[c].append(found[i].get(c))
-    return out
+def _keep_top(heap: list, score: np.ndarray, top_n: int, fi: int, g: int) -> None:
+    """Keeps the top_n (score, -file, -group, -row) of all row groups in the min-heap."""
+    if top_n <= 0:
+        return
+    n = len(score)
+    cand = np.argpartition(-score, top_n - 1)[:top_n] if n > top_n else np.arange(n)
+    for r in cand:
+        item = (float(score[r]), -fi, -g, -int(r))
+        if len(heap) < top_n:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
 
 
-def _sample(files, groups, rows: int, sample_rows: int, seed: int, label_column: Optional[str]
-            ) -> Tuple[Dict[str, np.ndarray], np.ndarray, int]:
-    """A uniform sample of rows (from randomly chosen row groups when the data is large).
-
-    Returns (column -> values, (s, 3) positions (file, row group, row), rows drawn from).
-    """
-    rng = np.random.default_rng(seed)
-    budget = max(sample_rows, 1) * ROWS_READ_PER_SAMPLED_ROW
-    chosen = list(range(len(groups)))
-    if rows > budget:
-        order = rng.permutation(len(groups))
-        chosen, covered = [], 0
-        for i in order:
-            chosen.append(int(i))
-            covered += groups[i][2]
-            if covered >= budget:
-                break
-        chosen.sort()
-    pool = sum(groups[i][2] for i in chosen)
-    k = min(sample_rows, pool)
-    picks = np.sort(rng.choice(pool, size=k, replace=False)) if k < pool else np.arange(pool)
-    cols = [COL_LATENT, COL_ERROR, COL_SCORE, COL_FLAG] + ([label_column] if label_column else [])
-    parts: Dict[str, list] = {c: [] for c in cols}
-    positions: List[np.ndarray] = []
-    start = 0
-    reader = contextlib.ExitStack()
-    open_file, pf = -1, None
-    for i in chosen:
-        fi, g, n = groups[i]
-        lo, hi = np.searchsorted(picks, [start, start + n])
-        local = picks[lo:hi] - start
-        start += n
-        if not len(local):
-            continue
-        if fi != open_file:  # `chosen` is sorted: each file is opened once
-            reader.close()
-            pf = reader.enter_context(_parquet(files[fi].path))
-            open_file = fi
-        t = pf.read_row_group(g, columns=cols).take(pa.array(local))
-        positions.append(np.stack([np.full(len(local), fi), np.full(len(local), g), local], axis=1))
-        for c in cols:
-            parts[c].append(t.column(c))
-    reader.close()
-    sample: Dict[str, np.ndarray] = {}
-    for c in cols:
-        col = pa.chunked_array(parts[c]).combine_chunks() if parts[c] else None
-        if c == COL_LATENT:
-            sample[c] = (np.asarray(col.flatten().to_numpy(zero_copy_only=False),
-                                    dtype=np.float32).reshape(len(col), -1)
-                         if col is not None and len(col) else np.zeros((0, 0), np.float32))
-        elif col is None:
-            sample[c] = np.zeros(0)
-        else:
-            sample[c] = col.to_numpy(zero_copy_only=False)
-    if label_column:
-        sample["label"] = sample.pop(label_column)
-    pos = np.concatenate(positions).astype(np.int64) if positions else np.zeros((0, 3), np.int64)
-    return sample, pos, pool
+def _typical(files, sample, positions, top_n: int, columns) -> Dict[str, list]:
+    """Typical rows: the sampled rows whose error is closest to the sample's median."""
+    if not len(positions):
+        return {}
+    v = sample[COL_SCORE]
+    near = np.argsort(np.abs(v - np.median(v)), kind="stable")[:top_n]
+    return read_rows(files, [tuple(int(v) for v in positions[i]) for i in near], columns)
 
 
 __all__ = ["COL_FEATURE_ERRORS", "COL_MODEL_VERSION", "COL_RECONSTRUCTION", "COL_TOP_FEATURES",

@@ -1,0 +1,58 @@
+"""The errors latentbeam raises for problems a user can fix (config, bundle, input, output).
+
+Each is also a ValueError, so callers that catch ValueError keep working. The command
+line prints a LatentbeamError as one line and exits with 2; any other exception is a
+bug in latentbeam or a library and is shown with its traceback.
+"""
+from __future__ import annotations
+
+
+class LatentbeamError(ValueError):
+    """A problem the user can fix; the message says what was expected, what was received
+    and how to fix it."""
+
+
+class ConfigError(LatentbeamError):
+    """A training config, a command-line setting or an API argument is invalid."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value has the wrong type (also a TypeError, as before)."""
+
+
+class BundleError(LatentbeamError):
+    """A model bundle is missing, incomplete, malformed or does not fit the request."""
+
+
+class InputError(LatentbeamError):
+    """Input data cannot be used: nothing matches, unreadable, missing or wrong columns."""
+
+
+class OutputError(LatentbeamError):
+    """An output location is refused: not empty, overlaps the inputs, not a directory."""
+
+
+# Modules that still raise plain ValueError / TypeError for problems a user can fix:
+# latentbeam.pipeline (until its errors are converted to latentbeam.errors) and the two
+# modules of the scoring core whose checks are plain ValueErrors (architectures: the
+# model settings of a config; scoring: `--missing impute` on a bundle without medians).
+# Such an exception raised in one of their own frames is a user error, as before; the
+# same types raised inside numpy, pyarrow, TensorFlow or Beam are bugs.
+_PLAIN_ERROR_MODULES = ("latentbeam.pipeline.", "latentbeam.model.architectures",
+                        "latentbeam.model.scoring")
+BUG_HINT = ("This is a bug in latentbeam or a library it uses, not a problem with your input: "
+            "please report it to the latentbeam issue tracker with the command line and the "
+            "traceback above.")
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for errors a user can fix (printed as one line); False for bugs (traceback)."""
+    if isinstance(error, LatentbeamError):
+        return True
+    if not isinstance(error, (ValueError, TypeError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return any(module == m.rstrip(".") or module.startswith(m) for m in _PLAIN_ERROR_MODULES)
