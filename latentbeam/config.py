@@ -197,15 +197,25 @@ def _check_choice(value: Any, choices: Sequence[str], key: str) -> None:
 
 def validate(config: Config) -> Config:
     """Checks cross-field rules; returns the config unchanged or raises ConfigError."""
-    d, m, t, th = config.data, config.model, config.train, config.threshold
+    _validate_data(config.data)
+    _validate_model(config.model)
+    _validate_train(config.train, config.threshold)
+    _validate_score(config.score)
+    _validate_threshold(config)
+    return config
+
+
+def _validate_data(d: DataConfig) -> None:
     _check_choice(d.source, DATA_SOURCES, "data.source")
-    _check_choice(m.kind, MODEL_KINDS, "model.kind")
-    _check_choice(th.method, THRESHOLD_METHODS, "threshold.method")
     if d.source == "parquet" and not d.path:
         raise ConfigError("`data.source: parquet` needs `data.path`, a glob of Parquet files "
                           "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
     if d.source == "tfds" and not d.name:
         raise ConfigError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _check_choice(m.kind, MODEL_KINDS, "model.kind")
     if m.latent_dim is not None and m.latent_dim < 1:
         raise ConfigError(f"Received an invalid value for `model.latent_dim`, expected a "
                           f"positive integer. Received: model.latent_dim={m.latent_dim}")
@@ -220,6 +230,9 @@ def validate(config: Config) -> Config:
                    ("model.kl_weight", m.kl_weight)):
         if v < 0:
             raise ConfigError(f"`{key}` must be >= 0. Received: {v}")
+
+
+def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:
     if t.epochs < 1 or t.batch_size < 1 or t.patience < 0 or t.learning_rate <= 0 \
             or t.cache_mb < 0:
         raise ConfigError("`train.epochs` and `train.batch_size` must be >= 1, "
@@ -231,20 +244,27 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"`{key}` must be in (0, 0.5). Received: {v}")
     if not 0.0 <= t.trim_fraction < 0.5:
         raise ConfigError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
-    sc = config.score
+
+
+def _validate_score(sc: ScoreConfig) -> None:
     if sc.latent_neighbors < 0 or sc.reference_rows < 1:
-        raise ValueError("`score.latent_neighbors` must be >= 0 and `score.reference_rows` >= 1. "
+        raise ConfigError("`score.latent_neighbors` must be >= 0 and `score.reference_rows` >= 1. "
                          f"Received: {sc.latent_neighbors}, {sc.reference_rows}")
     if not (sc.reconstruction_weight >= 0 and math.isfinite(sc.reconstruction_weight)):
-        raise ValueError("`score.reconstruction_weight` must be a finite number >= 0. "
+        raise ConfigError("`score.reconstruction_weight` must be a finite number >= 0. "
                          f"Received: {sc.reconstruction_weight}")
     if not 1 <= sc.reference_groups <= sc.reference_rows:
-        raise ValueError(f"`score.reference_groups` must be in [1, score.reference_rows="
+        raise ConfigError(f"`score.reference_groups` must be in [1, score.reference_rows="
                          f"{sc.reference_rows}]. Received: {sc.reference_groups}")
     if sc.latent_neighbors > sc.reference_rows // sc.reference_groups:
-        raise ValueError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed the "
+        raise ConfigError(f"`score.latent_neighbors` ({sc.latent_neighbors}) cannot exceed the "
                          f"codes per reference group, `score.reference_rows` // "
                          f"`score.reference_groups` ({sc.reference_rows // sc.reference_groups}).")
+
+
+def _validate_threshold(config: Config) -> None:
+    th = config.threshold
+    _check_choice(th.method, THRESHOLD_METHODS, "threshold.method")
     value = config.threshold_value()
     if th.method in ("quantile",) and not 0.0 < value < 1.0:
         raise ConfigError(f"`threshold.value` for quantile is a level in (0, 1). Received: {value}")
@@ -253,10 +273,9 @@ def validate(config: Config) -> Config:
                           f"fraction in (0, 0.5). Received: {value}")
     if th.method in ("mad", "mean_std") and value <= 0:
         raise ConfigError(f"`threshold.value` for {th.method} is k > 0. Received: {value}")
-    if th.method == "f1" and not d.label:
+    if th.method == "f1" and not config.data.label:
         raise ConfigError("`threshold.method: f1` needs `data.label`, the column that marks "
                           "known anomalies in the calibration rows.")
-    return config
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:

@@ -196,12 +196,16 @@ class FileJobProgress:
 
 
 class StreamProgress:
-    """Progress of `latentbeam stream` from its manifest (one JSON entry per scored file)."""
+    """Progress of `latentbeam stream` from its manifest (one JSON entry per scored file).
 
-    def __init__(self, line: ProgressLine, output: str, already: int = 0,
-                 stop_after: Optional[float] = None):
+    `read_entries` returns the manifest as {file: entry}; the stream passes its manifest
+    reader, so this module needs nothing from the pipeline.
+    """
+
+    def __init__(self, line: ProgressLine, read_entries: Callable[[], Dict[str, dict]],
+                 already: int = 0, stop_after: Optional[float] = None):
         self.line = line
-        self.output = output
+        self.read_entries = read_entries
         self.already = already
         self.stop_after = stop_after
         self.entries: Dict[str, dict] = {}
@@ -214,9 +218,7 @@ class StreamProgress:
         return self
 
     def poll(self) -> None:
-        from latentbeam.pipeline.streaming import read_manifest
-
-        self.entries = read_manifest(self.output)
+        self.entries = self.read_entries()
         self.line.update(self.text())
 
     def text(self) -> str:

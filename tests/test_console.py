@@ -13,6 +13,7 @@ import pytest
 from latentbeam.cli import main
 from latentbeam.console import (FileJobProgress, NativeLogFilter, ProgressLine, StreamProgress,
                                 format_duration)
+from latentbeam.pipeline.streaming import read_manifest
 
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "latentbeam")
 NOISE = re.compile(r"INFO|I0000|W0000|absl::InitializeLog|Converting string literal|apitools")
@@ -175,7 +176,8 @@ def test_stream_shows_progress_and_ends_with_a_summary(tmp_path, tiny_bundle_dir
     assert f"output:               {out}" in summary
     assert re.search(r"stream: 2 new files, 1,797 rows in the manifest, \d:\d\d elapsed, "
                      r"stops in \d:\d\d", err), err
-    progress = StreamProgress(ProgressLine(io.StringIO(), tty=False), str(out), already=2)
+    progress = StreamProgress(ProgressLine(io.StringIO(), tty=False),
+                              lambda: read_manifest(str(out)), already=2)
     progress.poll()
     assert progress.text().startswith("stream: 0 new files, 1,797 rows in the manifest")
 

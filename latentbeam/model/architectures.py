@@ -346,14 +346,7 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         raise ValueError(f"Received an invalid value for `n_inputs`, expected a positive "
                          f"integer. Received: n_inputs={n_inputs}")
     latent_dim = cfg.latent_dim or default_latent_dim(n_inputs)
-    if cfg.kind == "conv2d":
-        if image_feature_shape is None:
-            raise ValueError("`model.kind: conv2d` needs exactly one image-shaped feature "
-                             "(a list column of shape (h, w) or (h, w, c)).")
-        encoder, decoder = _conv_encoder_decoder(image_feature_shape, latent_dim, cfg, seed)
-    else:
-        encoder, decoder = _dense_encoder_decoder(n_inputs, latent_dim, cfg, seed)
-
+    encoder, decoder = _encoder_decoder(cfg, n_inputs, latent_dim, image_feature_shape, seed)
     mean = np.asarray(mean, dtype=np.float32).reshape(n_inputs)
     variance = np.asarray(variance, dtype=np.float32).reshape(n_inputs)
     x = keras.Input((n_inputs,), name="features")
@@ -378,4 +371,14 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False,
                                              name=OUTPUT_SCORE)(errors)
     return keras.Model(x, outputs, name="autoencoder")
+
+
+def _encoder_decoder(cfg: ModelConfig, n_inputs: int, latent_dim: int,
+                     image_feature_shape: Optional[Sequence[int]], seed: Optional[int]):
+    if cfg.kind != "conv2d":
+        return _dense_encoder_decoder(n_inputs, latent_dim, cfg, seed)
+    if image_feature_shape is None:
+        raise ValueError("`model.kind: conv2d` needs exactly one image-shaped feature "
+                         "(a list column of shape (h, w) or (h, w, c)).")
+    return _conv_encoder_decoder(image_feature_shape, latent_dim, cfg, seed)
 

@@ -148,30 +148,14 @@ def score(bundle, x: np.ndarray, *, observed: Optional[np.ndarray] = None,
       ValueError: x or observed has the wrong shape, or observed is given and the
         bundle has no medians.
     """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
-        raise ValueError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
-                         f"{bundle.info.feature_names}. Received shape {x.shape}.")
-    if observed is not None:
-        observed = np.asarray(observed, dtype=bool)
-        if observed.shape != x.shape:
-            raise ValueError(f"score() expects `observed` of the shape of x, {x.shape}. "
-                             f"Received shape {observed.shape}.")
-        x = impute(bundle.info, x, observed)
+    x, observed = _checked(bundle, x, observed)
     # Imported here, not at module level: `latentbeam.model` (and so load_bundle_info,
     # used at pipeline construction time) must not pull in Keras/TensorFlow.
     from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
                                                 OUTPUT_LATENT_DISTANCE, OUTPUT_RECONSTRUCTION,
                                                 OUTPUT_SCORE)
 
-    forward = bundle.function("forward")
-    parts = {}
-    for start in range(0, max(len(x), 1), chunk_rows):
-        out = forward(x[start:start + chunk_rows])
-        for key, value in out.items():
-            # np.asarray views the (immutable) tensor's buffer; .numpy() would copy it.
-            parts.setdefault(key, []).append(np.asarray(value))
-    outs = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+    outs = _forward(bundle, x, chunk_rows)
     ferr = outs[OUTPUT_FEATURE_ERRORS]
     error = ferr.mean(axis=1, dtype=np.float64).astype(np.float32)
     # Models without the score head (bundles of format 1) score the reconstruction error.
@@ -179,24 +163,61 @@ def score(bundle, x: np.ndarray, *, observed: Optional[np.ndarray] = None,
     distance = outs.get(OUTPUT_LATENT_DISTANCE, np.zeros_like(error))
     coverage = None
     if observed is not None:
-        counts = observed.sum(axis=1)
-        coverage = (counts / observed.shape[1]).astype(np.float32)
-        partial = np.flatnonzero(counts < observed.shape[1])
-        if len(partial):
-            mask = observed[partial]
-            combined = combined.copy()
-            combined[partial] = masked_score(score_weights(bundle), ferr[partial],
-                                             distance[partial], mask)
-            error = error.copy()
-            error[partial] = (np.where(mask, ferr[partial], 0.0).sum(axis=1, dtype=np.float64)
-                              / counts[partial]).astype(np.float32)
-            ferr = np.where(observed, ferr, np.float32(np.nan))
+        ferr, error, combined, coverage = _masked(bundle, observed, ferr, error, combined,
+                                                  distance)
     t = np.float32(bundle.info.threshold.threshold if threshold is None else threshold)
     anomaly_score = (combined / t).astype(np.float32)
     return Scores(latent=outs[OUTPUT_LATENT], reconstruction=outs[OUTPUT_RECONSTRUCTION],
                   feature_errors=ferr, reconstruction_error=error, latent_distance=distance,
                   score=combined, anomaly_score=anomaly_score, is_anomaly=anomaly_score > 1.0,
                   coverage=coverage)
+
+
+def _checked(bundle, x: np.ndarray, observed: Optional[np.ndarray]):
+    """(x as float32, observed as bool) after the shape checks; x imputed where unobserved."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
+        raise ValueError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
+                         f"{bundle.info.feature_names}. Received shape {x.shape}.")
+    if observed is None:
+        return x, None
+    observed = np.asarray(observed, dtype=bool)
+    if observed.shape != x.shape:
+        raise ValueError(f"score() expects `observed` of the shape of x, {x.shape}. "
+                         f"Received shape {observed.shape}.")
+    return impute(bundle.info, x, observed), observed
+
+
+def _forward(bundle, x: np.ndarray, chunk_rows: int) -> dict:
+    """The forward function's outputs over `x`, one model call per chunk of rows."""
+    forward = bundle.function("forward")
+    parts = {}
+    for start in range(0, max(len(x), 1), chunk_rows):
+        out = forward(x[start:start + chunk_rows])
+        for key, value in out.items():
+            # np.asarray views the (immutable) tensor's buffer; .numpy() would copy it.
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+
+
+def _masked(bundle, observed: np.ndarray, ferr: np.ndarray, error: np.ndarray,
+            combined: np.ndarray, distance: np.ndarray):
+    """(feature errors, reconstruction error, score, coverage) over the observed inputs.
+
+    Rows with every input observed keep the unmasked numbers.
+    """
+    counts = observed.sum(axis=1)
+    coverage = (counts / observed.shape[1]).astype(np.float32)
+    partial = np.flatnonzero(counts < observed.shape[1])
+    if not len(partial):
+        return ferr, error, combined, coverage
+    mask = observed[partial]
+    combined = combined.copy()
+    combined[partial] = masked_score(score_weights(bundle), ferr[partial], distance[partial], mask)
+    error = error.copy()
+    error[partial] = (np.where(mask, ferr[partial], 0.0).sum(axis=1, dtype=np.float64)
+                      / counts[partial]).astype(np.float32)
+    return np.where(observed, ferr, np.float32(np.nan)), error, combined, coverage
 
 
 def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:

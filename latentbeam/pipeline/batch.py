@@ -26,11 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 
 from latentbeam import fs, outputs, paths
 from latentbeam.model import load_bundle_info

@@ -147,7 +147,7 @@ def _progress(job: StreamJob, progress, already: int):
         return None
     from latentbeam.console import StreamProgress
 
-    return StreamProgress(progress, job.output, already=already,
+    return StreamProgress(progress, lambda: read_manifest(job.output), already=already,
                           stop_after=job.stop_after_seconds).start()
 
 
