@@ -8,6 +8,8 @@ import logging
 import os
 from typing import List
 
+from latentbeam.errors import InputError
+
 
 def _import_beam_filesystems():
     # Importing apache_beam logs that optional GCP clients (apitools, BigQuery storage)
@@ -25,12 +27,36 @@ def _import_beam_filesystems():
 CompressionTypes, FileSystems = _import_beam_filesystems()
 
 
+FILE_SCHEME = "file://"
+
+
+def native(path: str) -> str:
+    """`path` as Beam's FileSystems take it: `file://` spelled as the local path it names.
+
+    Raises:
+      InputError: no Beam filesystem handles the path's scheme (a missing extra).
+    """
+    if path.startswith(FILE_SCHEME):
+        return path[len(FILE_SCHEME):] or "/"
+    if "://" in path:
+        try:
+            FileSystems.get_filesystem(path)
+        except ValueError as e:
+            scheme = path.split("://", 1)[0]
+            raise InputError(
+                f"{path}: no Beam filesystem handles {scheme}:// in this Python. Install the "
+                f"Beam extra for it (gs://: pip install 'apache-beam[gcp]', s3://: "
+                f"'apache-beam[aws]', azfs://: 'apache-beam[azure]') or use a local path."
+            ) from e
+    return path
+
+
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts)
+    return FileSystems.join(native(base), *parts)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return FileSystems.exists(native(path))
 
 
 def is_local(path: str) -> bool:
@@ -38,11 +64,12 @@ def is_local(path: str) -> bool:
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with FileSystems.open(native(path), compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    path = native(path)
     if is_local(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -51,7 +78,7 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def open_read(path: str):
     """A seekable binary file object (what pyarrow.parquet.ParquetFile needs)."""
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return FileSystems.open(native(path), compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 GLOB_CHARS = frozenset("*?[")
@@ -66,9 +93,9 @@ def parquet_pattern(path: str) -> str:
     if any(c in path for c in GLOB_CHARS):
         return path
     if is_local(path):
-        local = path[len("file://"):] if path.startswith("file://") else path
+        local = native(path)
         if os.path.isdir(local):
-            return join(path.rstrip("/") or "/", "*.parquet")
+            return join(local.rstrip("/") or "/", "*.parquet")
         return path
     if path.endswith("/") or not exists(path):
         return join(path.rstrip("/"), "*.parquet")
@@ -77,16 +104,17 @@ def parquet_pattern(path: str) -> str:
 
 def match(pattern: str) -> List[str]:
     """Paths matching a glob, sorted, 0-byte files included (callers decide)."""
-    results = FileSystems.match([pattern])[0].metadata_list
+    results = FileSystems.match([native(pattern)])[0].metadata_list
     return sorted(m.path for m in results)
 
 
 def match_with_sizes(pattern: str) -> List[tuple]:
-    results = FileSystems.match([pattern])[0].metadata_list
+    results = FileSystems.match([native(pattern)])[0].metadata_list
     return sorted((m.path, m.size_in_bytes) for m in results)
 
 
 def makedirs(path: str) -> None:
+    path = native(path)
     if is_local(path):
         os.makedirs(path, exist_ok=True)
     else:
@@ -98,6 +126,7 @@ def makedirs(path: str) -> None:
 
 def list_dir(path: str) -> List[str]:
     """Every file below `path` (recursive on object stores, one level locally)."""
+    path = native(path)
     if is_local(path):
         if not os.path.isdir(path):
             return []

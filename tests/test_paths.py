@@ -87,3 +87,18 @@ def test_check_output_accepts_a_sibling_and_refuses_the_bundle(ws):
     with pytest.raises(ValueError, match=r"The bundle models/v1 .* is inside the output "
                                          r"directory --output models"):
         paths.check_output("models", [("bundle", "models/v1")])
+
+
+def test_file_urls_are_the_local_paths_they_name_and_unknown_schemes_name_the_extra(tmp_path):
+    from latentbeam import fs
+    from latentbeam.errors import InputError
+
+    (tmp_path / "a.parquet").write_bytes(b"x")
+    assert fs.native(f"file://{tmp_path}/a.parquet") == f"{tmp_path}/a.parquet"
+    assert fs.native("file://") == "/"
+    assert fs.parquet_pattern(f"file://{tmp_path}") == f"{tmp_path}/*.parquet"
+    assert fs.match(f"file://{tmp_path}/*.parquet") == [f"{tmp_path}/a.parquet"]
+    assert fs.read_bytes(f"file://{tmp_path}/a.parquet") == b"x"
+    with pytest.raises(InputError, match=r"zz://b/x: no Beam filesystem handles zz://.*"
+                                         r"apache-beam\[gcp\]"):
+        fs.exists("zz://b/x")
