@@ -28,18 +28,14 @@ class InputError(LatentbeamError):
     """Input data cannot be used: nothing matches, unreadable, missing or wrong columns."""
 
 
+class InputTypeError(InputError, TypeError):
+    """An input element has the wrong type (also a TypeError, as before)."""
+
+
 class OutputError(LatentbeamError):
     """An output location is refused: not empty, overlaps the inputs, not a directory."""
 
 
-# Modules that still raise plain ValueError / TypeError for problems a user can fix:
-# latentbeam.pipeline (until its errors are converted to latentbeam.errors) and the two
-# modules of the scoring core whose checks are plain ValueErrors (architectures: the
-# model settings of a config; scoring: `--missing impute` on a bundle without medians).
-# Such an exception raised in one of their own frames is a user error, as before; the
-# same types raised inside numpy, pyarrow, TensorFlow or Beam are bugs.
-_PLAIN_ERROR_MODULES = ("latentbeam.pipeline.", "latentbeam.model.architectures",
-                        "latentbeam.model.scoring")
 BUG_HINT = ("This is a bug in latentbeam or a library it uses, not a problem with your input: "
             "please report it to the latentbeam issue tracker with the command line and the "
             "traceback above.")
@@ -47,12 +43,4 @@ BUG_HINT = ("This is a bug in latentbeam or a library it uses, not a problem wit
 
 def is_user_error(error: BaseException) -> bool:
     """True for errors a user can fix (printed as one line); False for bugs (traceback)."""
-    if isinstance(error, LatentbeamError):
-        return True
-    if not isinstance(error, (ValueError, TypeError)):
-        return False
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return any(module == m.rstrip(".") or module.startswith(m) for m in _PLAIN_ERROR_MODULES)
+    return isinstance(error, LatentbeamError)

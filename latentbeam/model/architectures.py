@@ -25,6 +25,7 @@ import numpy as np
 from keras import layers, ops
 
 from latentbeam.config import ModelConfig
+from latentbeam.errors import ConfigError
 
 PACKAGE = "latentbeam"
 OUTPUT_LATENT = "latent"
@@ -138,11 +139,11 @@ class LatentDistance(layers.Layer):
     def __init__(self, num_reference: int, dim: int, k: int = 1, groups: int = 1, **kwargs):
         super().__init__(**kwargs)
         if groups < 1 or num_reference % groups:
-            raise ValueError(f"Received an invalid value for `groups`, expected a positive "
+            raise ConfigError(f"Received an invalid value for `groups`, expected a positive "
                              f"divisor of num_reference={num_reference}. Received: "
                              f"groups={groups}")
         if not 1 <= k <= num_reference // groups:
-            raise ValueError(f"Received an invalid value for `k`, expected 1 <= k <= "
+            raise ConfigError(f"Received an invalid value for `k`, expected 1 <= k <= "
                              f"num_reference / groups={num_reference // groups}. Received: k={k}")
         self.num_reference = int(num_reference)
         self.dim = int(dim)
@@ -273,7 +274,7 @@ def image_shape(shape: Sequence[int]) -> Tuple[int, int, int]:
         return shape[0], shape[1], 1
     if len(shape) == 3:
         return shape
-    raise ValueError(
+    raise ConfigError(
         f"`model.kind: conv2d` needs one image feature of shape (h, w) or (h, w, c). "
         f"Received shape: {list(shape)}. Use `model.kind: dense` for tabular data.")
 
@@ -343,7 +344,7 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
       An uncompiled keras.Model named "autoencoder".
     """
     if n_inputs < 1:
-        raise ValueError(f"Received an invalid value for `n_inputs`, expected a positive "
+        raise ConfigError(f"Received an invalid value for `n_inputs`, expected a positive "
                          f"integer. Received: n_inputs={n_inputs}")
     latent_dim = cfg.latent_dim or default_latent_dim(n_inputs)
     encoder, decoder = _encoder_decoder(cfg, n_inputs, latent_dim, image_feature_shape, seed)
@@ -378,7 +379,7 @@ def _encoder_decoder(cfg: ModelConfig, n_inputs: int, latent_dim: int,
     if cfg.kind != "conv2d":
         return _dense_encoder_decoder(n_inputs, latent_dim, cfg, seed)
     if image_feature_shape is None:
-        raise ValueError("`model.kind: conv2d` needs exactly one image-shaped feature "
+        raise ConfigError("`model.kind: conv2d` needs exactly one image-shaped feature "
                          "(a list column of shape (h, w) or (h, w, c)).")
     return _conv_encoder_decoder(image_feature_shape, latent_dim, cfg, seed)
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 import numpy as np
 
+from latentbeam.errors import BundleError, ConfigError, InputError
+
 # Rows per model call: bounds TF memory for large inputs while keeping calls efficient.
 DEFAULT_CHUNK_ROWS = 8192
 
@@ -44,10 +46,10 @@ def check_missing_mode(info, missing: str) -> None:
       ValueError: naming the bundle and the fix.
     """
     if missing not in MISSING_MODES:
-        raise ValueError(f"Received an invalid value for `missing`, expected one of "
+        raise ConfigError(f"Received an invalid value for `missing`, expected one of "
                          f"{', '.join(MISSING_MODES)}. Received: missing={missing!r}")
     if missing != MISSING_REJECT and info.medians is None:
-        raise ValueError(
+        raise BundleError(
             f"Bundle {info.path or '(in memory)'} has no training medians (bundle.json "
             f"`imputation`), which `missing={missing}` fills missing values with; it was "
             f"trained by an older latentbeam. Re-train it with `latentbeam train`, or score "
@@ -177,13 +179,13 @@ def _checked(bundle, x: np.ndarray, observed: Optional[np.ndarray]):
     """(x as float32, observed as bool) after the shape checks; x imputed where unobserved."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
-        raise ValueError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
+        raise InputError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
                          f"{bundle.info.feature_names}. Received shape {x.shape}.")
     if observed is None:
         return x, None
     observed = np.asarray(observed, dtype=bool)
     if observed.shape != x.shape:
-        raise ValueError(f"score() expects `observed` of the shape of x, {x.shape}. "
+        raise InputError(f"score() expects `observed` of the shape of x, {x.shape}. "
                          f"Received shape {observed.shape}.")
     return impute(bundle.info, x, observed), observed
 
@@ -224,7 +226,7 @@ def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np
     """Latent codes (n, latent_dim) -> reconstructions (n, n_inputs) in input units."""
     z = np.asarray(z, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] != bundle.info.latent_dim:
-        raise ValueError(f"decode() expects a (rows, {bundle.info.latent_dim}) latent matrix. "
+        raise InputError(f"decode() expects a (rows, {bundle.info.latent_dim}) latent matrix. "
                          f"Received shape {z.shape}.")
     fn = bundle.function("decode")
     parts = [np.asarray(fn(z[s:s + chunk_rows])) for s in range(0, max(len(z), 1), chunk_rows)]

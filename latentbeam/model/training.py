@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from latentbeam.config import Config
-from latentbeam.errors import ConfigError
+from latentbeam.errors import ConfigError, InputError
 from latentbeam.model import data as data_mod
 from latentbeam.model.architectures import build_autoencoder, default_latent_dim, image_shape
 from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batches,
@@ -293,7 +293,7 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     vf, cf = config.train.validation_fraction, config.threshold.calibration_fraction
     chunks = list(data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf))
     if not chunks:
-        raise ValueError("No calibration rows: the data has too few rows for "
+        raise InputError("No calibration rows: the data has too few rows for "
                          "`threshold.calibration_fraction`. Give more rows or raise it.")
     x = np.concatenate([m for m, _ in chunks])
     labels = np.concatenate([lab for _, lab in chunks]) if chunks[0][1] is not None else None

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from latentbeam.errors import BundleError, ConfigError
 from latentbeam.pipeline.records import COL_MODEL_VERSION, COL_SCORE
 from latentbeam.pipeline.rows import as_record_batch
 
@@ -66,10 +67,10 @@ class AdaptiveConfig:
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"Received an invalid adaptive quantile, expected a level in (0, 1). "
+            raise ConfigError(f"Received an invalid adaptive quantile, expected a level in (0, 1). "
                              f"Received: quantile={self.quantile}")
         if self.window_rows < 1 or not 1 <= self.warmup_rows <= self.window_rows:
-            raise ValueError(
+            raise ConfigError(
                 f"Expected 1 <= warmup_rows <= window_rows. Received: warmup_rows="
                 f"{self.warmup_rows}, window_rows={self.window_rows}")
 
@@ -84,13 +85,13 @@ def adaptive_scale(info, quantile: float) -> float:
     quantiles = (info.calibration or {}).get("quantiles") or {}
     level = next((k for k in quantiles if abs(float(k) - quantile) < 1e-9), None)
     if level is None:
-        raise ValueError(
+        raise BundleError(
             f"Bundle {info.path} has no calibration score quantile at level {quantile} "
             f"(available: {', '.join(sorted(quantiles)) or 'none'}). Pass "
             f"--adaptive-quantile with one of the available levels.")
     q = float(quantiles[level])
     if not q > 0:
-        raise ValueError(f"Bundle {info.path}: calibration quantile {level} is {q}; expected a "
+        raise BundleError(f"Bundle {info.path}: calibration quantile {level} is {q}; expected a "
                          f"positive error. Re-train the bundle on non-constant data.")
     return float(info.threshold.threshold) / q
 
@@ -162,7 +163,7 @@ def split_by_key(batch: pa.RecordBatch, key_column: Optional[str]
         group = versions
     else:
         if key_column not in batch.schema.names:
-            raise ValueError(
+            raise ConfigError(
                 f"Adaptive key column {key_column!r} is not in the scored output (columns: "
                 f"{', '.join(batch.schema.names)}). Add it to --key-columns.")
         group = pc.binary_join_element_wise(

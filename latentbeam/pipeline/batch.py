@@ -32,6 +32,7 @@ import apache_beam as beam
 import numpy as np
 
 from latentbeam import fs, outputs, paths
+from latentbeam.errors import InputError
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import SchemaMismatch
 from latentbeam.model.scoring import check_missing_mode
@@ -70,12 +71,12 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
         builder = load_tfds_builder(name, data_dir)
         base = split.split("[")[0]
         if base not in builder.info.splits:
-            raise ValueError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
+            raise InputError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
     files = [p for p in fs.match(fs.parquet_pattern(pattern)) if basename(p) != SUCCESS_FILE]
     if not files:
-        raise ValueError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
+        raise InputError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
                          f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
     return files
 

@@ -18,6 +18,7 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs
+from latentbeam.errors import BundleError
 from latentbeam.fs import GLOB_CHARS
 from latentbeam.model.bundle import BUNDLE_FILE
 from latentbeam.pipeline.io import release_bundle, shared_bundle
@@ -84,7 +85,7 @@ class BundleResolver:
                 self._checked = now
                 self._refresh()
             if self._path is None:
-                raise ValueError(f"No bundle found at {bundle_json_pattern(self._spec)}. Expected "
+                raise BundleError(f"No bundle found at {bundle_json_pattern(self._spec)}. Expected "
                                  f"directories written by `latentbeam train`.")
             return shared_bundle(self._path)
 

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from latentbeam.errors import InputError
 from latentbeam.model import load_bundle_info
 from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE
 from latentbeam.model.features import SchemaMismatch
@@ -112,12 +113,12 @@ class BundleModelHandler(ModelHandler[Any, PredictionResult, Any]):
             scored, letters = score_record_batch(model, table, source="RunInference",
                                                  opts=ScoringOptions())
         except SchemaMismatch as e:
-            raise ValueError(f"Cannot score this batch of {len(batch)} rows with bundle "
+            raise InputError(f"Cannot score this batch of {len(batch)} rows with bundle "
                              f"{self._bundle_path}: {e}.") from e
         if letters:
             shown = "; ".join(f"row {d['row']}: {d['reason']}: {d['detail']}"
                               for d in letters[:_MAX_FAULTS_IN_MESSAGE])
-            raise ValueError(f"{len(letters)} of {len(batch)} rows cannot be scored ({shown}). "
+            raise InputError(f"{len(letters)} of {len(batch)} rows cannot be scored ({shown}). "
                              f"Expected finite numbers for features {info.feature_names}.")
         latent = np.asarray(scored.column(COL_LATENT).flatten().to_numpy(),
                             dtype=np.float32).reshape(len(batch), info.latent_dim)
@@ -134,7 +135,7 @@ def _arrays_to_batch(batch: Sequence[np.ndarray], info) -> pa.RecordBatch:
     """1-D arrays in bundle input order -> a record batch with the feature columns."""
     widths = {np.asarray(e).shape for e in batch}
     if widths != {(info.n_inputs,)}:
-        raise ValueError(f"Expected 1-D numpy arrays of {info.n_inputs} values in the order "
+        raise InputError(f"Expected 1-D numpy arrays of {info.n_inputs} values in the order "
                          f"{info.feature_names}. Received shapes {sorted(widths)}.")
     fields, arrays = feature_columns(info.features, np.stack(batch).astype(np.float32, copy=False))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))

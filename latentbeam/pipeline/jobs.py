@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from latentbeam.errors import ConfigError
 from latentbeam.pipeline.adaptive import AdaptiveConfig
 from latentbeam.pipeline.layout import DEAD_LETTER_DIR, DEFAULT_BATCH_ROWS, basename
 from latentbeam.pipeline.records import MODE_DECODE, MODE_SCORE, ScoringOptions
@@ -21,7 +22,7 @@ MAX_WINDOW_SECONDS = 10 * 365.25 * 86400
 
 def _check_batch_rows(batch_rows: int) -> None:
     if batch_rows < 1:
-        raise ValueError(f"--batch-rows must be a positive integer. Received: {batch_rows}")
+        raise ConfigError(f"--batch-rows must be a positive integer. Received: {batch_rows}")
 
 
 @dataclass(frozen=True)
@@ -99,27 +100,27 @@ class StreamJob:
 
     def __post_init__(self):
         if (self.watch is None) == (self.pubsub_subscription is None):
-            raise ValueError("Expected exactly one source: --watch GLOB or --pubsub-subscription "
+            raise ConfigError("Expected exactly one source: --watch GLOB or --pubsub-subscription "
                              f"SUB. Received: watch={self.watch!r}, "
                              f"pubsub_subscription={self.pubsub_subscription!r}")
         for name in ("window_seconds", "poll_seconds", "allowed_lateness_seconds",
                      "stop_after_seconds", "early_firing_seconds", "bundle_poll_seconds"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number of "
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of "
                                  f"seconds. Received: {value}")
         for name in ("window_seconds", "poll_seconds"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0. Received: "
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0. Received: "
                                  f"{getattr(self, name)}")
         if self.allowed_lateness_seconds < 0:
-            raise ValueError(f"--allowed-lateness-seconds must be >= 0. Received: "
+            raise ConfigError(f"--allowed-lateness-seconds must be >= 0. Received: "
                              f"{self.allowed_lateness_seconds}")
         if self.window_seconds > MAX_WINDOW_SECONDS:
-            raise ValueError(f"--window-seconds must be at most {MAX_WINDOW_SECONDS:g} (10 "
+            raise ConfigError(f"--window-seconds must be at most {MAX_WINDOW_SECONDS:g} (10 "
                              f"years). Received: {self.window_seconds}")
         if self.stop_after_seconds is not None and not self.stop_after_seconds > 0:
-            raise ValueError(f"--stop-after-seconds must be > 0. Received: "
+            raise ConfigError(f"--stop-after-seconds must be > 0. Received: "
                              f"{self.stop_after_seconds}")
         _check_batch_rows(self.batch_rows)
 

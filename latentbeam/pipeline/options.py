@@ -5,6 +5,8 @@ from typing import List, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from latentbeam.errors import ConfigError
+
 
 DASK_RUNNER_PATH = "latentbeam.pipeline.dask_runner.DaskRunner"
 BEAM_DASK_RUNNER_PATH = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -25,7 +27,7 @@ def _resolve_runner(name: str) -> str:
     import importlib.util
 
     if importlib.util.find_spec("distributed") is None:
-        raise ValueError(f"--runner {name} needs Dask: pip install 'latentbeam[dask]' "
+        raise ConfigError(f"--runner {name} needs Dask: pip install 'latentbeam[dask]' "
                          f"(installs dask and distributed).")
     return DASK_RUNNER_PATH
 
@@ -130,12 +132,12 @@ def _import_runner(name: str) -> None:
         names = list(StandardOptions.KNOWN_RUNNER_NAMES) + ["dask"]
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f"Did you mean {close[0]}? " if close else ""
-        raise ValueError(f"Unknown runner --runner {name}. {hint}Known runners: "
+        raise ConfigError(f"Unknown runner --runner {name}. {hint}Known runners: "
                          f"{', '.join(names)}, or a runner's dotted class path.")
     try:
         importlib.import_module(module)
     except ImportError as e:
-        raise ValueError(f"--runner {name}: cannot import {module} ({e}). Install the runner's "
+        raise ConfigError(f"--runner {name}: cannot import {module} ({e}). Install the runner's "
                          f"dependencies, e.g. pip install 'apache-beam[gcp]' for DataflowRunner "
                          f"or 'latentbeam[dask]' for dask.") from e
 
@@ -205,6 +207,6 @@ def check_beam_flags(beam_args: Sequence[str], own_flags: Sequence[str] = ()) ->
     hint = f" Did you mean {close[0]}?" if close else ""
     what = "flag" if bad[0].startswith("-") else "argument"
     more = f" (also unknown: {', '.join(bad[1:])})" if len(bad) > 1 else ""
-    raise ValueError(f"Unknown {what} {bad[0]}{more}: neither latentbeam nor Beam's "
+    raise ConfigError(f"Unknown {what} {bad[0]}{more}: neither latentbeam nor Beam's "
                      f"PipelineOptions{f' (runner {runner})' if runner else ''} knows it."
                      f"{hint} See --help for this command's flags.")

@@ -28,6 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from latentbeam import fs
+from latentbeam.errors import InputError
 from latentbeam.pipeline.layout import META_MODEL_VERSIONS, META_SOURCES, TEMP_DIR, staging_name
 from latentbeam.pipeline.records import COL_MODEL_VERSION
 
@@ -135,7 +136,7 @@ def delete_files(paths: Sequence[str]) -> List[str]:
 def conform(batch: pa.RecordBatch, schema: pa.Schema, source: str) -> pa.RecordBatch:
     """`batch` with the file's `schema` (same columns; types cast), or ValueError."""
     if batch.schema.names != schema.names:
-        raise ValueError(
+        raise InputError(
             f"Rows from {source} have columns {batch.schema.names}, but the window's file was "
             f"started with {schema.names}. Streams must keep one input schema per output "
             f"directory (same --key-columns types).")

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from latentbeam.errors import ConfigError
 from latentbeam.model.arrow_types import list_array
 from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
                                        SchemaMismatch, input_names,
@@ -64,10 +65,10 @@ class ScoringOptions:
     def __post_init__(self):
         k = self.top_features
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"top_features (--top-features) must be a non-negative integer "
+            raise ConfigError(f"top_features (--top-features) must be a non-negative integer "
                              f"(0 = no `top_features` column). Received: top_features={k!r}")
         if self.missing not in MISSING_MODES:
-            raise ValueError(f"Received an invalid value for `missing`, expected one of "
+            raise ConfigError(f"Received an invalid value for `missing`, expected one of "
                              f"{', '.join(MISSING_MODES)}. Received: missing={self.missing!r}")
 
 
@@ -345,7 +346,7 @@ def apply_bundle(bundle, batch: pa.RecordBatch | pa.Table, mode: str, *, source:
         return decode_record_batch(bundle, batch, source=source, row_offset=row_offset,
                                    key_columns=opts.key_columns)
     if mode != MODE_SCORE:
-        raise ValueError(f"Unknown mode {mode!r}; expected {MODE_SCORE!r} or {MODE_DECODE!r}.")
+        raise ConfigError(f"Unknown mode {mode!r}; expected {MODE_SCORE!r} or {MODE_DECODE!r}.")
     return score_record_batch(bundle, batch, source=source, row_offset=row_offset, opts=opts)
 
 

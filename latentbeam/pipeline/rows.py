@@ -5,6 +5,8 @@ from typing import Any, Dict, Sequence
 
 import pyarrow as pa
 
+from latentbeam.errors import InputTypeError
+
 
 def as_record_batch(data: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     """A record batch or table as ONE record batch (a table's chunks combined)."""
@@ -24,7 +26,7 @@ def as_row_dict(row: Any, expected: str) -> Dict[str, Any]:
         return row
     if hasattr(row, "_asdict"):  # beam.Row and NamedTuples
         return dict(row._asdict())
-    raise TypeError(f"{expected} Received: {type(row).__name__}.")
+    raise InputTypeError(f"{expected} Received: {type(row).__name__}.")
 
 
 def rows_to_record_batch(rows: Sequence[Dict[str, Any]]) -> pa.RecordBatch:

@@ -22,17 +22,18 @@ objects hold only the bundle path and plain values.
 
 Rows that cannot be used (null, NaN/inf, non-numeric, wrong list length, missing
 column) never stop the pipeline: they go to a dead-letter output of dicts with the
-`records.DEAD_LETTER_SCHEMA` fields, returned by `.with_dead_letters()` and counted in
+`dead_letters.DEAD_LETTER_SCHEMA` fields, returned by `.with_dead_letters()` and counted in
 the "latentbeam" Beam metrics.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import pyarrow as pa
 
+from latentbeam.errors import ConfigError, InputError
 from latentbeam.model import load_bundle_info
 from latentbeam.model.features import row_payload
 from latentbeam.pipeline import io
@@ -194,6 +195,16 @@ class _BundleDoFn(beam.DoFn):
                 for i in range(row_offset, row_offset + len(dicts))]
 
 
+# What Score, Encode and Decode take and give: Arrow record batches (the columnar path)
+# or rows (beam.Row, NamedTuple, dict; schema'd input comes out as beam.Row of the output
+# schema, dicts as dicts). Dead letters are dicts of the DEAD_LETTER_SCHEMA fields. Beam
+# does not read these string annotations; the row type of a schema'd output is declared
+# in expand() with with_output_types.
+Element = Union[pa.RecordBatch, beam.Row, Mapping[str, Any]]
+Output = Union["beam.PCollection[Element]",
+               Tuple["beam.PCollection[Element]", "beam.PCollection[Dict[str, Any]]"]]
+
+
 class _BundleTransform(beam.PTransform):
     _mode = MODE_SCORE
     _step = "Score"
@@ -203,7 +214,7 @@ class _BundleTransform(beam.PTransform):
                  _opts: Optional[ScoringOptions] = None):
         super().__init__()
         if max_batch_rows < 1:
-            raise ValueError(f"max_batch_rows must be a positive integer. Received: "
+            raise ConfigError(f"max_batch_rows must be a positive integer. Received: "
                              f"max_batch_rows={max_batch_rows}")
         # Reads bundle.json only: fails fast on a wrong path, never loads the model here.
         self._info = load_bundle_info(bundle_path)
@@ -242,14 +253,14 @@ class _BundleTransform(beam.PTransform):
         types = dict(fields)
         missing = [k for k in self._opts.key_columns if k not in types]
         if missing:
-            raise ValueError(f"Key column(s) {', '.join(map(repr, missing))} are not fields of "
+            raise InputError(f"Key column(s) {', '.join(map(repr, missing))} are not fields of "
                              f"the input schema ({', '.join(types)}). Pass key_columns from "
                              f"those fields.")
         return RowTypeConstraint.from_fields(
             [(k, types[k]) for k in self._opts.key_columns]
             + arrow_to_beam_fields(self.output_columns()))
 
-    def expand(self, pcoll):
+    def expand(self, pcoll: beam.PCollection[Element]) -> Output:
         row_type = self.output_row_type(pcoll.element_type)
         apply = beam.ParDo(_BundleDoFn(self._bundle_path, self._mode, self._opts, self._source,
                                        as_rows=row_type is not None))

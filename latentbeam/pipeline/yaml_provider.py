@@ -15,7 +15,7 @@ or, the same stanza shipped with the package, `- include: PATH` with the path th
 `python -m latentbeam.pipeline.yaml_provider` prints. Each takes schema'd rows (e.g.
 from `ReadFromParquet`) and gives schema'd rows, so `Filter`, `MapToFields` and
 `WriteToParquet` follow unchanged. With `error_handling: {output: NAME}` the rows that
-cannot be scored come out as the `NAME` output (fields of `records.DEAD_LETTER_SCHEMA`)
+cannot be scored come out as the `NAME` output (fields of `dead_letters.DEAD_LETTER_SCHEMA`)
 instead of being dropped (they are always counted in the "latentbeam" metrics).
 
 This module has no `from __future__ import annotations`: Beam YAML reads the
@@ -26,6 +26,8 @@ import sys
 from typing import Any, List, Mapping, Optional
 
 import apache_beam as beam
+
+from latentbeam.errors import ConfigError
 
 PROVIDERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers.yaml")
 
@@ -41,7 +43,7 @@ class _WithDeadLetters(beam.PTransform):
     def expand(self, pcoll):
         if self._errors is None:
             return pcoll | "Apply" >> self._transform
-        from latentbeam.pipeline.records import DEAD_LETTER_SCHEMA
+        from latentbeam.pipeline.dead_letters import DEAD_LETTER_SCHEMA
         from latentbeam.pipeline.transforms import arrow_to_beam_fields
         from apache_beam.typehints.row_type import RowTypeConstraint
 
@@ -59,7 +61,7 @@ def _error_output(error_handling: Optional[Mapping[str, Any]]) -> Optional[str]:
     if not error_handling:
         return None
     if not isinstance(error_handling, Mapping) or "output" not in error_handling:
-        raise ValueError(f"error_handling expects {{output: NAME}}. Received: {error_handling!r}")
+        raise ConfigError(f"error_handling expects {{output: NAME}}. Received: {error_handling!r}")
     return str(error_handling["output"])
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from latentbeam import fs
 from latentbeam.errors import InputError
+from latentbeam.pipeline.layout import META_MODEL_VERSIONS  # the stream writer's footer key
 from latentbeam.pipeline.records import (COL_ERROR, COL_FEATURE_ERRORS, COL_FLAG,
                                          COL_MODEL_VERSION, COL_RECONSTRUCTION, COL_SCORE,
                                          COL_TOP_FEATURES, META_MODEL_VERSION)
@@ -36,9 +37,6 @@ from latentbeam.report.scored_rows import ScoredFile, draw_sample, open_parquet,
 log = logging.getLogger(__name__)
 
 REQUIRED = (COL_ERROR, COL_SCORE, COL_FLAG)
-# Footer key the streaming writer adds (streaming.META_MODEL_VERSIONS); read here without
-# importing the streaming module.
-META_MODEL_VERSIONS = b"latentbeam.model_versions"
 # `scored-START-END-...parquet` (both streaming paths): the window is in the name.
 _WINDOW_NAME = re.compile(r"^scored-(\d{8}T\d{6}(?:\d{6})?)-(\d{8}T\d{6}(?:\d{6})?)-")
 FINE_BINS = 4096  # error histogram resolution (quantiles are read to within one bin)

@@ -11,6 +11,7 @@ import apache_beam as beam
 from apache_beam.utils.timestamp import Timestamp
 
 from latentbeam import fs, paths
+from latentbeam.errors import BundleError, ConfigError
 from latentbeam.pipeline.jobs import StreamJob, StreamSummary
 from latentbeam.pipeline.layout import DEAD_LETTER_SUFFIX
 from latentbeam.pipeline.streaming.files import ScoreLandingFiles
@@ -86,7 +87,7 @@ def validate(job: StreamJob) -> None:
     paths.check_output(job.output, stream_reads(job))
     path = newest_bundle_dir(job.bundle) if is_watched(job.bundle) else job.bundle
     if path is None:
-        raise ValueError(f"--bundle {job.bundle}: no bundle.json found there or in its "
+        raise BundleError(f"--bundle {job.bundle}: no bundle.json found there or in its "
                          f"subdirectories. Expected a directory written by `latentbeam train`.")
     info = load_bundle_info(path)
     if job.adaptive is not None:
@@ -125,7 +126,7 @@ def run_stream(job: StreamJob, beam_args: Sequence[str] = (), progress=None) -> 
     from latentbeam.pipeline.options import uses_dask
 
     if uses_dask(beam_args):
-        raise ValueError("latentbeam stream needs a streaming runner; Dask runs batch "
+        raise ConfigError("latentbeam stream needs a streaming runner; Dask runs batch "
                          "pipelines only. Drop --runner dask (the default runs in-process) "
                          "or use a streaming runner such as DataflowRunner or FlinkRunner.")
     validate(job)

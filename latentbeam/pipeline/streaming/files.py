@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from latentbeam import fs, outputs
+from latentbeam.errors import ConfigError
 from latentbeam.model.features import REASON_NULL, SchemaMismatch, clip, row_payload
 from latentbeam.pipeline.adaptive import AdaptiveState, with_adaptive
 from latentbeam.pipeline.dead_letters import (DATA_ERRORS, as_file_fault, dead_letter,
@@ -60,11 +61,12 @@ class ScoreLandingFiles(beam.PTransform):
     def __init__(self, job: StreamJob, start: Optional[Timestamp] = None):
         super().__init__()
         if job.watch is None:
-            raise ValueError("ScoreLandingFiles needs a job with --watch GLOB.")
+            raise ConfigError("ScoreLandingFiles needs a job with --watch GLOB.")
         self._job = job
         self._start = start
 
-    def expand(self, pbegin):
+    def expand(self, pbegin: beam.pvalue.PBegin
+               ) -> beam.PCollection[Tuple[str, Dict[str, Any]]]:
         job = self._job
         start = self._start or Timestamp.now()
         stop = (start + Duration.of(job.stop_after_seconds) if job.stop_after_seconds

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -37,6 +37,9 @@ from latentbeam.pipeline.streaming.events import (REASON_BAD_TIMESTAMP, REASON_L
                                                   window_stamp)
 from latentbeam.pipeline.streaming.scoring import Chunk, StreamScoring
 
+if TYPE_CHECKING:  # the class needs apache-beam[gcp]; only its name is used here
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
 REASON_BAD_MESSAGE = "bad_message"  # Pub/Sub message that is not a JSON object (or list)
 DEAD = "dead_letters"
 
@@ -57,7 +60,8 @@ class ScorePubSub(beam.PTransform):
         self._job = job
         self._run_id = run_id
 
-    def expand(self, messages):
+    def expand(self, messages: beam.PCollection[Union[bytes, PubsubMessage]]
+               ) -> Tuple[beam.PCollection[str], beam.PCollection[str]]:
         job = self._job
         parsed = messages | "Parse JSON" >> beam.ParDo(_ParseMessageDoFn(job)).with_outputs(
             DEAD, main="rows")
@@ -214,7 +218,7 @@ class WriteWindowedParquet(beam.PTransform):
         self._run_id = run_id
         self._prefix = prefix
 
-    def expand(self, chunks):
+    def expand(self, chunks: beam.PCollection[Chunk]) -> beam.PCollection[str]:
         early = trigger.AfterProcessingTime(self._early) if self._early else None
         path = self._path
         return (chunks
