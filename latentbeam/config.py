@@ -54,7 +54,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "dense"  # dense | conv2d (conv2d needs one image-shaped feature)
-    latent_dim: Optional[int] = None  # default: min(8, max(2, n_inputs // 4))
+    latent_dim: Optional[int] = None  # default: min(8, max(2, n_inputs // 2))
     hidden_units: Tuple[int, ...] = (64, 32)  # dense encoder widths; decoder mirrors
     conv_filters: Tuple[int, ...] = (16, 32)  # conv2d encoder filters (stride 2 each)
     activation: str = "relu"

@@ -214,16 +214,25 @@ def test_grouped_latent_distance_averages_the_nearest_code_of_each_group():
 
 
 def test_anomaly_score_weighs_standardized_errors_and_distance():
-    layer = AnomalyScore(3, reconstruction_weight=0.5)
+    layer = AnomalyScore(3, reconstruction_weight=0.5, rms=True)
     layer.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
     layer.term_scale.assign(np.array([0.5, 2.0], np.float32))
-    errors = np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 12.0]], np.float32)
-    distance = np.array([2.0, 0.0], np.float32)
-    # row 0: mean(1, 1, 1) / 0.5 = 2 -> 0.5 * 2 + 2 / 2 = 2; row 1: mean(0, 0, 3) / 0.5 = 2 -> 1.
-    np.testing.assert_allclose(np.asarray(layer([errors, distance])), [2.0, 1.0], rtol=1e-6)
-    alone = AnomalyScore(3, with_distance=False)
+    errors = np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 12.0], [4.0, 8.0, 16.0]], np.float32)
+    distance = np.array([2.0, 0.0, 1.0], np.float32)
+    # row 0: sqrt(mean(1, 1, 1)) / 0.5 = 2 -> 0.5 * 2 + 2 / 2 = 2;
+    # row 1: sqrt(mean(0, 0, 3)) / 0.5 = 2 -> 1; row 2: sqrt(mean(4, 4, 4)) / 0.5 = 4 -> 2.5.
+    np.testing.assert_allclose(np.asarray(layer([errors, distance])), [2.0, 1.0, 2.5], rtol=1e-6)
+    alone = AnomalyScore(3, with_distance=False, rms=True)
     alone.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
-    np.testing.assert_allclose(np.asarray(alone(errors)), [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(alone(errors)), [1.0, 1.0, 2.0], rtol=1e-6)
+    # Bundles trained before the root (rms=False): the plain mean, row 2 -> 4 / 0.5 = 8.
+    legacy = AnomalyScore.from_config({k: v for k, v in layer.get_config().items()
+                                       if k != "rms"})
+    legacy.build(None)
+    legacy.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
+    legacy.term_scale.assign(np.array([0.5, 2.0], np.float32))
+    assert legacy.rms is False
+    np.testing.assert_allclose(np.asarray(legacy([errors, distance])), [2.0, 1.0, 4.5], rtol=1e-6)
 
 
 def test_trimmed_loss_leaves_out_the_worst_rows_in_training_only():

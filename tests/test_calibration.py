@@ -123,19 +123,20 @@ def test_trained_threshold_is_the_quantile_of_calibration_scores(tiny_bundle, di
 
 
 def test_score_terms_are_scaled_by_their_calibration_spread(tiny_bundle, digits_glob):
-    """score = w * mean(e_j / s_j) / s_rec + latent_distance / s_dist, with s_rec and s_dist
+    """score = w * sqrt(mean(e_j / s_j)) / s_rec + latent_distance / s_dist, with s_rec and s_dist
     the robust spreads (1.4826 x MAD) of the two terms on the calibration rows."""
     s = score(tiny_bundle, _calibration_rows(digits_glob))
     desc = tiny_bundle.info.raw["score"]
     assert desc["terms"] == ["reconstruction", "latent_distance"]
     assert desc["latent_neighbors"] == 1 and desc["reconstruction_weight"] == 1.0
+    assert desc["reconstruction"] == "rms"
     layer = tiny_bundle.model.get_layer("score")
     feature_scale = np.asarray(layer.feature_scale, dtype=np.float64)
     # Pixels that are (almost) always 0 are reconstructed almost exactly: their scale is
     # floored at a tenth of the mean scale (taken before flooring), so they cannot dominate.
     floored = np.isclose(feature_scale, feature_scale.min())
     assert floored.sum() >= 3 and feature_scale.min() >= 0.09 * feature_scale.mean()
-    rec = (s.feature_errors / feature_scale).mean(axis=1)
+    rec = np.sqrt((s.feature_errors / feature_scale).mean(axis=1))
     mad = lambda v: 1.4826 * np.median(np.abs(v - np.median(v)))  # noqa: E731
     assert desc["reconstruction_scale"] == pytest.approx(mad(rec), rel=1e-4)
     assert desc["latent_distance_scale"] == pytest.approx(mad(s.latent_distance), rel=1e-4)

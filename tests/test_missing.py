@@ -93,7 +93,7 @@ def test_mask_scores_the_observed_inputs_by_the_masked_formula(tiny_bundle, digi
     s_j = np.asarray(layer.feature_scale, np.float64)
     s_rec, s_dist = np.asarray(layer.term_scale, np.float64)
     observed = np.arange(64) != 10
-    term = np.mean(full.feature_errors[2, observed] / s_j[observed]) / s_rec
+    term = np.sqrt(np.mean(full.feature_errors[2, observed] / s_j[observed])) / s_rec
     by_hand = layer.reconstruction_weight * term + full.latent_distance[2] / s_dist
     got = out.column("anomaly_score").to_numpy()
     assert got[2] == pytest.approx(by_hand / tiny_bundle.info.threshold.threshold, rel=1e-6)

@@ -188,20 +188,27 @@ class LatentDistance(layers.Layer):
 class AnomalyScore(layers.Layer):
     """The anomaly score: calibrated reconstruction term + calibrated latent-distance term.
 
-        score = w * mean_j(e_j / s_j) / s_error  [+ latent_distance / s_distance]
+        score = w * sqrt(mean_j(e_j / s_j)) / s_error  [+ latent_distance / s_distance]
 
     e_j are the per-feature squared errors (normalized space) and s_j their mean on the
     calibration rows, so a feature that is always hard to reconstruct does not drown the
-    others; s_error and s_distance are the calibration medians of the two terms, so each
-    term is about 1 on a typical row; w (`reconstruction_weight`) sets their balance.
+    others. The root makes the reconstruction term an RMS distance, in the same units as
+    the latent distance: summing a squared quantity with a distance would let the
+    squared term's tail decide every ranking. s_error and s_distance are the robust
+    spreads (1.4826 x MAD) of the two terms on the calibration rows, so each term counts
+    in units of its own normal variation; w (`reconstruction_weight`) sets their balance.
     The scales are non-trainable weights set after training (ones until then).
+
+    `rms=False` is the plain mean of the standardized errors (no root): the formula of
+    bundles trained before the root, which load with it and score as they did.
     """
 
     def __init__(self, n_inputs: int, with_distance: bool = True,
-                 reconstruction_weight: float = 1.0, **kwargs):
+                 reconstruction_weight: float = 1.0, rms: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.n_inputs = int(n_inputs)
         self.with_distance = bool(with_distance)
+        self.rms = bool(rms)
         self.reconstruction_weight = float(reconstruction_weight)
         self.feature_scale = self.add_weight(shape=(self.n_inputs,), initializer="ones",
                                              trainable=False, name="feature_scale")
@@ -211,7 +218,10 @@ class AnomalyScore(layers.Layer):
     def call(self, inputs):
         errors = inputs[0] if self.with_distance else inputs
         scale = ops.convert_to_tensor(self.term_scale)
-        score = ops.mean(errors / self.feature_scale, axis=-1) / scale[0]
+        score = ops.mean(errors / self.feature_scale, axis=-1)
+        if self.rms:
+            score = ops.sqrt(score)
+        score = score / scale[0]
         if self.with_distance:
             score = self.reconstruction_weight * score + inputs[1] / scale[1]
         return score
@@ -223,7 +233,7 @@ class AnomalyScore(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "n_inputs": self.n_inputs,
                 "with_distance": self.with_distance,
-                "reconstruction_weight": self.reconstruction_weight}
+                "reconstruction_weight": self.reconstruction_weight, "rms": self.rms}
 
 
 def default_latent_dim(n_inputs: int) -> int:
@@ -366,10 +376,10 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
                                   groups=reference_groups, name=OUTPUT_LATENT_DISTANCE)(z_out)
         outputs[OUTPUT_LATENT_DISTANCE] = distance
         outputs[OUTPUT_SCORE] = AnomalyScore(
-            n_inputs, reconstruction_weight=reconstruction_weight,
+            n_inputs, reconstruction_weight=reconstruction_weight, rms=True,
             name=OUTPUT_SCORE)([errors, distance])
     else:
-        outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False,
+        outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False, rms=True,
                                              name=OUTPUT_SCORE)(errors)
     return keras.Model(x, outputs, name="autoencoder")
 

@@ -82,6 +82,7 @@ class ScoreWeights:
     term_scale: np.ndarray  # (2,) s_rec, s_dist: robust spreads of the two terms
     reconstruction_weight: float  # w
     with_distance: bool  # the latent-distance term is on
+    rms: bool = False  # the reconstruction term is the root of the mean (see AnomalyScore)
 
 
 def score_weights(bundle) -> ScoreWeights:
@@ -94,14 +95,17 @@ def score_weights(bundle) -> ScoreWeights:
         n = bundle.info.n_inputs
         return ScoreWeights(np.ones(n, np.float32), np.ones(2, np.float32), 1.0, False)
     return ScoreWeights(np.asarray(layer.feature_scale), np.asarray(layer.term_scale),
-                        float(layer.reconstruction_weight), bool(layer.with_distance))
+                        float(layer.reconstruction_weight), bool(layer.with_distance),
+                        bool(getattr(layer, "rms", False)))
 
 
 def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
                  latent_distance: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """The anomaly score over the observed inputs only.
 
-        score = w * (sum_j m_j e_j / s_j) / (sum_j m_j) / s_rec  [+ latent_distance / s_dist]
+        score = w * sqrt((sum_j m_j e_j / s_j) / (sum_j m_j)) / s_rec  [+ latent_distance / s_dist]
+
+    (no root for bundles whose layer has `rms=False`).
 
     With every m_j = 1 this is the AnomalyScore layer's formula (same numbers up to
     float32 rounding); rows must have at least one observed input.
@@ -117,7 +121,10 @@ def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
     """
     m = np.asarray(observed, dtype=np.float64)
     scaled = np.asarray(feature_errors, dtype=np.float64) / weights.feature_scale
-    term = (scaled * m).sum(axis=1) / m.sum(axis=1) / float(weights.term_scale[0])
+    term = (scaled * m).sum(axis=1) / m.sum(axis=1)
+    if weights.rms:
+        term = np.sqrt(term)
+    term = term / float(weights.term_scale[0])
     if weights.with_distance:
         term = weights.reconstruction_weight * term \
             + np.asarray(latent_distance, np.float64) / float(weights.term_scale[1])

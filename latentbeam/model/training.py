@@ -284,7 +284,7 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
 
     The calibration rows were never trained on, so their errors and distances are what
     new normal rows get. Scales are robust statistics (per-feature means of errors
-    clipped at their 99th percentile, medians of the two terms): anomalies among the
+    clipped at their 99th percentile, 1.4826 x MAD of the two terms): anomalies among the
     calibration rows barely move them.
     """
     from latentbeam.model.architectures import OUTPUT_SCORE
@@ -304,9 +304,11 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     # No input may weigh more than 10x an average one: inputs that are almost always
     # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
     feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
-    term = (ferr / feature_scale).mean(axis=1)
-    term_scale = [_spread(term), _spread(first.latent_distance)]
     layer = bundle.model.get_layer(OUTPUT_SCORE)
+    term = (ferr / feature_scale).mean(axis=1)
+    if layer.rms:
+        term = np.sqrt(term)
+    term_scale = [_spread(term), _spread(first.latent_distance)]
     layer.feature_scale.assign(feature_scale.astype(np.float32))
     layer.term_scale.assign(np.asarray(term_scale, np.float32))
     return score(bundle, x, threshold=1.0), labels
@@ -339,6 +341,7 @@ def _score_description(model, config: Config) -> dict:
     scales = np.asarray(layer.term_scale).tolist()
     return {
         "terms": ["reconstruction"] + (["latent_distance"] if distance is not None else []),
+        "reconstruction": "rms" if layer.rms else "mean",
         "latent_neighbors": distance.k if distance is not None else 0,
         "reference_rows": distance.num_reference if distance is not None else 0,
         "reference_groups": distance.groups if distance is not None else 0,
