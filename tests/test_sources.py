@@ -169,7 +169,50 @@ def test_splits_have_the_configured_fractions_and_are_stable(digits_glob, digits
     var = train.var(axis=0)
     assert stats.constant_inputs == int((var == 0).sum()) > 0
     np.testing.assert_allclose(stats.variance, np.where(var == 0, 1.0, var), rtol=1e-4)
+    # The model's normalization: quartiles of the (here complete) sample of training rows.
+    assert stats.median_rows == len(train)
+    center, scale, robust = data_mod.robust_scaling(train, train.mean(axis=0),
+                                                    np.where(var == 0, 1.0, var))
+    np.testing.assert_allclose(stats.center, center, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.scale, scale, rtol=1e-4)
+    assert stats.robust_inputs == int(robust.sum()) > 0
     assert stats.fingerprint == data_mod.scan(source, 0.2, 0.05).fingerprint
+
+
+def test_normalization_uses_quartiles_that_outliers_cannot_stretch():
+    from statistics import NormalDist
+
+    from latentbeam.model.data import MAX_ROBUST_GAIN, robust_scaling
+
+    # N(10, 2) quantiles: normal data without sampling noise.
+    normal = np.array([NormalDist(10.0, 2.0).inv_cdf((i + 0.5) / 1000) for i in range(1000)])
+    mild = normal.copy()
+    mild[::50] = 40.0  # 2% of rows 15 sigma out: the std more than doubles
+    extreme = normal.copy()
+    extreme[::50] = 1e4  # the std goes to ~1400
+    flag = np.repeat([0.0, 1.0], 500)  # two clusters: quartiles 0 and 1, std 0.5
+    sparse = np.random.default_rng(0).normal(0.0, 0.01, size=1000)
+    sparse[::40] = 5.0  # almost always ~0
+    constant = np.full(1000, 3.0)
+    x = np.stack([normal, mild, extreme, flag, sparse, constant], axis=1)
+    var = x.var(axis=0)
+    var[var == 0] = 1.0
+    center, scale, robust = robust_scaling(x, x.mean(axis=0), var)
+    std = np.sqrt(var)
+    assert robust.tolist() == [True, True, True, True, True, False]
+    # Normal data: the quartile scale is the standard deviation, the centre the median.
+    assert scale[0] == pytest.approx(2.0, rel=0.01) and center[0] == pytest.approx(10.0)
+    # 2% outliers: the std is 4.6, the scale stays the bulk's ~2 and the centre its median.
+    assert std[1] > 4.5 and scale[1] == pytest.approx(2.0, rel=0.05)
+    assert center[1] == pytest.approx(10.0, abs=0.1)
+    # Extreme outliers: the quartile scale would weigh the input ~700x; capped at std / 3.
+    assert std[2] > 1000 and scale[2] == pytest.approx(std[2] / MAX_ROBUST_GAIN)
+    # Two clusters: quartile range / 1.349 = 0.74 is wider than the std, so the std.
+    assert scale[3] == pytest.approx(0.5) and center[3] == pytest.approx(0.5)
+    # Sparse input: the quartile scale ~0.01 is capped at std / 3 (at most 9x in the loss).
+    assert scale[4] == pytest.approx(std[4] / MAX_ROBUST_GAIN)
+    # Constant input: quartiles coincide, so the mean and the replaced variance 1.
+    assert center[5] == pytest.approx(3.0) and scale[5] == 1.0
 
 
 def test_tfds_default_features_are_in_a_stable_sorted_order(tmp_path):

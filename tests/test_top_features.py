@@ -94,7 +94,9 @@ def test_image_inputs_are_named_by_row_and_column(tiny_image_bundle_dir):
     out, _ = score_record_batch(bundle, batch, opts=ScoringOptions(top_features=2))
     top = out.column("top_features").to_pylist()
     assert top[2][0]["name"] == "image[3,5]"
-    assert top[2][0]["share"] > 0.75
+    # More than all 63 other pixels together (pixels are scaled by their quartiles, so a
+    # few sparse ones reconstruct less exactly than they would at their std).
+    assert top[2][0]["share"] > 0.5
     assert all(t["name"].startswith("image[") for row in top for t in row)
 
 

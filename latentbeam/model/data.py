@@ -196,6 +196,9 @@ class DataStats:
     fingerprint: str  # sha256 of every usable row (features and labels) in order
     medians: Optional[np.ndarray] = None  # (n_inputs,) float64, medians of `median_rows` rows
     median_rows: int = 0  # training rows the medians are taken from (all of them if <= cap)
+    center: Optional[np.ndarray] = None  # (n_inputs,) the model's normalization (`robust_scaling`)
+    scale: Optional[np.ndarray] = None  # (n_inputs,) positive
+    robust_inputs: int = 0  # inputs normalized by median and quartiles (the rest: mean, std)
 
 
 class Reservoir:
@@ -238,9 +241,45 @@ def median_sample_rows(width: int) -> int:
     return max(1, min(MEDIAN_SAMPLE_ROWS, MEDIAN_SAMPLE_VALUES // max(1, width)))
 
 
+MAX_ROBUST_GAIN = 3.0
+
+
+def robust_scaling(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
+    """(center, scale) per input for the model's normalization, which outliers cannot stretch.
+
+    center is the median; scale is the interquartile range / 1.349 (the standard deviation
+    for normal data), kept between std / MAX_ROBUST_GAIN and std. A few extreme rows
+    inflate a standard deviation and squeeze every ordinary value of that input towards
+    0; the quartiles do not move. The upper bound keeps an input whose quartiles are
+    wider than its std (two clusters, e.g. a binary flag) at its std; the lower bound
+    stops a sparse input (almost always one value) from weighing more than
+    MAX_ROBUST_GAIN^2 times an ordinary one in the loss. Inputs whose quartiles coincide
+    keep mean and std. Returns (center, scale, robust mask).
+
+    Args:
+      sample: (rows, n_inputs) training rows (the median reservoir sample).
+      mean, variance: (n_inputs,) exact statistics of all training rows (zero variances
+        already replaced by 1).
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    std = np.sqrt(np.asarray(variance, dtype=np.float64))
+    mean = np.asarray(mean, dtype=np.float64)
+    if not len(x):
+        return mean, std, np.zeros(len(mean), dtype=bool)
+    median = np.median(x, axis=0)
+    q25, q75 = np.quantile(x, [0.25, 0.75], axis=0)
+    iqr_scale = (q75 - q25) / 1.349
+    robust = iqr_scale > 1e-6 * np.maximum(std, 1e-12)
+    scale = np.where(robust, np.clip(iqr_scale, std / MAX_ROBUST_GAIN, std), std)
+    return np.where(robust, median, mean), scale, robust
+
+
 def scan(source, validation_fraction: float, calibration_fraction: float,
          seed: int = 0) -> DataStats:
     """One pass: row counts per split, normalization statistics, medians, data fingerprint.
+
+    mean and variance are exact over the training rows; the model's normalization
+    (`center`, `scale`, see `robust_scaling`) comes from the same sample as the medians.
 
     The per-input medians (used to fill missing values at scoring time) are the
     medians of a seeded reservoir sample of `median_sample_rows` training rows: exact
@@ -285,11 +324,14 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     mean = shift + mean_d
     constant = variance <= 1e-12 * np.maximum(1.0, mean ** 2)
     variance = np.where(constant, 1.0, variance)
+    sample = reservoir.sample().astype(np.float64)
+    center, scale, robust = robust_scaling(sample, mean, variance)
     return DataStats(
         rows=total,
         rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),
                        "calibration": int(counts[SPLIT_CALIBRATION])},
         mean=mean.astype(np.float32), variance=variance.astype(np.float32),
         constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest(),
-        medians=np.median(reservoir.sample().astype(np.float64), axis=0),
-        median_rows=len(reservoir.sample()))
+        medians=np.median(sample, axis=0), median_rows=len(sample),
+        center=center.astype(np.float32), scale=scale.astype(np.float32),
+        robust_inputs=int(robust.sum()))

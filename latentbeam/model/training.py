@@ -153,6 +153,7 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "rows_skipped": source.skipped.total,
             "rows_skipped_by_reason": dict(source.skipped.by_reason),
             "constant_inputs": stats.constant_inputs,
+            "robust_scaled_inputs": stats.robust_inputs,
             "epochs": len(hist["loss"]),
             "best_epoch": best_epoch,
             "losses": hist,
@@ -180,7 +181,8 @@ def _build_model(config: Config, source, stats):
     # Fewer training rows than references: fewer groups, each of equal size.
     groups = min(sc.reference_groups, reference_rows)
     reference_rows -= reference_rows % groups
-    model = build_autoencoder(mc, n_inputs=width, mean=stats.mean, variance=stats.variance,
+    model = build_autoencoder(mc, n_inputs=width, mean=stats.center,
+                              variance=np.square(stats.scale),
                               image_feature_shape=image_feature_shape, seed=tc.seed,
                               trim_fraction=tc.trim_fraction,
                               latent_neighbors=min(sc.latent_neighbors,
