@@ -339,8 +339,8 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
     Args:
       cfg: model options.
       n_inputs: width of the flat input (sum of feature sizes).
-      mean, variance: (n_inputs,) per-input normalization statistics of training rows;
-        zero variances must already be replaced (see training.normalization_stats).
+      mean, variance: (n_inputs,) the normalization's centre and squared scale per input
+        (see data.robust_scaling); variances must be positive.
       image_feature_shape: the feature's shape for `kind: conv2d`.
       seed: seeds sampling and input noise.
       trim_fraction: share of each training batch's worst rows left out of the loss.
