@@ -30,6 +30,13 @@ CompressionTypes, FileSystems = _import_beam_filesystems()
 FILE_SCHEME = "file://"
 
 
+def local_path(path: str) -> str:
+    """A `file://` URL as the local path it names (`file://` alone is `/`); others unchanged."""
+    if path.startswith(FILE_SCHEME):
+        return path[len(FILE_SCHEME):] or "/"
+    return path
+
+
 def native(path: str) -> str:
     """`path` as Beam's FileSystems take it: `file://` spelled as the local path it names.
 
@@ -37,7 +44,7 @@ def native(path: str) -> str:
       InputError: no Beam filesystem handles the path's scheme (a missing extra).
     """
     if path.startswith(FILE_SCHEME):
-        return path[len(FILE_SCHEME):] or "/"
+        return local_path(path)
     if "://" in path:
         try:
             FileSystems.get_filesystem(path)
@@ -60,7 +67,7 @@ def exists(path: str) -> bool:
 
 
 def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+    return "://" not in path or path.startswith(FILE_SCHEME)
 
 
 def read_bytes(path: str) -> bytes:

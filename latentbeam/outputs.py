@@ -63,7 +63,7 @@ def list_tree(directory: str) -> List[str]:
     if paths.is_remote(directory):
         base = directory.rstrip("/") + "/"
         return sorted(p[len(base):] for p in fs.match(base + "**") if p.startswith(base))
-    root = _local(directory)
+    root = fs.local_path(directory)
     if not os.path.isdir(root):
         return []
     out = []
@@ -78,10 +78,6 @@ def list_tree(directory: str) -> List[str]:
         if not dirs and not files and prefix:
             out.append(prefix)
     return sorted(out)
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
 
 
 def is_staging(rel: str) -> bool:
@@ -192,7 +188,7 @@ def delete_files(output: str, rels: Iterable[str]) -> None:
         if targets:
             fs.FileSystems.delete(targets)
         return
-    root = _local(output)
+    root = fs.local_path(output)
     for rel in rels:
         path = os.path.join(root, *rel.rstrip("/").split("/"))
         if os.path.islink(path) or os.path.isfile(path):
@@ -219,8 +215,8 @@ def remove_tree(path: str) -> None:
             files = fs.match(fs.join(path, "**"))
             if files:
                 fs.FileSystems.delete(files)
-        elif os.path.lexists(_local(path)):
-            shutil.rmtree(_local(path))
+        elif os.path.lexists(fs.local_path(path)):
+            shutil.rmtree(fs.local_path(path))
     except OSError as e:
         log.warning("Could not remove staging %s: %s", path, e)
 
@@ -230,7 +226,7 @@ def write_atomically(path: str, data: bytes) -> None:
     if paths.is_remote(path):
         fs.write_bytes(path, data)  # object stores publish an object only when it is closed
         return
-    local = _local(path)
+    local = fs.local_path(path)
     directory = os.path.dirname(os.path.abspath(local))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(local)}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
@@ -273,6 +269,11 @@ def commit(output: str, moves: Sequence[Tuple[str, str]], success: Dict, replace
 
 
 # --------------------------------------------------------------------------- directories
+
+def staging_dir(output: str) -> str:
+    """A fresh hidden directory inside `output` where a job stages its files until `commit`."""
+    return fs.join(output, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+
 
 def staging_sibling(target: str, kind: str = "staging") -> str:
     """A hidden directory next to `target` (same filesystem, so a rename can swap them)."""

@@ -19,6 +19,7 @@ import os
 import posixpath
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from latentbeam import fs
 from latentbeam.errors import OutputError
 from latentbeam.fs import GLOB_CHARS
 
@@ -27,7 +28,7 @@ Location = Tuple[str, str]
 
 
 def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+    return not fs.is_local(path)
 
 
 def has_glob(path: str) -> bool:
@@ -47,9 +48,7 @@ def normalize(path: str) -> str:
         # output that was safe, never let an overlapping one through.
         rest = posixpath.normpath("/" + rest).lstrip("/") if rest else ""
         return f"{scheme.lower()}://{rest}".rstrip("/") if rest else f"{scheme.lower()}://"
-    if path.startswith("file://"):
-        path = path[len("file://"):] or "/"
-    return os.path.realpath(path or ".")
+    return os.path.realpath(fs.local_path(path) or ".")
 
 
 def expand_user(path: str) -> str:
@@ -63,12 +62,12 @@ def glob_base(pattern: str) -> str:
     """The directory a glob searches in: its path before the first glob character, normalized."""
     if not has_glob(pattern):
         return normalize(pattern)
-    head = pattern[:min(pattern.index(c) for c in GLOB_CHARS if c in pattern)]
-    if is_remote(head):
+    if is_remote(pattern):
+        head = pattern[:min(pattern.index(c) for c in GLOB_CHARS if c in pattern)]
         scheme, rest = head.split("://", 1)
         return normalize(f"{scheme}://{rest.rsplit('/', 1)[0] if '/' in rest else rest}")
-    if head.startswith("file://"):
-        head = head[len("file://"):]
+    local = fs.local_path(pattern)
+    head = local[:min(local.index(c) for c in GLOB_CHARS if c in local)]
     return normalize(os.path.dirname(head) or ".")
 
 

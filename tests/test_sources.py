@@ -171,8 +171,10 @@ def test_splits_have_the_configured_fractions_and_are_stable(digits_glob, digits
     np.testing.assert_allclose(stats.variance, np.where(var == 0, 1.0, var), rtol=1e-4)
     # The model's normalization: quartiles of the (here complete) sample of training rows.
     assert stats.median_rows == len(train)
-    center, scale, robust = data_mod.robust_scaling(train, train.mean(axis=0),
-                                                    np.where(var == 0, 1.0, var))
+    np.testing.assert_allclose(stats.medians, np.median(train, axis=0), rtol=1e-12)
+    center, scale, robust = data_mod.robust_scaling(
+        np.quantile(train, [0.25, 0.5, 0.75], axis=0), train.mean(axis=0),
+        np.where(var == 0, 1.0, var))
     np.testing.assert_allclose(stats.center, center, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats.scale, scale, rtol=1e-4)
     assert stats.robust_inputs == int(robust.sum()) > 0
@@ -197,7 +199,8 @@ def test_normalization_uses_quartiles_that_outliers_cannot_stretch():
     x = np.stack([normal, mild, extreme, flag, sparse, constant], axis=1)
     var = x.var(axis=0)
     var[var == 0] = 1.0
-    center, scale, robust = robust_scaling(x, x.mean(axis=0), var)
+    center, scale, robust = robust_scaling(np.quantile(x, [0.25, 0.5, 0.75], axis=0),
+                                           x.mean(axis=0), var)
     std = np.sqrt(var)
     assert robust.tolist() == [True, True, True, True, True, False]
     # Normal data: the quartile scale is the standard deviation, the centre the median.

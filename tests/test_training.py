@@ -118,8 +118,15 @@ def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):
     assert 0 < t["fit_seconds"] <= t["seconds"]
     assert t["constant_inputs"] == 3  # digits pixels that are always 0 in the training rows
     assert from_dict(t["config"]) == tiny_config(digits_glob)
-    assert t["data_fingerprint"] == data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data),
-                                                  0.1, 0.1).fingerprint
+    stats = data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data), 0.1, 0.1)
+    assert t["data_fingerprint"] == stats.fingerprint
+    # The model normalizes by the scan's median / quartile scaling, not by mean and std.
+    norm = tiny_bundle.model.get_layer("normalize")
+    np.testing.assert_allclose(np.asarray(norm.mean).ravel(), stats.center, rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.asarray(norm.variance).ravel()), stats.scale,
+                               rtol=1e-5)
+    assert t["robust_scaled_inputs"] == stats.robust_inputs > 0
+    assert not np.allclose(stats.center, stats.mean)
     assert info.feature_names == [f"pixel_{i:02d}" for i in range(64)]
     assert info.latent_dim == 2
     assert set(info.versions) == {"latentbeam", "tensorflow", "keras", "apache-beam", "pyarrow"}

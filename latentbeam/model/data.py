@@ -244,8 +244,8 @@ def median_sample_rows(width: int) -> int:
 MAX_ROBUST_GAIN = 3.0
 
 
-def robust_scaling(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
-    """(center, scale) per input for the model's normalization, which outliers cannot stretch.
+def robust_scaling(quartiles: np.ndarray, mean: np.ndarray, variance: np.ndarray):
+    """(center, scale, robust mask) per input for the model's normalization.
 
     center is the median; scale is the interquartile range / 1.349 (the standard deviation
     for normal data), kept between std / MAX_ROBUST_GAIN and std. A few extreme rows
@@ -254,37 +254,39 @@ def robust_scaling(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
     wider than its std (two clusters, e.g. a binary flag) at its std; the lower bound
     stops a sparse input (almost always one value) from weighing more than
     MAX_ROBUST_GAIN^2 times an ordinary one in the loss. Inputs whose quartiles coincide
-    keep mean and std. Returns (center, scale, robust mask).
+    keep mean and std (robust mask False).
 
     Args:
-      sample: (rows, n_inputs) training rows (the median reservoir sample).
+      quartiles: (3, n_inputs) the 25%, 50% and 75% quantiles of training rows.
       mean, variance: (n_inputs,) exact statistics of all training rows (zero variances
         already replaced by 1).
     """
-    x = np.asarray(sample, dtype=np.float64)
+    q25, median, q75 = np.asarray(quartiles, dtype=np.float64)
     std = np.sqrt(np.asarray(variance, dtype=np.float64))
-    mean = np.asarray(mean, dtype=np.float64)
-    if not len(x):
-        return mean, std, np.zeros(len(mean), dtype=bool)
-    median = np.median(x, axis=0)
-    q25, q75 = np.quantile(x, [0.25, 0.75], axis=0)
     iqr_scale = (q75 - q25) / 1.349
     robust = iqr_scale > 1e-6 * np.maximum(std, 1e-12)
     scale = np.where(robust, np.clip(iqr_scale, std / MAX_ROBUST_GAIN, std), std)
-    return np.where(robust, median, mean), scale, robust
+    return np.where(robust, median, np.asarray(mean, dtype=np.float64)), scale, robust
+
+
+def _moments(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int):
+    """(mean, variance with zeros replaced by 1, constant mask) from sums shifted by `shift`."""
+    mean_d = s1 / n
+    variance = np.maximum(s2 / n - mean_d ** 2, 0.0)
+    mean = shift + mean_d
+    constant = variance <= 1e-12 * np.maximum(1.0, mean ** 2)
+    return mean, np.where(constant, 1.0, variance), constant
 
 
 def scan(source, validation_fraction: float, calibration_fraction: float,
          seed: int = 0) -> DataStats:
     """One pass: row counts per split, normalization statistics, medians, data fingerprint.
 
-    mean and variance are exact over the training rows; the model's normalization
-    (`center`, `scale`, see `robust_scaling`) comes from the same sample as the medians.
-
-    The per-input medians (used to fill missing values at scoring time) are the
-    medians of a seeded reservoir sample of `median_sample_rows` training rows: exact
-    when there are no more training rows than that, an estimate with bounded memory
-    otherwise.
+    mean and variance are exact over the training rows. The medians (which fill missing
+    values at scoring time) and the quartiles of the model's normalization
+    (`robust_scaling`) are those of a seeded reservoir sample of `median_sample_rows`
+    training rows: exact when there are no more training rows than that, an estimate
+    with bounded memory otherwise.
     """
     digest = hashlib.sha256()
     total = 0
@@ -299,13 +301,14 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         codes = assign_splits(total, len(matrix), validation_fraction, calibration_fraction)
         total += len(matrix)
         counts += np.bincount(codes, minlength=3)
-        train = matrix[codes == SPLIT_TRAIN].astype(np.float64)
-        if not len(train):
+        rows = matrix[codes == SPLIT_TRAIN]
+        if not len(rows):
             continue
         if reservoir is None:
             reservoir = Reservoir(median_sample_rows(matrix.shape[1]), matrix.shape[1],
                                   [seed, 2])
-        reservoir.add(matrix[codes == SPLIT_TRAIN])
+        reservoir.add(rows)
+        train = rows.astype(np.float64)
         if shift is None:
             # Shifted sums keep the variance accurate for large-offset features.
             shift = train[0].copy()
@@ -319,19 +322,16 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         raise InputError(f"Too few usable rows in {source.describe()}: {total} read, "
                          f"{n_train} for training, {int(counts[SPLIT_CALIBRATION])} for threshold "
                          f"calibration. Provide more data (at least ~20 rows).")
-    mean_d = s1 / n_train
-    variance = np.maximum(s2 / n_train - mean_d ** 2, 0.0)
-    mean = shift + mean_d
-    constant = variance <= 1e-12 * np.maximum(1.0, mean ** 2)
-    variance = np.where(constant, 1.0, variance)
+    mean, variance, constant = _moments(shift, s1, s2, n_train)
     sample = reservoir.sample().astype(np.float64)
-    center, scale, robust = robust_scaling(sample, mean, variance)
+    quartiles = np.quantile(sample, [0.25, 0.5, 0.75], axis=0)
+    center, scale, robust = robust_scaling(quartiles, mean, variance)
     return DataStats(
         rows=total,
         rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),
                        "calibration": int(counts[SPLIT_CALIBRATION])},
         mean=mean.astype(np.float32), variance=variance.astype(np.float32),
         constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest(),
-        medians=np.median(sample, axis=0), median_rows=len(sample),
+        medians=quartiles[1], median_rows=len(sample),
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         robust_inputs=int(robust.sum()))

@@ -82,7 +82,7 @@ class ScoreWeights:
     term_scale: np.ndarray  # (2,) s_rec, s_dist: robust spreads of the two terms
     reconstruction_weight: float  # w
     with_distance: bool  # the latent-distance term is on
-    rms: bool = False  # the reconstruction term is the root of the mean (see AnomalyScore)
+    rms: bool  # the reconstruction term is the root of the mean (see AnomalyScore)
 
 
 def score_weights(bundle) -> ScoreWeights:
@@ -93,10 +93,29 @@ def score_weights(bundle) -> ScoreWeights:
         layer = bundle.model.get_layer(OUTPUT_SCORE)
     except ValueError:
         n = bundle.info.n_inputs
-        return ScoreWeights(np.ones(n, np.float32), np.ones(2, np.float32), 1.0, False)
+        return ScoreWeights(np.ones(n, np.float32), np.ones(2, np.float32), 1.0, False, False)
     return ScoreWeights(np.asarray(layer.feature_scale), np.asarray(layer.term_scale),
                         float(layer.reconstruction_weight), bool(layer.with_distance),
-                        bool(getattr(layer, "rms", False)))
+                        layer.rms)
+
+
+def reconstruction_term(feature_errors: np.ndarray, feature_scale: np.ndarray, rms: bool,
+                        observed: Optional[np.ndarray] = None) -> np.ndarray:
+    """The AnomalyScore layer's reconstruction term before its scale s_rec, in numpy.
+
+        sqrt(mean_j m_j e_j / s_j)  over the observed inputs (all of them without a mask);
+        no root when `rms` is False (bundles trained before the root).
+
+    Returns:
+      (n,) float64.
+    """
+    scaled = np.asarray(feature_errors, dtype=np.float64) / feature_scale
+    if observed is None:
+        term = scaled.mean(axis=1)
+    else:
+        m = np.asarray(observed, dtype=np.float64)
+        term = (scaled * m).sum(axis=1) / m.sum(axis=1)
+    return np.sqrt(term) if rms else term
 
 
 def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
@@ -119,12 +138,8 @@ def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
     Returns:
       (n,) float32 scores.
     """
-    m = np.asarray(observed, dtype=np.float64)
-    scaled = np.asarray(feature_errors, dtype=np.float64) / weights.feature_scale
-    term = (scaled * m).sum(axis=1) / m.sum(axis=1)
-    if weights.rms:
-        term = np.sqrt(term)
-    term = term / float(weights.term_scale[0])
+    term = reconstruction_term(feature_errors, weights.feature_scale, weights.rms,
+                               observed) / float(weights.term_scale[0])
     if weights.with_distance:
         term = weights.reconstruction_weight * term \
             + np.asarray(latent_distance, np.float64) / float(weights.term_scale[1])

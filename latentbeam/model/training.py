@@ -290,7 +290,7 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     calibration rows barely move them.
     """
     from latentbeam.model.architectures import OUTPUT_SCORE
-    from latentbeam.model.scoring import score
+    from latentbeam.model.scoring import reconstruction_term, score
 
     vf, cf = config.train.validation_fraction, config.threshold.calibration_fraction
     chunks = list(data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf))
@@ -307,9 +307,7 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
     feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
     layer = bundle.model.get_layer(OUTPUT_SCORE)
-    term = (ferr / feature_scale).mean(axis=1)
-    if layer.rms:
-        term = np.sqrt(term)
+    term = reconstruction_term(ferr, feature_scale, layer.rms)
     term_scale = [_spread(term), _spread(first.latent_distance)]
     layer.feature_scale.assign(feature_scale.astype(np.float32))
     layer.term_scale.assign(np.asarray(term_scale, np.float32))

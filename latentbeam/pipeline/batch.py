@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -41,8 +40,8 @@ from latentbeam.model.sources import TFDS_PREFIX, tfds_batches
 from latentbeam.pipeline import io
 from latentbeam.pipeline.dead_letters import file_fault_letter
 from latentbeam.pipeline.jobs import FileJob, JobSummary
-from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, PARTIAL_SUFFIX, STAGING_PREFIX,
-                                        STATS_DIR, SUCCESS_FILE, basename,
+from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, PARTIAL_SUFFIX, STATS_DIR,
+                                        SUCCESS_FILE, basename,
                                         dead_letter_part_name, part_name)
 from latentbeam.pipeline.metrics import (ANOMALIES, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
@@ -197,7 +196,7 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     sources = resolve_inputs(job.input, job.data_dir)
     paths.check_output(job.output, _reads(job, sources))
     replace = outputs.check_output_dir(job.output, job.overwrite)
-    tmp_dir = fs.join(job.output, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    tmp_dir = outputs.staging_dir(job.output)
     fs.makedirs(tmp_dir)
     step = "Score files" if job.mode == MODE_SCORE else "Decode files"
     if uses_dask(beam_args):

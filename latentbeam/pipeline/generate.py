@@ -6,7 +6,6 @@ with a _SUCCESS record like every other output.
 """
 from __future__ import annotations
 
-import uuid
 from typing import Tuple
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow as pa
 
 from latentbeam import fs, outputs, paths
 from latentbeam.errors import ConfigError
-from latentbeam.pipeline.layout import PARTIAL_SUFFIX, STAGING_PREFIX
+from latentbeam.pipeline.layout import PARTIAL_SUFFIX
 from latentbeam.pipeline.parquet_out import ParquetOutput
 from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_list_array
 
@@ -43,7 +42,7 @@ def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int =
     replace = outputs.check_output_dir(output, overwrite)
     bundle = load_bundle(bundle_path)
     table = generated_table(bundle, num_samples, seed)
-    staging = fs.join(output, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+    staging = outputs.staging_dir(output)
     staged = fs.join(staging, GENERATED_FILE + PARTIAL_SUFFIX)
     try:
         writer = ParquetOutput(staged)
