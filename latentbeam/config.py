@@ -23,6 +23,10 @@ from latentbeam.yaml_safe import MAX_CONFIG_BYTES, MAX_CONFIG_NODES, load_yaml  
 
 DATA_SOURCES = ("parquet", "tfds")
 MODEL_KINDS = ("dense", "conv2d")
+# How inputs are scaled: `per_feature` gives the elements of a list or image feature one
+# shared scale, `per_input` scales every input alone, `auto` shares within images (2-D or
+# 3-D features) only: a 1-D list may hold a vector of unrelated quantities.
+NORMALIZATIONS = ("auto", "per_input", "per_feature")
 THRESHOLD_METHODS = ("quantile", "contamination", "mad", "mean_std", "f1")
 # Default `threshold.value` per method (quantile level, anomaly fraction, k for MAD,
 # k for the standard deviation; f1 takes no value).
@@ -64,6 +68,7 @@ class ModelConfig:
     variational: bool = False  # VAE: Gaussian latent, KL term, sampling in training
     kl_weight: float = 1.0  # weight of the KL term relative to the reconstruction loss
     noise_stddev: float = 0.0  # denoising AE: Gaussian input noise (normalized units)
+    normalization: str = "auto"  # auto | per_input | per_feature: which inputs share a scale
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class ThresholdConfig:
 class ScoreConfig:
     latent_neighbors: int = 1  # k nearest codes per reference group; 0 scores reconstruction only
     reference_rows: int = 512  # training codes kept in the model for the latent distance
-    reference_groups: int = 8  # disjoint groups the reference codes are split into
+    reference_groups: int = 32  # disjoint groups the reference codes are split into
     reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
 
 
@@ -216,6 +221,7 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_model(m: ModelConfig) -> None:
     _check_choice(m.kind, MODEL_KINDS, "model.kind")
+    _check_choice(m.normalization, NORMALIZATIONS, "model.normalization")
     if m.latent_dim is not None and m.latent_dim < 1:
         raise ConfigError(f"Received an invalid value for `model.latent_dim`, expected a "
                           f"positive integer. Received: model.latent_dim={m.latent_dim}")

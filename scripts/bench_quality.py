@@ -62,7 +62,16 @@ def split(x, y, protocol: str, seed: int):
     return x[order], x[order], y[order]
 
 
-def latentbeam_scores(x_train, x_test, seed: int, overrides, workdir: str):
+def _columns(x, image_shape):
+    """Parquet columns of the rows: one per input, or one image column of that shape."""
+    if not image_shape:
+        return {f"f{i:03d}": pa.array(x[:, i]) for i in range(x.shape[1])}
+    h, w = image_shape
+    return {"image": pa.array(x.reshape(len(x), h, w).tolist(),
+                              type=pa.list_(pa.list_(pa.float64(), w), h))}
+
+
+def latentbeam_scores(x_train, x_test, seed: int, overrides, workdir: str, image_shape=None):
     from latentbeam.config import from_dict
     from latentbeam.model import load_bundle, score, train
 
@@ -70,8 +79,7 @@ def latentbeam_scores(x_train, x_test, seed: int, overrides, workdir: str):
     os.makedirs(data, exist_ok=True)
     for f in glob.glob(os.path.join(data, "*")):
         os.remove(f)
-    cols = {f"f{i:03d}": pa.array(x_train[:, i]) for i in range(x_train.shape[1])}
-    pq.write_table(pa.table(cols), os.path.join(data, "train.parquet"))
+    pq.write_table(pa.table(_columns(x_train, image_shape)), os.path.join(data, "train.parquet"))
     config = from_dict({"data": {"path": os.path.join(data, "*.parquet")}},
                        [f"train.seed={seed}", "train.verbose=0", *overrides])
     bundle_dir = os.path.join(workdir, f"bundle-{seed}")
@@ -125,11 +133,19 @@ def main(argv=None) -> int:
                     metavar="KEY=VALUE", help="latentbeam config override (repeatable)")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
     ap.add_argument("--no-peers", action="store_true", help="latentbeam only")
+    ap.add_argument("--image", action="append", default=[], metavar="SET=HxW",
+                    help="write SET's rows as one image column of that shape (as image "
+                         "data arrives from TFDS or an image table) instead of one column "
+                         "per input, e.g. optdigits=8x8")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("latentbeam", "absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    images = {}
+    for spec in args.image:
+        name, _, shape = spec.partition("=")
+        images[name] = tuple(int(v) for v in shape.lower().split("x"))
     methods = ("latentbeam",) if args.no_peers else METHODS
     sets = load_sets(args.data_dir, args.sets)
     second = "AP" if args.protocol == "semi" else "P@k"
@@ -142,7 +158,8 @@ def main(argv=None) -> int:
                 x_train, x_test, y_test = split(x, y, args.protocol, seed)
                 for m in methods:
                     if m == "latentbeam":
-                        s, sec = latentbeam_scores(x_train, x_test, seed, args.overrides, work)
+                        s, sec = latentbeam_scores(x_train, x_test, seed, args.overrides, work,
+                                                   images.get(name))
                     else:
                         s, sec = peer_scores(m, x_train, x_test, seed, args.protocol)
                     results[name][m].append((*metrics(y_test, s, args.protocol), sec))
@@ -153,7 +170,8 @@ def main(argv=None) -> int:
 
     print(f"\nprotocol {args.protocol}, seeds {args.seeds}, latentbeam overrides "
           f"{args.overrides or '(none: default config)'}; cells: ROC-AUC / {second}, mean "
-          f"over seeds; lb s = latentbeam train seconds per seed (mean)\n")
+          f"over seeds; lb s = latentbeam train seconds per seed (mean)"
+          + (f"; as one image column: {', '.join(args.image)}" if args.image else "") + "\n")
     header = "| set | " + " | ".join(methods) + " | lb s |"
     print(header)
     print("|" + "---|" * (len(methods) + 2))

@@ -148,7 +148,7 @@ def test_score_terms_are_scaled_by_their_calibration_spread(tiny_bundle, digits_
     # a code far outside them gets a large distance.
     ref = np.asarray(tiny_bundle.model.get_layer("latent_distance").reference)
     groups = desc["reference_groups"]
-    assert groups == 8 and ref.shape == (desc["reference_rows"], 2)
+    assert groups == 32 and ref.shape == (desc["reference_rows"], 2) == (512, 2)
     assert desc["reference_rows"] % groups == 0
     dist = np.sqrt(((s.latent[:, None, :] - ref[None]) ** 2).sum(-1))  # (rows, references)
     nearest = dist.reshape(len(dist), groups, -1).min(axis=2).mean(axis=1)
@@ -168,3 +168,43 @@ def test_term_spread_is_robust_and_never_zero():
     # Over 90% equal: the mean absolute deviation.
     assert _spread(np.r_[np.zeros(95), np.full(5, 4.0)]) == pytest.approx(1.2533 * 0.2)
     assert _spread(np.zeros(10)) == 1.0
+
+
+@pytest.mark.parametrize("n_train, layout", [
+    (100_000, (32, 16)),  # the default: 512 reference codes in 32 groups of 16
+    (1_000, (32, 16)),
+    (100, (6, 16)),  # fewer rows: fewer groups of the same size, not smaller groups
+    (16, (1, 16)),
+    (10, (1, 10)),  # fewer rows than one group: one group of every row
+])
+def test_reference_groups_keep_their_size_when_training_rows_are_few(n_train, layout):
+    from latentbeam.config import ScoreConfig
+    from latentbeam.model.training import reference_layout
+
+    assert reference_layout(ScoreConfig(), n_train) == layout
+    assert reference_layout(ScoreConfig(reference_rows=64, reference_groups=1), n_train) == \
+        (1, min(64, n_train))
+
+
+def test_an_image_shares_one_input_scale_and_one_error_scale(tiny_image_bundle_dir, tiny_bundle):
+    """Trained on an 8x8 `image` column, every pixel has the same normalization and the
+    same calibrated error scale; trained on 64 pixel columns, each has its own."""
+    from latentbeam.model import load_bundle
+
+    tiny_image_bundle = load_bundle(tiny_image_bundle_dir)
+    info = tiny_image_bundle.info.raw["training"]
+    assert info["shared_scale_features"] == ["image"]
+    assert tiny_bundle.info.raw["training"]["shared_scale_features"] == []
+    for bundle, shared in ((tiny_image_bundle, True), (tiny_bundle, False)):
+        norm = bundle.model.get_layer("normalize")
+        variance = np.asarray(norm.variance).ravel()
+        mean = np.asarray(norm.mean).ravel()
+        feature_scale = np.asarray(bundle.model.get_layer("score").feature_scale)
+        assert variance.shape == mean.shape == feature_scale.shape == (64,)
+        for values in (variance, mean, feature_scale):
+            assert (np.ptp(values) == 0) == shared
+        if shared:
+            # The std of every pixel value of the training rows (the digits' quartiles,
+            # 0 and 10, are wider than it) and their median.
+            assert np.sqrt(variance[0]) == pytest.approx(6.0, abs=0.1)
+            assert mean[0] in (0.0, 1.0)

@@ -29,7 +29,8 @@ def test_yaml_with_only_data_gets_the_documented_defaults(tmp_path):
     assert config.threshold.method == "quantile"
     assert config.threshold_value() == 0.99
     assert (config.score.latent_neighbors, config.score.reference_rows,
-            config.score.reference_groups) == (1, 512, 8)
+            config.score.reference_groups) == (1, 512, 32)
+    assert config.model.normalization == "auto"
 
 
 def test_set_overrides_nested_keys_with_yaml_typed_values(tmp_path):
@@ -77,7 +78,7 @@ def test_parse_overrides_builds_a_nested_dict():
     (["model.latnet_dim=2"],
      "Unknown config key(s) in `model`: latnet_dim. Valid keys: model.kind, model.latent_dim, "
      "model.hidden_units, model.conv_filters, model.activation, model.dropout, model.l2, "
-     "model.batch_norm, model.variational, model.kl_weight, model.noise_stddev."),
+     "model.batch_norm, model.variational, model.kl_weight, model.noise_stddev, model.normalization."),
     (["modle.latent_dim=2"],
      "Unknown config key(s) at the top level: modle. Valid keys: data, model, train, threshold, score."),
 ])

@@ -218,6 +218,60 @@ def test_normalization_uses_quartiles_that_outliers_cannot_stretch():
     assert center[5] == pytest.approx(3.0) and scale[5] == 1.0
 
 
+def test_the_pixels_of_an_image_share_one_scale_taken_over_all_their_values(digits_matrix):
+    """Scaled one by one, a pixel that is almost always blank gets a tiny scale and its
+    noise weighs like a stroke; pooled, every pixel of the image keeps its share."""
+    from latentbeam.model.data import pool_inputs, robust_scaling
+
+    x = digits_matrix.astype(np.float64)  # (1797, 64), values 0..16
+    var = x.var(axis=0)
+    center, scale, robust = pool_inputs(x, x.mean(axis=0), var)
+    assert center.shape == scale.shape == robust.shape == (64,)
+    assert np.all(center == center[0]) and np.all(scale == scale[0])
+    # The group's mean and variance from per-input moments are those of all its values.
+    values = x.ravel()
+    expected = robust_scaling(np.quantile(values, [0.25, 0.5, 0.75])[:, None],
+                              np.array([values.mean()]), np.array([values.var()]))
+    assert center[0] == pytest.approx(expected[0][0]) and scale[0] == pytest.approx(expected[1][0])
+    # Digits: quartiles 0 and 10 of all pixel values are wider than their std 6.0, so
+    # the shared scale is the std of all values; centre the median of all values.
+    assert scale[0] == pytest.approx(values.std(), rel=1e-9) and center[0] == np.median(values)
+    # Per input, an almost always blank pixel would get a scale of 0.024 (its noise
+    # magnified 250x against the pooled 6.0) and the busiest one 6.5.
+    per_input = robust_scaling(np.quantile(x, [0.25, 0.5, 0.75], axis=0), x.mean(axis=0),
+                               np.where(var == 0, 1.0, var))[1]
+    assert per_input[1:].min() < 0.005 * scale[0] and per_input.max() > scale[0]
+
+
+def test_which_inputs_share_a_scale_follows_model_normalization():
+    from latentbeam.model.features import shared_scale_inputs
+
+    features = [Feature("a", "float64"), Feature("v", "float32", (3,)),
+                Feature("image", "uint8", (2, 2)), Feature("rgb", "uint8", (2, 2, 3))]
+    assert shared_scale_inputs(features, "auto") == [slice(4, 8), slice(8, 20)]
+    assert shared_scale_inputs(features, "per_feature") == [slice(1, 4), slice(4, 8),
+                                                            slice(8, 20)]
+    assert shared_scale_inputs(features, "per_input") == []
+
+
+def test_scan_pools_the_given_inputs_and_scales_the_others_alone(digits_glob, digits_matrix):
+    source = ParquetSource(digits_glob, label="label", key_columns=["id"])
+    alone = data_mod.scan(source, 0.1, 0.1)
+    pooled = data_mod.scan(source, 0.1, 0.1, pooled=[slice(8, 16), slice(40, 48)])
+    for inputs in (slice(8, 16), slice(40, 48)):
+        train = digits_matrix[data_mod.assign_splits(0, 1797, 0.1, 0.1) == 0][:, inputs]
+        values = train.astype(np.float64).ravel()
+        assert np.all(pooled.scale[inputs] == pooled.scale[inputs][0])
+        assert pooled.scale[inputs][0] == pytest.approx(
+            min(values.std(), max((np.quantile(values, 0.75) - np.quantile(values, 0.25))
+                                  / 1.349, values.std() / data_mod.MAX_ROBUST_GAIN)), rel=1e-5)
+    rest = np.r_[0:8, 16:40, 48:64]
+    np.testing.assert_array_equal(pooled.scale[rest], alone.scale[rest])
+    np.testing.assert_array_equal(pooled.center[rest], alone.center[rest])
+    # The medians that fill missing values stay per input.
+    np.testing.assert_array_equal(pooled.medians, alone.medians)
+
+
 def test_tfds_default_features_are_in_a_stable_sorted_order(tmp_path):
     # A restored FeaturesDict lists keys in a per-process order; the model input order
     # must not depend on it.

@@ -269,6 +269,32 @@ def robust_scaling(quartiles: np.ndarray, mean: np.ndarray, variance: np.ndarray
     return np.where(robust, median, np.asarray(mean, dtype=np.float64)), scale, robust
 
 
+def pool_inputs(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
+    """(center, scale, robust) shared by a group of inputs measured in one unit.
+
+    The elements of an image are one measurement (a pixel's intensity) at different
+    places, and the ones that are almost always empty (an image's border) have tiny
+    spreads: scaled one by one, their noise would weigh as much as the strokes that
+    carry the picture. `robust_scaling` is applied to the group's values taken
+    together; every input of the group gets the result.
+
+    Args:
+      sample: (rows, k) sampled values of the group's k inputs.
+      mean, variance: (k,) exact per-input statistics of all training rows.
+
+    Returns:
+      Three (k,) arrays, each constant.
+    """
+    k = sample.shape[1]
+    pooled_mean = float(np.mean(mean))
+    # Law of total variance: the spread of all values = within-input + between-input.
+    pooled_variance = float(np.mean(variance + (mean - pooled_mean) ** 2))
+    quartiles = np.quantile(sample.reshape(-1), [0.25, 0.5, 0.75])[:, None]
+    center, scale, robust = robust_scaling(quartiles, np.array([pooled_mean]),
+                                           np.array([max(pooled_variance, 1e-12)]))
+    return np.full(k, center[0]), np.full(k, scale[0]), np.full(k, bool(robust[0]))
+
+
 def _moments(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int):
     """(mean, variance with zeros replaced by 1, constant mask) from sums shifted by `shift`."""
     mean_d = s1 / n
@@ -279,14 +305,15 @@ def _moments(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int):
 
 
 def scan(source, validation_fraction: float, calibration_fraction: float,
-         seed: int = 0) -> DataStats:
+         seed: int = 0, pooled: Sequence[slice] = ()) -> DataStats:
     """One pass: row counts per split, normalization statistics, medians, data fingerprint.
 
     mean and variance are exact over the training rows. The medians (which fill missing
     values at scoring time) and the quartiles of the model's normalization
     (`robust_scaling`) are those of a seeded reservoir sample of `median_sample_rows`
     training rows: exact when there are no more training rows than that, an estimate
-    with bounded memory otherwise.
+    with bounded memory otherwise. The inputs of each slice in `pooled` (the elements of
+    one image) share one centre and scale, taken over all their values (`pool_inputs`).
     """
     digest = hashlib.sha256()
     total = 0
@@ -326,6 +353,10 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     sample = reservoir.sample().astype(np.float64)
     quartiles = np.quantile(sample, [0.25, 0.5, 0.75], axis=0)
     center, scale, robust = robust_scaling(quartiles, mean, variance)
+    for inputs in pooled:
+        # Constant inputs (variance stored as 1) add no spread to the group's values.
+        center[inputs], scale[inputs], robust[inputs] = pool_inputs(
+            sample[:, inputs], mean[inputs], np.where(constant, 0.0, variance)[inputs])
     return DataStats(
         rows=total,
         rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),

@@ -61,6 +61,22 @@ def n_inputs(features: Sequence[Feature]) -> int:
     return sum(f.size for f in features)
 
 
+def shared_scale_inputs(features: Sequence[Feature], normalization: str) -> List[slice]:
+    """The model inputs of each feature whose elements share one scale, in model order.
+
+    `per_feature`: every list or image feature; `auto`: image features (2-D or 3-D
+    shapes), whose elements are one measurement at different places; `per_input`: none.
+    """
+    out: List[slice] = []
+    start = 0
+    for f in features:
+        if f.size > 1 and (normalization == "per_feature"
+                           or (normalization == "auto" and len(f.shape) >= 2)):
+            out.append(slice(start, start + f.size))
+        start += f.size
+    return out
+
+
 def input_names(features: Sequence[Feature]) -> List[str]:
     """One name per model input, in model order: what `top_features` and the report show.
 

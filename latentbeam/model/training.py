@@ -8,7 +8,7 @@ import math
 import shutil
 import tempfile
 import time
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batch
 from latentbeam.model.bundle import Bundle, BundleInfo
 from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
-from latentbeam.model.features import n_inputs
+from latentbeam.model.features import n_inputs, shared_scale_inputs
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def _scan(config: Config, source) -> data_mod.DataStats:
     tc = config.train
     log.info("Scanning %s", source.describe())
     stats = data_mod.scan(source, tc.validation_fraction, config.threshold.calibration_fraction,
-                          seed=tc.seed)
+                          seed=tc.seed, pooled=shared_scale_inputs(source.features,
+                                                                   config.model.normalization))
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
@@ -154,6 +155,9 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "rows_skipped_by_reason": dict(source.skipped.by_reason),
             "constant_inputs": stats.constant_inputs,
             "robust_scaled_inputs": stats.robust_inputs,
+            "shared_scale_features": [
+                f.name for f in source.features
+                if shared_scale_inputs([f], config.model.normalization)],
             "epochs": len(hist["loss"]),
             "best_epoch": best_epoch,
             "losses": hist,
@@ -177,20 +181,32 @@ def _build_model(config: Config, source, stats):
             raise ConfigError(f"`model.kind: conv2d` needs exactly one image feature; got "
                               f"{[f.name for f in source.features]}. Set `data.features`.")
         image_feature_shape = image_shape(source.features[0].shape)
-    reference_rows = max(1, min(sc.reference_rows, stats.rows_by_split["train"]))
-    # Fewer training rows than references: fewer groups, each of equal size.
-    groups = min(sc.reference_groups, reference_rows)
-    reference_rows -= reference_rows % groups
+    groups, group_size = reference_layout(sc, stats.rows_by_split["train"])
+    reference_rows = groups * group_size
     model = build_autoencoder(mc, n_inputs=width, mean=stats.center,
                               variance=np.square(stats.scale),
                               image_feature_shape=image_feature_shape, seed=tc.seed,
                               trim_fraction=tc.trim_fraction,
-                              latent_neighbors=min(sc.latent_neighbors,
-                                                   reference_rows // groups),
+                              latent_neighbors=min(sc.latent_neighbors, group_size),
                               reference_rows=reference_rows, reference_groups=groups,
                               reconstruction_weight=sc.reconstruction_weight)
     model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
     return model
+
+
+def reference_layout(sc, n_train: int) -> Tuple[int, int]:
+    """(groups, codes per group) of the latent distance for `n_train` training rows.
+
+    The configured group size (`reference_rows // reference_groups`) is what sets the
+    term's resolution and its robustness to clusters of anomalies, so fewer training rows
+    than references mean fewer groups of that size, not smaller groups; with fewer rows
+    than one group, one group of every row.
+    """
+    size = max(1, sc.reference_rows // sc.reference_groups)
+    available = max(1, min(sc.reference_rows, n_train))
+    if available < size:
+        return 1, available
+    return min(sc.reference_groups, available // size), size
 
 
 def _training_passes(source, tc, validation_fraction: float,
@@ -303,6 +319,9 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
     ferr = first.feature_errors.astype(np.float64)
     clipped = np.minimum(ferr, np.quantile(ferr, 0.99, axis=0))
     feature_scale = clipped.mean(axis=0)
+    # The elements of an image share one error scale as they share one input scale.
+    for inputs in shared_scale_inputs(source.features, config.model.normalization):
+        feature_scale[inputs] = feature_scale[inputs].mean()
     # No input may weigh more than 10x an average one: inputs that are almost always
     # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
     feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
