@@ -14,6 +14,11 @@ Protocols (see ../shared/data/odds/README.md):
 
     python scripts/bench_quality.py [--protocol semi|unsup] [--seeds 0 1 2]
         [--sets cardio thyroid] [--set model.latent_dim=4 ...] [--no-peers]
+        [--image optdigits=8x8]
+
+Every set is written as one Parquet column per input (the ODDS files are flat tables).
+`--image SET=HxW` writes that set's rows as one image column instead, as image data
+arrives from TFDS or an image table; the peers see the same flat matrix either way.
 """
 from __future__ import annotations
 

@@ -213,6 +213,32 @@ def test_grouped_latent_distance_averages_the_nearest_code_of_each_group():
         LatentDistance(4, 2, k=3, groups=2)
 
 
+def test_latent_distance_is_exact_far_from_the_origin_and_the_same_in_any_batch():
+    """Codes offset far from 0 (as a code can be), rows that are reference codes (scoring
+    the training data) and rows near them: the distances match numpy's from the
+    differences, whatever rows share the batch."""
+    rng = np.random.default_rng(0)
+    ref = (500.0 + rng.normal(size=(512, 8))).astype(np.float32)
+    z = np.concatenate([ref[:64], ref[64:128] + 0.05 * rng.normal(size=(64, 8)),
+                        500.0 + rng.normal(size=(1872, 8))]).astype(np.float32)
+    layer = LatentDistance(512, 8, k=1, groups=32)
+    layer.reference.assign(ref)
+    exact = np.sqrt(((z[:, None, :].astype(np.float64) - ref[None]) ** 2).sum(-1))
+    exact = exact.reshape(len(z), 32, 16).min(axis=2).mean(axis=1)
+    whole = np.asarray(layer(z))
+    np.testing.assert_allclose(whole, exact, rtol=1e-5)
+    # A reference code is at distance 0 from itself: the expanded form's rounding
+    # (~1e-7 of the codes' squared spread, batch-dependent) is snapped to 0.
+    own = np.sqrt(((z[:64, None, :].astype(np.float64) - ref[None]) ** 2).sum(-1))
+    own = own.reshape(64, 32, 16).min(axis=2)
+    assert np.all(own[np.arange(64), np.arange(64) // 16] == 0)
+    for size in (1, 7, 1000):
+        parts = [np.asarray(layer(z[i:min(i + size, 2000)])) for i in range(0, 2000, size)]
+        # Without the snap, a reference row's own-group term would be the square root of
+        # that rounding: its distance 4e-5 apart between these batchings instead of 2e-7.
+        np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-6)
+
+
 def test_anomaly_score_weighs_standardized_errors_and_distance():
     layer = AnomalyScore(3, reconstruction_weight=0.5, rms=True)
     layer.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))

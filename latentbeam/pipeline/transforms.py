@@ -28,7 +28,7 @@ the "latentbeam" Beam metrics.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -195,14 +195,13 @@ class _BundleDoFn(beam.DoFn):
                 for i in range(row_offset, row_offset + len(dicts))]
 
 
-# What Score, Encode and Decode take and give: Arrow record batches (the columnar path)
-# or rows (beam.Row, NamedTuple, dict; schema'd input comes out as beam.Row of the output
-# schema, dicts as dicts). Dead letters are dicts of the DEAD_LETTER_SCHEMA fields. Beam
-# does not read these string annotations; the row type of a schema'd output is declared
-# in expand() with with_output_types.
-Element = Union[pa.RecordBatch, beam.Row, Mapping[str, Any]]
-Output = Union["beam.PCollection[Element]",
-               Tuple["beam.PCollection[Element]", "beam.PCollection[Dict[str, Any]]"]]
+# What Score, Encode and Decode take and give: Arrow record batches or tables (the
+# columnar path) or rows (beam.Row, NamedTuple, dict; schema'd input comes out as
+# beam.Row of the output schema, dicts as dicts). Dead letters are dicts of the
+# DEAD_LETTER_SCHEMA fields. expand() carries no type annotations: Beam (2.78 on) checks
+# them against the input's inferred type, and a union of these input kinds would refuse
+# NamedTuples and schema types it handles; the row type of a schema'd output is declared
+# with with_output_types.
 
 
 class _BundleTransform(beam.PTransform):
@@ -260,7 +259,7 @@ class _BundleTransform(beam.PTransform):
             [(k, types[k]) for k in self._opts.key_columns]
             + arrow_to_beam_fields(self.output_columns()))
 
-    def expand(self, pcoll: beam.PCollection[Element]) -> Output:
+    def expand(self, pcoll):
         row_type = self.output_row_type(pcoll.element_type)
         apply = beam.ParDo(_BundleDoFn(self._bundle_path, self._mode, self._opts, self._source,
                                        as_rows=row_type is not None))

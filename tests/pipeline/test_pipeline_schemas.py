@@ -38,8 +38,21 @@ def _rows(n=N):
     return [beam.Row(**r) for r in digits_table().slice(0, n).to_pylist()]
 
 
+def _canonical(tp):
+    """A type hint with its generic aliases spelled one way: Beam 2.78 turns
+    typing.Sequence[X] into collections.abc.Sequence[X], the same type."""
+    origin = typing.get_origin(tp)
+    if origin is None:
+        return tp
+    return origin, tuple(_canonical(arg) for arg in typing.get_args(tp))
+
+
 def _fields(row_type):
-    return list(row_type._fields)
+    return [(name, _canonical(tp)) for name, tp in row_type._fields]
+
+
+def _expected(fields):
+    return [(name, _canonical(tp)) for name, tp in fields]
 
 
 def test_score_encode_decode_declare_row_schemas_from_bundle_json(tiny_bundle_dir):
@@ -56,14 +69,14 @@ def test_score_encode_decode_declare_row_schemas_from_bundle_json(tiny_bundle_di
     decoded = codes | "Decode" >> Decode(only_json)
 
     assert isinstance(scored.element_type, RowTypeConstraint)
-    assert _fields(scored.element_type) == [
+    assert _fields(scored.element_type) == _expected([
         ("id", np.int64), ("label", np.int64), ("latent", F32_LIST),
         ("reconstruction_error", F32), ("anomaly_score", F32),
         ("is_anomaly", typing.Optional[bool]), ("model_version", typing.Optional[str]),
-        ("feature_errors", F32_LIST)]
-    assert _fields(codes.element_type) == [
-        ("label", np.int64), ("latent", F32_LIST), ("model_version", typing.Optional[str])]
-    assert _fields(decoded.element_type) == (
+        ("feature_errors", F32_LIST)])
+    assert _fields(codes.element_type) == _expected([
+        ("label", np.int64), ("latent", F32_LIST), ("model_version", typing.Optional[str])])
+    assert _fields(decoded.element_type) == _expected(
         [(c, F32) for c in pixel_columns()] + [("model_version", typing.Optional[str])])
     # One column list: the Beam fields follow the Arrow output schemas in records.py.
     info = load_bundle_info(only_json)
@@ -154,8 +167,8 @@ def test_named_tuples_and_row_typed_input_give_rows_dicts_stay_dicts(tiny_bundle
                  | "Score plain" >> Score(tiny_bundle_dir, key_columns=["id"]))
         decoded = (p | "Latent" >> beam.Create(latent)
                    | "Decode plain" >> Decode(tiny_bundle_dir, key_columns=["id"]))
-        assert _fields(named.element_type) == [("id", np.int64), ("latent", F32_LIST),
-                                               ("model_version", typing.Optional[str])]
+        assert _fields(named.element_type) == _expected(
+            [("id", np.int64), ("latent", F32_LIST), ("model_version", typing.Optional[str])])
         assert isinstance(typed.element_type, RowTypeConstraint)
         assert not isinstance(plain.element_type, RowTypeConstraint)
         assert_that(named, keep("named"), label="named")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -37,9 +37,6 @@ from latentbeam.pipeline.streaming.events import (REASON_BAD_TIMESTAMP, REASON_L
                                                   window_stamp)
 from latentbeam.pipeline.streaming.scoring import Chunk, StreamScoring
 
-if TYPE_CHECKING:  # the class needs apache-beam[gcp]; only its name is used here
-    from apache_beam.io.gcp.pubsub import PubsubMessage
-
 REASON_BAD_MESSAGE = "bad_message"  # Pub/Sub message that is not a JSON object (or list)
 DEAD = "dead_letters"
 
@@ -60,8 +57,7 @@ class ScorePubSub(beam.PTransform):
         self._job = job
         self._run_id = run_id
 
-    def expand(self, messages: beam.PCollection[Union[bytes, PubsubMessage]]
-               ) -> Tuple[beam.PCollection[str], beam.PCollection[str]]:
+    def expand(self, messages):
         job = self._job
         parsed = messages | "Parse JSON" >> beam.ParDo(_ParseMessageDoFn(job)).with_outputs(
             DEAD, main="rows")
@@ -200,7 +196,9 @@ def file_naming(prefix: str, run_id: str, suffix: str = ".parquet"):
 class WriteWindowedParquet(beam.PTransform):
     """Windows timestamped Chunks and writes each window's rows as Parquet files.
 
-    Returns the full paths of the files written (one element per file, in its window).
+    Input: `streaming.scoring.Chunk`s (not annotated on expand(): Beam checks annotations
+    against the inferred type, which for a multi-output ParDo's main output is a union
+    with TaggedOutput). Returns the full paths of the files written (one element per file, in its window).
 
     Example:
       chunks | "Write scored" >> WriteWindowedParquet(out, window_seconds=60, run_id="r1")
@@ -218,7 +216,7 @@ class WriteWindowedParquet(beam.PTransform):
         self._run_id = run_id
         self._prefix = prefix
 
-    def expand(self, chunks: beam.PCollection[Chunk]) -> beam.PCollection[str]:
+    def expand(self, chunks) -> beam.PCollection[str]:
         early = trigger.AfterProcessingTime(self._early) if self._early else None
         path = self._path
         return (chunks
