@@ -35,6 +35,18 @@ def _read_all(out: str):
     return ([pq.read_table(f) for f in scored], [pq.read_table(f) for f in dead])
 
 
+def _wait_until_recorded(out: str, names, timeout: float = 60.0) -> None:
+    """Waits until the stream's manifest records every file in `names` as scored."""
+    from latentbeam.pipeline.streaming.manifest import read_manifest
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if set(names) <= {os.path.basename(s) for s in read_manifest(out)}:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{sorted(names)} not scored into {out} within {timeout} s")
+
+
 @pytest.fixture(scope="module")
 def second_bundle_dir(tmp_path_factory, digits_glob):
     from latentbeam.model import train
@@ -58,12 +70,15 @@ def test_files_landing_while_streaming_are_scored_once_with_hot_swap(
     landed = {}
 
     def feed():
+        # Each step waits for the stream to record what the next one depends on, not for a
+        # fixed time: on a loaded machine the stream's start-up alone can take seconds.
         time.sleep(3.0)
         for i in range(3):  # scored by v1
             _land(str(watch), f"a{i}.parquet", _slice(i * 100, 100))
             landed[f"a{i}"] = time.time()
             time.sleep(0.4)
         (watch / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+        _wait_until_recorded(out, [f"a{i}.parquet" for i in range(3)] + ["corrupt.parquet"])
         shutil.copytree(second_bundle_dir, models / "v2")  # bundle.json lands last
         os.utime(models / "v2" / "bundle.json")
         time.sleep(2.5)  # > --bundle-poll-seconds
@@ -71,15 +86,18 @@ def test_files_landing_while_streaming_are_scored_once_with_hot_swap(
             _land(str(watch), f"b{i}.parquet", _slice(500 + i * 100, 100))
             time.sleep(0.4)
         _land(str(watch), "bad.parquet", pa.Table.from_pylist(bad_rows, schema=_slice(0, 1).schema))
+        fed.set()
 
-    thread = threading.Thread(target=feed)
+    fed = threading.Event()
+    thread = threading.Thread(target=feed, daemon=True)
     thread.start()
+    # Long enough for a slow machine; the feeder lands its last file well before.
     rc = cli.main(["stream", "--bundle", str(models), "--watch", str(watch / "*.parquet"),
                    "--output", out, "--window-seconds", "2", "--poll-seconds", "0.5",
-                   "--bundle-poll-seconds", "0.5", "--stop-after-seconds", "12",
+                   "--bundle-poll-seconds", "0.5", "--stop-after-seconds", "20",
                    "--key-columns", "id"])
-    thread.join()
-    assert rc == 0
+    thread.join(timeout=5)
+    assert rc == 0 and fed.is_set(), "the stream stopped before every file had landed"
 
     scored, dead = _read_all(out)  # every output file reads back
     ids = [i for t in scored for i in t.column("id").to_pylist()]
