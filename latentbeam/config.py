@@ -25,8 +25,10 @@ DATA_SOURCES = ("parquet", "tfds")
 MODEL_KINDS = ("dense", "conv2d")
 # How inputs are scaled: `per_feature` gives the elements of a list or image feature one
 # shared scale, `per_input` scales every input alone, `auto` shares within images (2-D or
-# 3-D features) only: a 1-D list may hold a vector of unrelated quantities.
-NORMALIZATIONS = ("auto", "per_input", "per_feature")
+# 3-D features) only: a 1-D list may hold a vector of unrelated quantities. `shared`
+# gives every input one scale: all columns are one measurement in one unit (a table of
+# pixel columns, a spectrum, an array of like sensors).
+NORMALIZATIONS = ("auto", "per_input", "per_feature", "shared")
 THRESHOLD_METHODS = ("quantile", "contamination", "mad", "mean_std", "f1")
 # Default `threshold.value` per method (quantile level, anomaly fraction, k for MAD,
 # k for the standard deviation; f1 takes no value).
@@ -68,7 +70,7 @@ class ModelConfig:
     variational: bool = False  # VAE: Gaussian latent, KL term, sampling in training
     kl_weight: float = 1.0  # weight of the KL term relative to the reconstruction loss
     noise_stddev: float = 0.0  # denoising AE: Gaussian input noise (normalized units)
-    normalization: str = "auto"  # auto | per_input | per_feature: which inputs share a scale
+    normalization: str = "auto"  # auto | per_input | per_feature | shared: which inputs share a scale
 
 
 @dataclass(frozen=True)

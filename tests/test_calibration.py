@@ -208,3 +208,23 @@ def test_an_image_shares_one_input_scale_and_one_error_scale(tiny_image_bundle_d
             # 0 and 10, are wider than it) and their median.
             assert np.sqrt(variance[0]) == pytest.approx(6.0, abs=0.1)
             assert mean[0] in (0.0, 1.0)
+
+
+def test_shared_normalization_scales_pixel_columns_as_one_image(tmp_path, digits_glob,
+                                                                tiny_image_bundle_dir):
+    """`model.normalization: shared` on the 64 pixel columns gives every input the centre
+    and scale the 8x8 image column gets by default, and one error scale."""
+    from latentbeam.model import load_bundle, train
+    from tiny import tiny_config
+
+    columns = train(tiny_config(digits_glob, "model.normalization=shared", "train.epochs=2"),
+                    str(tmp_path / "shared"))
+    image = load_bundle(tiny_image_bundle_dir)
+    assert columns.info.raw["training"]["shared_scale_features"] == \
+        [f"pixel_{i:02d}" for i in range(64)]
+    for name in ("mean", "variance"):
+        got = np.asarray(getattr(columns.model.get_layer("normalize"), name)).ravel()
+        want = np.asarray(getattr(image.model.get_layer("normalize"), name)).ravel()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    feature_scale = np.asarray(columns.model.get_layer("score").feature_scale)
+    assert np.ptp(feature_scale) == 0 and feature_scale[0] > 0

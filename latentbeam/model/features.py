@@ -62,11 +62,15 @@ def n_inputs(features: Sequence[Feature]) -> int:
 
 
 def shared_scale_inputs(features: Sequence[Feature], normalization: str) -> List[slice]:
-    """The model inputs of each feature whose elements share one scale, in model order.
+    """The groups of model inputs that share one scale, in model order.
 
-    `per_feature`: every list or image feature; `auto`: image features (2-D or 3-D
-    shapes), whose elements are one measurement at different places; `per_input`: none.
+    `per_feature`: the elements of every list or image feature; `auto`: of image features
+    (2-D or 3-D shapes), whose elements are one measurement at different places;
+    `shared`: all inputs together, one group; `per_input`: none.
     """
+    total = sum(f.size for f in features)
+    if normalization == "shared":
+        return [slice(0, total)] if total > 1 else []
     out: List[slice] = []
     start = 0
     for f in features:
@@ -75,6 +79,17 @@ def shared_scale_inputs(features: Sequence[Feature], normalization: str) -> List
             out.append(slice(start, start + f.size))
         start += f.size
     return out
+
+
+def shared_scale_features(features: Sequence[Feature], normalization: str) -> List[str]:
+    """Names of the features whose inputs share a scale (with each other or with others)."""
+    groups = shared_scale_inputs(features, normalization)
+    names, start = [], 0
+    for f in features:
+        if any(g.start <= start and start + f.size <= g.stop for g in groups):
+            names.append(f.name)
+        start += f.size
+    return names
 
 
 def input_names(features: Sequence[Feature]) -> List[str]:

@@ -21,7 +21,7 @@ from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batch
 from latentbeam.model.bundle import Bundle, BundleInfo
 from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
-from latentbeam.model.features import n_inputs, shared_scale_inputs
+from latentbeam.model.features import n_inputs, shared_scale_features, shared_scale_inputs
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,8 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "rows_skipped_by_reason": dict(source.skipped.by_reason),
             "constant_inputs": stats.constant_inputs,
             "robust_scaled_inputs": stats.robust_inputs,
-            "shared_scale_features": [
-                f.name for f in source.features
-                if shared_scale_inputs([f], config.model.normalization)],
+            "shared_scale_features": shared_scale_features(source.features,
+                                                           config.model.normalization),
             "epochs": len(hist["loss"]),
             "best_epoch": best_epoch,
             "losses": hist,
