@@ -165,6 +165,9 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
     if a.get("variational"):
         extras.insert(0, f"variational (kl_weight={a.get('kl_weight')})")
     out.add("architecture", f"{a['kind']} {a['layers']}" + (f"; {', '.join(extras)}" if extras else ""))
+    normalization = _normalization_text(s)
+    if normalization:
+        out.add("normalization", normalization)
     sc = s.get("score")
     if sc:
         terms = " + ".join(sc.get("terms", []))
@@ -179,6 +182,26 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
     params = ", ".join(f"{k}={v:.4g}" for k, v in th.get("parameters", {}).items())
     out.add("threshold", f"{th['threshold']:.6g} ({th['method']}, value={th['value']}"
             + (f"; {params}" if params else "") + ")")
+
+
+def _normalization_text(s: Dict[str, Any]) -> str:
+    """`model.normalization`, the features sharing a scale and the inputs scaled by quartiles
+    ("" for bundles that recorded none of it)."""
+    t = s["training"]
+    parts = []
+    mode = (t.get("config", {}).get("model") or {}).get("normalization")
+    if mode:
+        parts.append(mode)
+    shared = t.get("shared_scale_features")
+    if shared is not None:
+        names = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+        parts.append(f"one scale shared by {names}" if shared else "every input scaled alone")
+    if t.get("robust_scaled_inputs") is not None:
+        parts.append(f"{t['robust_scaled_inputs']} of {s['n_inputs']} inputs by median and "
+                     f"quartiles")
+    if t.get("constant_inputs"):
+        parts.append(f"{t['constant_inputs']} constant")
+    return "; ".join(parts)
 
 
 def _calibration_lines(out: _Lines, s: Dict[str, Any]) -> None:
