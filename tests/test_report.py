@@ -413,8 +413,13 @@ def test_info_normalization_line_says_what_the_bundle_recorded():
     assert _normalization_text(summary(
         config={"model": {"normalization": "shared"}},
         shared_scale_features=[f"p{i}" for i in range(5)], robust_scaled_inputs=70,
-        constant_inputs=2)) == ("shared; one scale shared by p0, p1, p2 and 2 more; 70 of 70 "
-                                "inputs by median and quartiles; 2 constant")
+        constant_inputs=2)) == ("shared; one scale for all 70 inputs; 70 of 70 inputs by "
+                                "median and quartiles; 2 constant")
+    assert _normalization_text(summary(
+        config={"model": {"normalization": "per_feature"}},
+        shared_scale_features=[f"v{i}" for i in range(5)], robust_scaled_inputs=0)) == \
+        ("per_feature; one scale within each of v0, v1, v2 and 2 more; 0 of 70 inputs by "
+         "median and quartiles")
     assert _normalization_text(summary(
         config={"model": {"normalization": "per_input"}}, shared_scale_features=[],
         robust_scaled_inputs=9, constant_inputs=0)) == \
@@ -431,7 +436,7 @@ def test_info_text_json_and_integrity(tmp_path, capsys, tiny_image_bundle_dir):
     assert "features:        1 (64 inputs): image float32 (8, 8)" in text
     assert "architecture:    dense 64 -> 16 -> 2 -> 16 -> 64" in text
     t = info.training
-    assert (f"normalization:   auto; one scale shared by image; {t['robust_scaled_inputs']} of 64 "
+    assert (f"normalization:   auto; one scale within image; {t['robust_scaled_inputs']} of 64 "
             f"inputs by median and quartiles; {t['constant_inputs']} constant") in text
     assert t["robust_scaled_inputs"] in (0, 64) and t["constant_inputs"] > 0
     assert f"threshold:       {info.threshold.threshold:.6g} (quantile, value=0.99)" in text

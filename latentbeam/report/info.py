@@ -193,9 +193,13 @@ def _normalization_text(s: Dict[str, Any]) -> str:
     if mode:
         parts.append(mode)
     shared = t.get("shared_scale_features")
-    if shared is not None:
+    if mode == "shared" and shared:
+        parts.append(f"one scale for all {s['n_inputs']} inputs")
+    elif shared:
         names = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
-        parts.append(f"one scale shared by {names}" if shared else "every input scaled alone")
+        parts.append(f"one scale within {'each of ' if len(shared) > 1 else ''}{names}")
+    elif shared is not None:
+        parts.append("every input scaled alone")
     if t.get("robust_scaled_inputs") is not None:
         parts.append(f"{t['robust_scaled_inputs']} of {s['n_inputs']} inputs by median and "
                      f"quartiles")
