@@ -87,6 +87,9 @@ class TrainConfig:
     tensorboard_dir: Optional[str] = None
     verbose: int = 1  # 0 silent, 1 one bar over the epochs (a line per epoch if not a TTY), 2 a line per epoch
     trim_fraction: float = 0.0  # share of each batch's largest row errors left out of the loss
+    # Training rows per epoch: a full pass, at most this many rows of the ongoing shuffled
+    # stream, so epochs (and early stopping) bound the cost on any data size; null: full passes.
+    epoch_rows: Optional[int] = 50_000
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,9 @@ def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:
             raise ConfigError(f"`{key}` must be in (0, 0.5). Received: {v}")
     if not 0.0 <= t.trim_fraction < 0.5:
         raise ConfigError(f"`train.trim_fraction` must be in [0, 0.5). Received: {t.trim_fraction}")
+    if t.epoch_rows is not None and t.epoch_rows < 1:
+        raise ConfigError(f"`train.epoch_rows` must be >= 1, or null for a full pass per epoch. "
+                          f"Received: {t.epoch_rows}")
 
 
 def _validate_score(sc: ScoreConfig) -> None:

@@ -125,6 +125,8 @@ def test_a_non_mapping_section_or_file_is_rejected():
     (DATA, ["train.cache_mb=-1"], "`train.patience` and `train.cache_mb` >= 0"),
     (DATA, ["train.validation_fraction=0.5"],
      "`train.validation_fraction` must be in (0, 0.5). Received: 0.5"),
+    (DATA, ["train.epoch_rows=0"],
+     "`train.epoch_rows` must be >= 1, or null for a full pass per epoch. Received: 0"),
     (DATA, ["threshold.value=1.5"], "level in (0, 1). Received: 1.5"),
     (DATA, ["threshold.method=contamination", "threshold.value=0.6"],
      "expected anomaly fraction in (0, 0.5). Received: 0.6"),

@@ -9,6 +9,7 @@ from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
 from latentbeam.model import data as data_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
 from latentbeam.model.batching import CachedSource
+from latentbeam.report.info import bundle_summary, format_info
 from tiny import tiny_config
 
 TINY = ["model.hidden_units=[16]", "train.verbose=0"]
@@ -150,6 +151,28 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, digits_glob):
         mean_error = float(score(model, val).reconstruction_error.mean())
         assert mean_error == pytest.approx(min(val_loss), rel=1e-4)
         assert mean_error != pytest.approx(val_loss[-1], rel=1e-3)
+
+
+def test_epoch_rows_cuts_epochs_from_one_running_shuffled_stream(tmp_path, digits_glob):
+    # One full pass as one epoch, then the same pass as epochs of one batch each: the
+    # batches (and so every loss) are the same only if the stream runs on across epochs.
+    full = train(tiny_config(digits_glob, "train.epochs=1", "train.patience=100"))
+    n_train = full.info.training["rows_by_split"]["train"]
+    steps = -(-n_train // 64)
+    cut = train(tiny_config(digits_glob, f"train.epochs={steps}", "train.epoch_rows=64",
+                            "train.patience=100"), str(tmp_path / "cut"))
+    assert full.info.training["rows_per_epoch"] == n_train == 1437
+    assert cut.info.training["rows_per_epoch"] == 64
+    assert int(full.model.optimizer.iterations) == int(cut.model.optimizer.iterations) == steps
+    losses = cut.info.training["losses"]["loss"]
+    assert len(losses) == steps == 23
+    sizes = [64] * (steps - 1) + [n_train - 64 * (steps - 1)]
+    assert np.average(losses, weights=sizes) == pytest.approx(
+        full.info.training["losses"]["loss"][0], rel=1e-5)
+    assert len(set(losses)) == steps  # 23 different batches, not the first one 23 times
+    best = cut.info.training["best_epoch"]
+    assert f"epochs 23 (best {best}) of 64 rows, loss" in format_info(
+        bundle_summary(str(tmp_path / "cut")))
 
 
 def test_parquet_with_a_list_column_and_a_bad_row(tmp_path):

@@ -158,6 +158,7 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "shared_scale_features": shared_scale_features(source.features,
                                                            config.model.normalization),
             "epochs": len(hist["loss"]),
+            "rows_per_epoch": epoch_rows(config.train, stats.rows_by_split["train"]),
             "best_epoch": best_epoch,
             "losses": hist,
             "seed": config.train.seed,
@@ -262,12 +263,25 @@ def _fit(model, config: Config, source, stats):
         functools.partial(_validation_pass, source, val_batch, vf, cf), width, repeat=True,
         cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None
     # Each pass yields exactly ceil(rows / batch) batches, so explicit step counts give
-    # whole passes per epoch and a progress bar with a total.
+    # whole passes per epoch (up to `epoch_rows`) and a progress bar with a total.
     return model.fit(
-        train_data, steps_per_epoch=math.ceil(stats.rows_by_split["train"] / tc.batch_size),
+        train_data, steps_per_epoch=steps_per_epoch(tc, stats.rows_by_split["train"]),
         validation_data=val_data,
         validation_steps=math.ceil(n_val / val_batch) if n_val else None,
         epochs=tc.epochs, callbacks=_callbacks(config, n_val), verbose=0, shuffle=False)
+
+
+def epoch_rows(tc, n_train: int) -> int:
+    """Training rows per epoch: every training row, at most `train.epoch_rows` of them."""
+    return n_train if tc.epoch_rows is None else min(n_train, tc.epoch_rows)
+
+
+def steps_per_epoch(tc, n_train: int) -> int:
+    """Batches per epoch. Past `train.epoch_rows` an epoch is that many rows of the
+    shuffled stream, which runs on across epochs (every row is seen, pass after pass):
+    the number of epochs, patience included, then bounds the cost on any data size.
+    """
+    return max(1, math.ceil(epoch_rows(tc, n_train) / tc.batch_size))
 
 
 def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:

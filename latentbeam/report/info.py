@@ -89,7 +89,7 @@ def bundle_summary(path: str) -> Dict[str, Any]:
     losses = t.pop("losses", {}) or {}
     config = t.pop("config", {})
     history: Dict[str, Any] = {"epochs": t.get("epochs"), "best_epoch": t.get("best_epoch"),
-                               "losses": losses}
+                               "rows_per_epoch": t.get("rows_per_epoch"), "losses": losses}
     if losses.get("loss"):
         history["final_loss"] = losses["loss"][-1]
     if losses.get("val_loss"):
@@ -228,6 +228,9 @@ def _training_lines(out: _Lines, s: Dict[str, Any]) -> None:
             f"skipped {t.get('rows_skipped')}"
             + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
     hist = f"epochs {h['epochs']} (best {h['best_epoch']})"
+    per_epoch = h.get("rows_per_epoch")
+    if per_epoch is not None and per_epoch < (t.get("rows_by_split") or {}).get("train", 0):
+        hist += f" of {per_epoch:,} rows"
     if "final_loss" in h:
         hist += f", loss {h['losses']['loss'][0]:.5g} -> {h['final_loss']:.5g}"
     if "best_val_loss" in h:
