@@ -80,7 +80,12 @@ def configure_logging(level_name: str) -> int:
                           f"Received: {level_name!r}")
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, _StderrHandler):  # an earlier call's (in-process runs)
+        # An earlier call's (in-process runs), or the one logging.basicConfig adds when a
+        # library logs through the root logger before any handler exists (Beam's GCP
+        # clients do on import without apitools): either would print every record twice.
+        if isinstance(handler, _StderrHandler) or (
+                type(handler) is logging.StreamHandler
+                and handler.stream in (sys.stderr, sys.__stderr__)):
             root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
