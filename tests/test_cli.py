@@ -41,6 +41,32 @@ def test_train_writes_a_bundle(tmp_path, digits_glob):
     assert f"model_version:   {doc['model_version']}" in result.stdout
 
 
+def test_train_warns_once_about_an_input_that_one_extreme_value_stretches(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    x[7, 2] = 3e38  # a glitch near float32's limit stretches the std of `c` to ~1.5e37
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}),
+                   str(tmp_path / "data" / "d.parquet"))
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data:\n  path: {tmp_path / 'data' / '*.parquet'}\n")
+    out = str(tmp_path / "bundle")
+    result = run(CONSOLE_SCRIPT, "train", "--config", str(config), "--set", "train.epochs=2",
+                 "--set", "train.verbose=0", "--output", out)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "extreme values" in line]
+    # Exactly once: no second copy from a handler a library's import-time log added.
+    assert len(warned) == 1, result.stderr
+    assert "WARNING latentbeam.model.training: Input c of parquet:" in warned[0]
+    assert "(e.g. 3e+38)" in warned[0] and "fix or filter those rows" in warned[0]
+    assert "RuntimeWarning" not in result.stderr
+    with open(os.path.join(out, "bundle.json")) as f:
+        assert json.load(f)["training"]["stretched_inputs"] == ["c"]
+    from latentbeam.model import load_bundle, score
+    s = score(load_bundle(out), x.astype(np.float32))
+    assert np.isfinite(s.score).all()
+
+
 @pytest.mark.parametrize("config_text, extra, message", [
     ("data:\n  path: x\nmodel:\n  latent_dims: 2\n", [],
      "{config}: Unknown config key(s) in `model`: latent_dims. Valid keys: model.kind, "),

@@ -218,6 +218,34 @@ def test_normalization_uses_quartiles_that_outliers_cannot_stretch():
     assert center[5] == pytest.approx(3.0) and scale[5] == 1.0
 
 
+def test_inputs_a_few_extreme_values_dominate_are_named_with_their_extreme():
+    from statistics import NormalDist
+
+    normal = np.array([NormalDist(10.0, 2.0).inv_cdf((i + 0.5) / 1000) for i in range(1000)])
+    glitch = normal.copy()
+    glitch[500] = 3e38  # one value near float32's limit: std 9.5e36
+    low = normal.copy()
+    low[3] = -1e7  # std 3.2e5, 1.6e5x the quartile scale of 2
+    mild = normal.copy()
+    mild[::50] = 40.0  # std 4.6: 2.3x, an ordinary heavy tail
+    heavy = normal.copy()
+    heavy[:2] = 5e3  # std 224: 112x, just past the ratio of 100
+    sparse = np.zeros(1000)
+    sparse[::100] = 1e6  # quartiles coincide: sparse, not stretched
+    x = np.stack([normal, glitch, low, mild, heavy, sparse], axis=1)
+    quartiles = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
+    found = data_mod.stretched_inputs(quartiles, x.var(axis=0), x.min(axis=0), x.max(axis=0))
+    assert [(i, extreme) for i, extreme, _, _ in found] == [(1, 3e38), (2, -1e7), (4, 5e3)]
+    for i, _, std, spread in found:
+        assert std == pytest.approx(x[:, i].std(), rel=1e-9)
+        assert spread == pytest.approx(2.0, rel=0.01)  # the bulk's N(10, 2)
+    assert found[2][2] / found[2][3] == pytest.approx(112, rel=0.01)
+    # Inputs that share one scale (an image) are left to their group.
+    skipped = data_mod.stretched_inputs(quartiles, x.var(axis=0), x.min(axis=0),
+                                        x.max(axis=0), skip=[slice(1, 3)])
+    assert [i for i, *_ in skipped] == [4]
+
+
 def test_the_pixels_of_an_image_share_one_scale_taken_over_all_their_values(digits_matrix):
     """Scaled one by one, a pixel that is almost always blank gets a tiny scale and its
     noise weighs like a stroke; pooled, every pixel of the image keeps its share."""

@@ -199,6 +199,9 @@ class DataStats:
     center: Optional[np.ndarray] = None  # (n_inputs,) the model's normalization (`robust_scaling`)
     scale: Optional[np.ndarray] = None  # (n_inputs,) positive
     robust_inputs: int = 0  # inputs normalized by median and quartiles (the rest: mean, std)
+    # Inputs scaled alone whose std extreme values stretch past STRETCHED_RATIO x the
+    # spread of their middle half, as (input index, the extreme value, std, quartile scale).
+    stretched: Tuple[Tuple[int, float, float, float], ...] = ()
 
 
 class Reservoir:
@@ -242,6 +245,10 @@ def median_sample_rows(width: int) -> int:
 
 
 MAX_ROBUST_GAIN = 3.0
+# An input whose std is this many times the spread of its middle half is dominated by a
+# few extreme values: its scale (at least std / MAX_ROBUST_GAIN) squeezes every ordinary
+# value by more than STRETCHED_RATIO / MAX_ROBUST_GAIN. Training warns about it.
+STRETCHED_RATIO = 100.0
 
 
 def robust_scaling(quartiles: np.ndarray, mean: np.ndarray, variance: np.ndarray):
@@ -267,6 +274,31 @@ def robust_scaling(quartiles: np.ndarray, mean: np.ndarray, variance: np.ndarray
     robust = iqr_scale > 1e-6 * np.maximum(std, 1e-12)
     scale = np.where(robust, np.clip(iqr_scale, std / MAX_ROBUST_GAIN, std), std)
     return np.where(robust, median, np.asarray(mean, dtype=np.float64)), scale, robust
+
+
+def stretched_inputs(quartiles: np.ndarray, variance: np.ndarray, low: np.ndarray,
+                     high: np.ndarray, skip=()) -> tuple:
+    """The inputs a few extreme values dominate (see DataStats.stretched).
+
+    Inputs whose quartiles coincide (almost always one value) are sparse, not
+    stretched, and are left out.
+
+    Args:
+      quartiles: (3, n_inputs); variance: (n_inputs,); low, high: (n_inputs,) the
+        extremes of the training rows; skip: slices of inputs that share one scale.
+    """
+    q25, median, q75 = np.asarray(quartiles, dtype=np.float64)
+    iqr_scale = (q75 - q25) / 1.349
+    std = np.sqrt(np.asarray(variance, dtype=np.float64))
+    distinct = iqr_scale > 1e-12 * np.maximum(np.abs(q25), np.abs(q75))
+    mask = distinct & (iqr_scale > 0) & (std > STRETCHED_RATIO * iqr_scale)
+    for inputs in skip:
+        mask[inputs] = False
+    out = []
+    for i in np.flatnonzero(mask):
+        extreme = high[i] if high[i] - median[i] >= median[i] - low[i] else low[i]
+        out.append((int(i), float(extreme), float(std[i]), float(iqr_scale[i])))
+    return tuple(out)
 
 
 def pool_inputs(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
@@ -321,6 +353,7 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     s1 = s2 = None
     shift = None
     reservoir = None
+    low = high = None
     for matrix, labels in source.chunks():
         digest.update(np.ascontiguousarray(matrix).tobytes())
         if labels is not None:
@@ -335,6 +368,8 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
             reservoir = Reservoir(median_sample_rows(matrix.shape[1]), matrix.shape[1],
                                   [seed, 2])
         reservoir.add(rows)
+        low = rows.min(axis=0) if low is None else np.minimum(low, rows.min(axis=0))
+        high = rows.max(axis=0) if high is None else np.maximum(high, rows.max(axis=0))
         train = rows.astype(np.float64)
         if shift is None:
             # Shifted sums keep the variance accurate for large-offset features.
@@ -357,12 +392,16 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         # Constant inputs (variance stored as 1) add no spread to the group's values.
         center[inputs], scale[inputs], robust[inputs] = pool_inputs(
             sample[:, inputs], mean[inputs], np.where(constant, 0.0, variance)[inputs])
+    with np.errstate(over="ignore"):  # variances past float32's range become inf
+        variance32 = variance.astype(np.float32)
     return DataStats(
         rows=total,
         rows_by_split={"train": n_train, "validation": int(counts[SPLIT_VALIDATION]),
                        "calibration": int(counts[SPLIT_CALIBRATION])},
-        mean=mean.astype(np.float32), variance=variance.astype(np.float32),
+        mean=mean.astype(np.float32), variance=variance32,
         constant_inputs=int(constant.sum()), fingerprint=digest.hexdigest(),
         medians=quartiles[1], median_rows=len(sample),
         center=center.astype(np.float32), scale=scale.astype(np.float32),
-        robust_inputs=int(robust.sum()))
+        robust_inputs=int(robust.sum()),
+        stretched=stretched_inputs(quartiles, variance, low.astype(np.float64),
+                                   high.astype(np.float64), skip=pooled))

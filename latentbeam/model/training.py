@@ -21,7 +21,8 @@ from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batch
 from latentbeam.model.bundle import Bundle, BundleInfo
 from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import calibration_summary, fit_threshold
-from latentbeam.model.features import n_inputs, shared_scale_features, shared_scale_inputs
+from latentbeam.model.features import (input_names, n_inputs, shared_scale_features,
+                                       shared_scale_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,16 @@ def _scan(config: Config, source) -> data_mod.DataStats:
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
+    names = input_names(source.features)
+    for i, extreme, std, spread in stats.stretched:
+        log.warning(
+            "Input %s of %s has extreme values (e.g. %.4g) that stretch its standard "
+            "deviation to %.4g, over %gx the spread of its middle half (%.4g): its scale "
+            "squeezes every ordinary value towards 0, so the input carries almost no "
+            "signal. If those values are errors, fix or filter those rows and train "
+            "again; if they are real, a transform that compresses the range (e.g. a log) "
+            "keeps the input useful.", names[i], source.describe(), extreme, std,
+            data_mod.STRETCHED_RATIO, spread)
     return stats
 
 
@@ -155,6 +166,7 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "rows_skipped_by_reason": dict(source.skipped.by_reason),
             "constant_inputs": stats.constant_inputs,
             "robust_scaled_inputs": stats.robust_inputs,
+            "stretched_inputs": [input_names(source.features)[i] for i, *_ in stats.stretched],
             "shared_scale_features": shared_scale_features(source.features,
                                                            config.model.normalization),
             "epochs": len(hist["loss"]),
@@ -183,8 +195,11 @@ def _build_model(config: Config, source, stats):
         image_feature_shape = image_shape(source.features[0].shape)
     groups, group_size = reference_layout(sc, stats.rows_by_split["train"])
     reference_rows = groups * group_size
-    model = build_autoencoder(mc, n_inputs=width, mean=stats.center,
-                              variance=np.square(stats.scale),
+    with np.errstate(over="ignore"):
+        # A scale past 1.8e19 (an input stretched by values near float32's limit, which
+        # training warns about) has no float32 square: inf, so the layer maps it to 0.
+        variance = np.square(stats.scale)
+    model = build_autoencoder(mc, n_inputs=width, mean=stats.center, variance=variance,
                               image_feature_shape=image_feature_shape, seed=tc.seed,
                               trim_fraction=tc.trim_fraction,
                               latent_neighbors=min(sc.latent_neighbors, group_size),
