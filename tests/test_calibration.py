@@ -228,3 +228,53 @@ def test_shared_normalization_scales_pixel_columns_as_one_image(tmp_path, digits
         np.testing.assert_allclose(got, want, rtol=1e-6)
     feature_scale = np.asarray(columns.model.get_layer("score").feature_scale)
     assert np.ptp(feature_scale) == 0 and feature_scale[0] > 0
+
+
+@pytest.mark.parametrize("rows, method, value, needed", [
+    (21, "quantile", 0.99, 100), (99, "quantile", 0.99, 100), (100, "quantile", 0.99, None),
+    (9, "quantile", 0.9, 10), (19, "contamination", 0.05, 20), (20, "contamination", 0.05, None),
+    (3, "mad", 3.5, None), (3, "mean_std", 3.0, None), (3, "f1", None, None),
+])
+def test_a_tail_threshold_from_too_few_calibration_rows_is_named(rows, method, value, needed):
+    from latentbeam.model.calibration import small_calibration_warning
+
+    warning = small_calibration_warning(rows, method, value)
+    if needed is None:
+        assert warning is None
+    else:
+        assert warning.startswith(f"The threshold is the {method} {value:g} of only {rows} "
+                                  f"calibration row(s)")
+        assert f"needs at least {needed} rows" in warning
+        assert "`threshold.calibration_fraction`" in warning
+
+
+def test_training_and_rethreshold_warn_when_calibration_rows_are_too_few(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from latentbeam.config import from_dict
+    from latentbeam.model import train
+    from latentbeam.model.rethreshold import rethreshold
+
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}),
+                   str(tmp_path / "data" / "d.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "data" / "*.parquet")}},
+                       ["train.epochs=1", "train.verbose=0"])
+    out = str(tmp_path / "bundle")
+    with caplog.at_level("WARNING"):
+        bundle = train(config, out)
+    rows = bundle.info.calibration["rows"]
+    assert rows == 19
+    expected = (f"The threshold is the quantile 0.99 of only 19 calibration row(s): their "
+                f"largest scores, not an estimate of a 0.01 false-alarm rate, which needs at "
+                f"least 100 rows.")
+    assert [r.getMessage()[:len(expected)] for r in caplog.records
+            if "calibration row(s)" in r.getMessage()] == [expected]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rethreshold(out, method="contamination", value=0.1, output=str(tmp_path / "b2"))
+        rethreshold(out, method="contamination", value=0.05, output=str(tmp_path / "b3"))
+    assert [r.getMessage()[:60] for r in caplog.records] == [
+        "The threshold is the contamination 0.05 of only 19 calibrati"]

@@ -1,6 +1,7 @@
 """Threshold calibration on reconstruction errors of rows the model never trained on."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -58,6 +59,28 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
     # A threshold must be positive for anomaly_score = score / threshold to be defined.
     t = max(t, float(np.finfo(np.float32).tiny))
     return Threshold(method=method, value=value, threshold=t, parameters=params)
+
+
+def small_calibration_warning(rows: int, method: str, value: Optional[float]) -> Optional[str]:
+    """Why a quantile-type threshold from `rows` calibration scores estimates nothing, or None.
+
+    The `quantile` level q (or `contamination` c) describes a false-alarm rate of 1 - q
+    (c) only with at least 1 / (1 - q) (1 / c) rows; with fewer the threshold is merely
+    the largest of them, or an interpolation between the largest.
+    """
+    if method == "quantile":
+        tail = 1.0 - value
+    elif method == "contamination":
+        tail = value
+    else:
+        return None
+    needed = math.ceil(1.0 / tail - 1e-9)
+    if rows >= needed:
+        return None
+    return (f"The threshold is the {method} {value:g} of only {rows} calibration row(s): "
+            f"their largest scores, not an estimate of a {tail:.3g} false-alarm rate, which "
+            f"needs at least {needed} rows. Give more rows, raise "
+            f"`threshold.calibration_fraction`, or use `threshold.method: mad`.")
 
 
 def _best_f1(errors: np.ndarray, labels: Optional[np.ndarray]):

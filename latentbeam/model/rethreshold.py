@@ -25,6 +25,7 @@ from latentbeam.model.bundle import (COMPUTED_KEYS, BundleInfo, Threshold,
                                      load_bundle, model_version, read_verified_files,
                                      scoring_meta)
 from latentbeam.model.bundle_write import write_bundle
+from latentbeam.model.calibration import small_calibration_warning
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
         if value is None or not 0.0 < value < 1.0:
             raise ConfigError(f"--value for {method} must be in (0, 1). Received: {value}")
         level = value if method == "quantile" else 1.0 - value
-        return Threshold(method, value, _positive(quantile(level, f"{method} {value:g}")), {})
+        t = _positive(quantile(level, f"{method} {value:g}"))
+        warning = small_calibration_warning(int(cal.get("rows", 0)), method, value)
+        if warning:
+            log.warning(warning)
+        return Threshold(method, value, t, {})
     if method in ("mad", "mean_std"):
         if value is None or not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--value for {method} is k > 0. Received: {value}")

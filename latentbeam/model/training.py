@@ -20,7 +20,8 @@ from latentbeam.model.batching import (CachedSource, make_dataset, ordered_batch
                                        shuffled_blocks, stacked_batches)
 from latentbeam.model.bundle import Bundle, BundleInfo
 from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
-from latentbeam.model.calibration import calibration_summary, fit_threshold
+from latentbeam.model.calibration import (calibration_summary, fit_threshold,
+                                          small_calibration_warning)
 from latentbeam.model.features import (input_names, n_inputs, shared_scale_features,
                                        shared_scale_inputs)
 
@@ -103,6 +104,9 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     _set_reference_codes(provisional, source, config, stats.rows_by_split["train"])
     scores, labels = _calibrate_score(provisional, source, config)
     threshold = fit_threshold(scores.score, thc.method, config.threshold_value(), labels)
+    warning = small_calibration_warning(len(scores), thc.method, config.threshold_value())
+    if warning:
+        log.warning(warning)
 
     meta = _metadata(config, source, stats, model, history, scores, labels, threshold,
                      latent_dim=provisional.info.latent_dim,
