@@ -330,3 +330,23 @@ def test_f1_threshold_from_a_binary_label_column_end_to_end(tmp_path):
     p, r = th.parameters["precision"], th.parameters["recall"]
     assert cal["flagged_fraction"] == pytest.approx(
         r * cal["label_positive_fraction"] / p, abs=1e-9)
+
+
+def test_training_on_inputs_that_are_all_constant_is_refused(tmp_path):
+    from latentbeam.errors import InputError
+
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"a": np.ones(300), "b": np.zeros(300)}),
+                   str(tmp_path / "data" / "d.parquet"))
+    config = from_dict({"data": {"path": str(tmp_path / "data" / "*.parquet")}},
+                       ["train.epochs=1", "train.verbose=0"])
+    with pytest.raises(InputError) as e:
+        train(config, str(tmp_path / "bundle"))
+    assert str(e.value).startswith(
+        f"Every input of parquet:{tmp_path / 'data' / '*.parquet'} (1 files) is constant in "
+        f"the 240 training rows (a=1, b=0): there is nothing to learn")
+    assert not (tmp_path / "bundle").exists()
+    # One varying input is enough to train.
+    pq.write_table(pa.table({"a": np.ones(300), "b": np.arange(300.0)}),
+                   str(tmp_path / "data" / "d.parquet"))
+    assert train(config).info.training["constant_inputs"] == 1

@@ -128,6 +128,13 @@ def _scan(config: Config, source) -> data_mod.DataStats:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
     names = input_names(source.features)
+    if stats.constant_inputs == len(names):
+        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names[:5], stats.mean[:5]))
+        raise InputError(
+            f"Every input of {source.describe()} is constant in the {stats.rows_by_split['train']} "
+            f"training rows ({shown}{', ...' if len(names) > 5 else ''}): there is nothing to "
+            f"learn, and any other value would score infinitely anomalous. Train on data whose "
+            f"features vary, or choose other columns with `data.features`.")
     for i, extreme, std, spread in stats.stretched:
         log.warning(
             "Input %s of %s has extreme values (e.g. %.4g) that stretch its standard "
