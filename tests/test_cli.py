@@ -62,6 +62,9 @@ def test_train_warns_once_about_an_input_that_one_extreme_value_stretches(tmp_pa
     assert "RuntimeWarning" not in result.stderr
     with open(os.path.join(out, "bundle.json")) as f:
         assert json.load(f)["training"]["stretched_inputs"] == ["c"]
+    from latentbeam.report.info import bundle_summary, format_info
+    assert ("normalization:   auto; every input scaled alone; 2 of 3 inputs by median and "
+            "quartiles; stretched by extreme values: c\n") in format_info(bundle_summary(out))
     from latentbeam.model import load_bundle, score
     s = score(load_bundle(out), x.astype(np.float32))
     assert np.isfinite(s.score).all()

@@ -205,6 +205,11 @@ def _normalization_text(s: Dict[str, Any]) -> str:
                      f"quartiles")
     if t.get("constant_inputs"):
         parts.append(f"{t['constant_inputs']} constant")
+    stretched = t.get("stretched_inputs")
+    if stretched:
+        names = ", ".join(stretched[:3]) + (f" and {len(stretched) - 3} more"
+                                            if len(stretched) > 3 else "")
+        parts.append(f"stretched by extreme values: {names}")
     return "; ".join(parts)
 
 
