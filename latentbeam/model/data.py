@@ -199,8 +199,8 @@ class DataStats:
     center: Optional[np.ndarray] = None  # (n_inputs,) the model's normalization (`robust_scaling`)
     scale: Optional[np.ndarray] = None  # (n_inputs,) positive
     robust_inputs: int = 0  # inputs normalized by median and quartiles (the rest: mean, std)
-    # Inputs scaled alone whose std extreme values stretch past STRETCHED_RATIO x the
-    # spread of their middle half, as (input index, the extreme value, std, quartile scale).
+    # Inputs scaled alone whose std a few extreme values stretch past STRETCHED_RATIO x
+    # the spread of their middle half: (input index, an extreme value, std, quartile scale).
     stretched: Tuple[Tuple[int, float, float, float], ...] = ()
 
 
