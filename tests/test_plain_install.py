@@ -82,10 +82,12 @@ def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_ven
 
     scored = tmp_path / "scored"
     _run([cli, "score", "--bundle", str(bundle), "--input", str(data / "*.parquet"),
-          "--output", str(scored), "--key-columns", "id"])
+          "--output", str(scored), "--key-columns", "id", "--top-features", "2"])
     table = pq.read_table(sorted(glob.glob(str(scored / "*.parquet"))))
     assert table.num_rows == 500
     assert sorted(table.column("id").to_pylist()) == list(range(500))
+    top = table.column("top_features").to_pylist()
+    assert all(len(t) == 2 for t in top)
 
     decoded = tmp_path / "decoded"
     _run([cli, "decode", "--bundle", str(bundle), "--input", str(scored / "*.parquet"),
@@ -107,13 +109,8 @@ def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_ven
     windows = sorted(glob.glob(str(streamed / "*.parquet")))
     assert sum(pq.read_metadata(f).num_rows for f in windows) == 500
 
-    explained = tmp_path / "explained"
-    _run([cli, "score", "--bundle", str(bundle), "--input", str(data / "*.parquet"),
-          "--output", str(explained), "--key-columns", "id", "--top-features", "2"])
-    top = pq.read_table(str(explained)).column("top_features").to_pylist()
-    assert len(top) == 500 and all(len(t) == 2 for t in top)
     report = tmp_path / "report"
-    _run([cli, "report", "--bundle", str(bundle), "--scored", str(explained),
+    _run([cli, "report", "--bundle", str(bundle), "--scored", str(scored),
           "--output", str(report)])
     assert (report / "index.html").exists() and len(glob.glob(str(report / "*.png"))) >= 4
     info = json.loads(_run([cli, "info", str(bundle), "--json"]).stdout)
