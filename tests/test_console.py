@@ -99,6 +99,33 @@ def test_quiet_has_no_progress_and_log_level_info_brings_beam_info_back(tmp_path
     assert "rows scored:          1797" in captured.out
 
 
+def test_a_root_handler_that_basicconfig_added_does_not_double_every_line(capsys):
+    import logging
+
+    from latentbeam.console import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    for handler in saved[0]:
+        root.removeHandler(handler)
+    try:
+        # What Beam's GCP clients do on import without apitools: a root-logger warning
+        # with no handler yet, so logging.basicConfig adds a StreamHandler on stderr.
+        logging.warning("a library's message at import")
+        assert [type(h) for h in root.handlers] == [logging.StreamHandler]
+        configure_logging("WARNING")
+        logging.getLogger("latentbeam.check").warning("said once")
+        err = capsys.readouterr().err
+        assert err.count("said once") == 1, err
+        assert "WARNING latentbeam.check: said once" in err
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+
+
 def test_native_log_lines_are_dropped_and_everything_else_passes(capfd):
     with NativeLogFilter() as native:
         os.write(2, b"I0000 00:00:1795954364.233256   11652 port.cc:153] oneDNN custom ops\n")
