@@ -56,11 +56,7 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
         if value is None or not 0.0 < value < 1.0:
             raise ConfigError(f"--value for {method} must be in (0, 1). Received: {value}")
         level = value if method == "quantile" else 1.0 - value
-        t = _positive(quantile(level, f"{method} {value:g}"))
-        warning = small_calibration_warning(int(cal.get("rows", 0)), method, value)
-        if warning:
-            log.warning(warning)
-        return Threshold(method, value, t, {})
+        return Threshold(method, value, _positive(quantile(level, f"{method} {value:g}")), {})
     if method in ("mad", "mean_std"):
         if value is None or not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--value for {method} is k > 0. Received: {value}")
@@ -148,6 +144,11 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
     else:
         new = Threshold(METHOD_FIXED, None, float(threshold), {}) if threshold is not None \
             else threshold_from_calibration(old, method, value)
+        rows = old.calibration.get("rows")
+        warning = small_calibration_warning(rows, new.method, new.value) \
+            if rows is not None else None
+        if warning:
+            log.warning(warning)
         meta["threshold"] = new.to_json()
         calibration = dict(old.calibration)
         calibration["flagged_fraction"] = estimated_flagged_fraction(calibration, new.threshold)
