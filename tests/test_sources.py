@@ -234,16 +234,19 @@ def test_inputs_a_few_extreme_values_dominate_are_named_with_their_extreme():
     sparse[::100] = 1e6  # quartiles coincide: sparse, not stretched
     x = np.stack([normal, glitch, low, mild, heavy, sparse], axis=1)
     quartiles = np.quantile(x, [0.25, 0.5, 0.75], axis=0)
-    found = data_mod.stretched_inputs(quartiles, x.var(axis=0), x.min(axis=0), x.max(axis=0))
-    assert [(i, extreme) for i, extreme, _, _ in found] == [(1, 3e38), (2, -1e7), (4, 5e3)]
-    for i, _, std, spread in found:
-        assert std == pytest.approx(x[:, i].std(), rel=1e-9)
+    names = ["normal", "glitch", "low", "mild", "heavy", "sparse"]
+    found = data_mod.stretched_inputs(quartiles, x.var(axis=0), x.min(axis=0), x.max(axis=0),
+                                      names)
+    assert [(name, extreme) for name, extreme, _, _ in found] == [
+        ("glitch", 3e38), ("low", -1e7), ("heavy", 5e3)]
+    for name, _, std, spread in found:
+        assert std == pytest.approx(x[:, names.index(name)].std(), rel=1e-9)
         assert spread == pytest.approx(2.0, rel=0.01)  # the bulk's N(10, 2)
     assert found[2][2] / found[2][3] == pytest.approx(112, rel=0.01)
     # Inputs that share one scale (an image) are left to their group.
     skipped = data_mod.stretched_inputs(quartiles, x.var(axis=0), x.min(axis=0),
-                                        x.max(axis=0), skip=[slice(1, 3)])
-    assert [i for i, *_ in skipped] == [4]
+                                        x.max(axis=0), names, skip=[slice(1, 3)])
+    assert [name for name, *_ in skipped] == ["heavy"]
 
 
 def test_the_pixels_of_an_image_share_one_scale_taken_over_all_their_values(digits_matrix):

@@ -173,6 +173,15 @@ def test_epoch_rows_cuts_epochs_from_one_running_shuffled_stream(tmp_path, digit
     best = cut.info.training["best_epoch"]
     assert f"epochs 23 (best {best}) of 64 rows, loss" in format_info(
         bundle_summary(str(tmp_path / "cut")))
+    # Validation takes the same first 64 validation rows every epoch: the restored best
+    # weights' mean error on exactly those rows is the best val_loss.
+    source = data_mod.make_source(tiny_config(digits_glob).data)
+    val = split_rows(source, data_mod.SPLIT_VALIDATION)
+    val_loss = cut.info.training["losses"]["val_loss"]
+    assert float(score(cut, val[:64]).reconstruction_error.mean()) == pytest.approx(
+        min(val_loss), rel=1e-4)
+    assert float(score(cut, val).reconstruction_error.mean()) != pytest.approx(
+        min(val_loss), rel=1e-3)
 
 
 def test_parquet_with_a_list_column_and_a_bad_row(tmp_path):

@@ -21,7 +21,8 @@ from latentbeam import fs
 from latentbeam.config import DEFAULT_BATCH_ROWS, DataConfig
 from latentbeam.errors import InputError
 from latentbeam.model import sources
-from latentbeam.model.features import Feature, SchemaMismatch, infer_features, to_matrix
+from latentbeam.model.features import (Feature, SchemaMismatch, infer_features, input_names,
+                                       to_matrix)
 # Re-exported: the TFDS helpers were defined here before the shared reader existed.
 from latentbeam.model.sources import load_tfds_builder, tfds_features  # noqa: F401
 
@@ -200,8 +201,8 @@ class DataStats:
     scale: Optional[np.ndarray] = None  # (n_inputs,) positive
     robust_inputs: int = 0  # inputs normalized by median and quartiles (the rest: mean, std)
     # Inputs scaled alone whose std a few extreme values stretch past STRETCHED_RATIO x
-    # the spread of their middle half: (input index, an extreme value, std, quartile scale).
-    stretched: Tuple[Tuple[int, float, float, float], ...] = ()
+    # the spread of their middle half: (input name, an extreme value, std, quartile scale).
+    stretched: Tuple[Tuple[str, float, float, float], ...] = ()
 
 
 class Reservoir:
@@ -277,27 +278,30 @@ def robust_scaling(quartiles: np.ndarray, mean: np.ndarray, variance: np.ndarray
 
 
 def stretched_inputs(quartiles: np.ndarray, variance: np.ndarray, low: np.ndarray,
-                     high: np.ndarray, skip=()) -> tuple:
+                     high: np.ndarray, names: Sequence[str], skip=()) -> tuple:
     """The inputs a few extreme values dominate (see DataStats.stretched).
 
     Inputs whose quartiles coincide (almost always one value) are sparse, not
-    stretched, and are left out.
+    stretched, and are left out. (`robust_scaling` judges coinciding quartiles against
+    the std, which is exactly what the extreme values inflate; here they are judged
+    against the quartiles' own magnitude.)
 
     Args:
       quartiles: (3, n_inputs); variance: (n_inputs,); low, high: (n_inputs,) the
-        extremes of the training rows; skip: slices of inputs that share one scale.
+        extremes of the training rows; names: the inputs' names; skip: slices of inputs
+        that share one scale.
     """
     q25, median, q75 = np.asarray(quartiles, dtype=np.float64)
     iqr_scale = (q75 - q25) / 1.349
     std = np.sqrt(np.asarray(variance, dtype=np.float64))
     distinct = iqr_scale > 1e-12 * np.maximum(np.abs(q25), np.abs(q75))
-    mask = distinct & (iqr_scale > 0) & (std > STRETCHED_RATIO * iqr_scale)
+    mask = distinct & (std > STRETCHED_RATIO * iqr_scale)
     for inputs in skip:
         mask[inputs] = False
     out = []
     for i in np.flatnonzero(mask):
         extreme = high[i] if high[i] - median[i] >= median[i] - low[i] else low[i]
-        out.append((int(i), float(extreme), float(std[i]), float(iqr_scale[i])))
+        out.append((names[i], float(extreme), float(std[i]), float(iqr_scale[i])))
     return tuple(out)
 
 
@@ -385,6 +389,14 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
                          f"{n_train} for training, {int(counts[SPLIT_CALIBRATION])} for threshold "
                          f"calibration. Provide more data (at least ~20 rows).")
     mean, variance, constant = _moments(shift, s1, s2, n_train)
+    names = input_names(source.features)
+    if constant.all():
+        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names[:5], mean[:5]))
+        raise InputError(
+            f"Every input of {source.describe()} is constant in the {n_train} training rows "
+            f"({shown}{', ...' if len(names) > 5 else ''}): there is nothing to learn, and "
+            f"any other value would score infinitely anomalous. Train on data whose "
+            f"features vary, or choose other columns with `data.features`.")
     sample = reservoir.sample().astype(np.float64)
     quartiles = np.quantile(sample, [0.25, 0.5, 0.75], axis=0)
     center, scale, robust = robust_scaling(quartiles, mean, variance)
@@ -404,4 +416,4 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         robust_inputs=int(robust.sum()),
         stretched=stretched_inputs(quartiles, variance, low.astype(np.float64),
-                                   high.astype(np.float64), skip=pooled))
+                                   high.astype(np.float64), names, skip=pooled))

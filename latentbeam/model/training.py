@@ -22,8 +22,7 @@ from latentbeam.model.bundle import Bundle, BundleInfo
 from latentbeam.model.bundle_write import check_bundle_output, in_memory_info, save_bundle
 from latentbeam.model.calibration import (calibration_summary, fit_threshold,
                                           small_calibration_warning)
-from latentbeam.model.features import (input_names, n_inputs, shared_scale_features,
-                                       shared_scale_inputs)
+from latentbeam.model.features import n_inputs, shared_scale_features, shared_scale_inputs
 
 log = logging.getLogger(__name__)
 
@@ -127,22 +126,14 @@ def _scan(config: Config, source) -> data_mod.DataStats:
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
-    names = input_names(source.features)
-    if stats.constant_inputs == len(names):
-        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names[:5], stats.mean[:5]))
-        raise InputError(
-            f"Every input of {source.describe()} is constant in the {stats.rows_by_split['train']} "
-            f"training rows ({shown}{', ...' if len(names) > 5 else ''}): there is nothing to "
-            f"learn, and any other value would score infinitely anomalous. Train on data whose "
-            f"features vary, or choose other columns with `data.features`.")
-    for i, extreme, std, spread in stats.stretched:
+    for name, extreme, std, spread in stats.stretched:
         log.warning(
             "Input %s of %s has extreme values (e.g. %.4g) that stretch its standard "
             "deviation to %.4g, over %gx the spread of its middle half (%.4g): its scale "
             "squeezes every ordinary value towards 0, so the input carries almost no "
             "signal. If those values are errors, fix or filter those rows and train "
             "again; if they are real, a transform that compresses the range (e.g. a log) "
-            "keeps the input useful.", names[i], source.describe(), extreme, std,
+            "keeps the input useful.", name, source.describe(), extreme, std,
             data_mod.STRETCHED_RATIO, spread)
     return stats
 
@@ -177,7 +168,7 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "rows_skipped_by_reason": dict(source.skipped.by_reason),
             "constant_inputs": stats.constant_inputs,
             "robust_scaled_inputs": stats.robust_inputs,
-            "stretched_inputs": [input_names(source.features)[i] for i, *_ in stats.stretched],
+            "stretched_inputs": [name for name, *_ in stats.stretched],
             "shared_scale_features": shared_scale_features(source.features,
                                                            config.model.normalization),
             "epochs": len(hist["loss"]),
@@ -252,10 +243,22 @@ def _training_passes(source, tc, validation_fraction: float,
 
 
 def _validation_pass(source, batch_size: int, validation_fraction: float,
-                     calibration_fraction: float) -> Iterator[np.ndarray]:
-    yield from ordered_batches(data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION,
-                                                     validation_fraction, calibration_fraction),
-                               batch_size)
+                     calibration_fraction: float, max_rows: int) -> Iterator[np.ndarray]:
+    """The first `max_rows` validation rows in order: the same rows every epoch."""
+    chunks = data_mod.split_chunks(source, data_mod.SPLIT_VALIDATION, validation_fraction,
+                                   calibration_fraction)
+    yield from ordered_batches(_head(chunks, max_rows), batch_size)
+
+
+def _head(chunks, rows: int):
+    """The first `rows` rows of a (matrix, labels) chunk stream; reads no further."""
+    if rows <= 0:
+        return
+    for matrix, labels in chunks:
+        yield matrix[:rows], (labels[:rows] if labels is not None else None)
+        rows -= len(matrix)
+        if rows <= 0:
+            return
 
 
 def _callbacks(config: Config, n_val: int) -> list:
@@ -281,12 +284,14 @@ def _fit(model, config: Config, source, stats):
     tc = config.train
     vf, cf = tc.validation_fraction, config.threshold.calibration_fraction
     width = n_inputs(source.features)
-    n_val = stats.rows_by_split["validation"]
+    # Validation costs at most what an epoch's training does: a fixed set of rows.
+    n_val = epoch_rows(tc, stats.rows_by_split["validation"])
     val_batch = max(tc.batch_size, 1024)
     train_data = make_dataset(functools.partial(_training_passes, source, tc, vf, cf), width,
                               stacked=True, repeat=True)
     val_data = make_dataset(
-        functools.partial(_validation_pass, source, val_batch, vf, cf), width, repeat=True,
+        functools.partial(_validation_pass, source, val_batch, vf, cf, n_val), width,
+        repeat=True,
         cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None
     # Each pass yields exactly ceil(rows / batch) batches, so explicit step counts give
     # whole passes per epoch (up to `epoch_rows`) and a progress bar with a total.
@@ -297,9 +302,9 @@ def _fit(model, config: Config, source, stats):
         epochs=tc.epochs, callbacks=_callbacks(config, n_val), verbose=0, shuffle=False)
 
 
-def epoch_rows(tc, n_train: int) -> int:
-    """Training rows per epoch: every training row, at most `train.epoch_rows` of them."""
-    return n_train if tc.epoch_rows is None else min(n_train, tc.epoch_rows)
+def epoch_rows(tc, n_rows: int) -> int:
+    """Rows per epoch of a split of `n_rows`: all of them, at most `train.epoch_rows`."""
+    return n_rows if tc.epoch_rows is None else min(n_rows, tc.epoch_rows)
 
 
 def steps_per_epoch(tc, n_train: int) -> int:
