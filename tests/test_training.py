@@ -184,6 +184,26 @@ def test_epoch_rows_cuts_epochs_from_one_running_shuffled_stream(tmp_path, digit
         min(val_loss), rel=1e-3)
 
 
+def test_validation_rows_are_read_once_when_they_fit_in_cache_mb(digits_glob, monkeypatch):
+    import latentbeam.model.training as training_mod
+
+    starts = []
+    original = training_mod._validation_pass
+
+    def counted(*args):
+        starts.append(args[-1])
+        yield from original(*args)
+
+    monkeypatch.setattr(training_mod, "_validation_pass", counted)
+    held = train(tiny_config(digits_glob, "train.epochs=4", "train.patience=100"))
+    assert starts == [181]  # one read of the 181 validation rows for all 4 epochs
+    starts.clear()
+    streamed = train(tiny_config(digits_glob, "train.epochs=4", "train.patience=100",
+                                 "train.cache_mb=0"))
+    assert len(starts) >= 4  # over cache_mb: streamed again every epoch
+    assert streamed.info.training["losses"] == held.info.training["losses"]
+
+
 def test_parquet_with_a_list_column_and_a_bad_row(tmp_path):
     rng = np.random.default_rng(0)
     n = 400

@@ -62,8 +62,7 @@ def ordered_batches(chunks: Iterator, batch_size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
-def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: bool = False,
-                 cache: bool = False):
+def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: bool = False):
     """A tf.data.Dataset over a Python batch generator (re-invoked at each iteration).
 
     Args:
@@ -72,7 +71,6 @@ def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: boo
       width: number of inputs.
       stacked: split stacks into batches inside tf.data.
       repeat: repeat the passes; prefetching then runs on across pass boundaries.
-      cache: keep the first pass in memory and replay it (for small, fixed data).
     """
     import tensorflow as tf
 
@@ -81,8 +79,6 @@ def make_dataset(generator_fn, width: int, *, stacked: bool = False, repeat: boo
         generator_fn, output_signature=tf.TensorSpec(shape, tf.float32))
     if stacked:
         ds = ds.unbatch()
-    if cache:
-        ds = ds.cache()
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)

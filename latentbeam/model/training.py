@@ -289,10 +289,18 @@ def _fit(model, config: Config, source, stats):
     val_batch = max(tc.batch_size, 1024)
     train_data = make_dataset(functools.partial(_training_passes, source, tc, vf, cf), width,
                               stacked=True, repeat=True)
-    val_data = make_dataset(
-        functools.partial(_validation_pass, source, val_batch, vf, cf, n_val), width,
-        repeat=True,
-        cache=n_val * width * 4 <= tc.cache_mb * 2 ** 20) if n_val else None
+    val_pass = functools.partial(_validation_pass, source, val_batch, vf, cf, n_val)
+    if not n_val:
+        val_data = None
+    elif n_val * width * 4 <= tc.cache_mb * 2 ** 20:
+        # Read once and held: Keras stops each validation pass after `validation_steps`
+        # batches, before a tf.data cache would see the end it needs to keep its content,
+        # so a cached generator was re-run (the source re-split) every epoch.
+        import tensorflow as tf
+        val_data = tf.data.Dataset.from_tensor_slices(np.concatenate(list(val_pass())))
+        val_data = val_data.batch(val_batch)
+    else:
+        val_data = make_dataset(val_pass, width, repeat=True)
     # Each pass yields exactly ceil(rows / batch) batches, so explicit step counts give
     # whole passes per epoch (up to `epoch_rows`) and a progress bar with a total.
     return model.fit(
@@ -312,7 +320,7 @@ def steps_per_epoch(tc, n_train: int) -> int:
     shuffled stream, which runs on across epochs (every row is seen, pass after pass):
     the number of epochs, patience included, then bounds the cost on any data size.
     """
-    return max(1, math.ceil(epoch_rows(tc, n_train) / tc.batch_size))
+    return math.ceil(epoch_rows(tc, n_train) / tc.batch_size)
 
 
 def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:
