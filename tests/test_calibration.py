@@ -234,6 +234,7 @@ def test_shared_normalization_scales_pixel_columns_as_one_image(tmp_path, digits
     (21, "quantile", 0.99, 100), (99, "quantile", 0.99, 100), (100, "quantile", 0.99, None),
     (9, "quantile", 0.9, 10), (19, "contamination", 0.05, 20), (20, "contamination", 0.05, None),
     (3, "mad", 3.5, None), (3, "mean_std", 3.0, None), (3, "f1", None, None),
+    (None, "quantile", 0.99, None),  # an old bundle without the row count
 ])
 def test_a_tail_threshold_from_too_few_calibration_rows_is_named(rows, method, value, needed):
     from latentbeam.model.calibration import small_calibration_warning

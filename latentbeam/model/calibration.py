@@ -61,13 +61,17 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
     return Threshold(method=method, value=value, threshold=t, parameters=params)
 
 
-def small_calibration_warning(rows: int, method: str, value: Optional[float]) -> Optional[str]:
+def small_calibration_warning(rows: Optional[int], method: str,
+                              value: Optional[float]) -> Optional[str]:
     """Why a quantile-type threshold from `rows` calibration scores estimates nothing, or None.
 
     The `quantile` level q (or `contamination` c) describes a false-alarm rate of 1 - q
     (c) only with at least 1 / (1 - q) (1 / c) rows; with fewer the threshold is merely
-    the largest of them, or an interpolation between the largest.
+    the largest of them, or an interpolation between the largest. None when `rows` is
+    unknown (a bundle that never recorded it).
     """
+    if rows is None:
+        return None
     if method == "quantile":
         tail = 1.0 - value
     elif method == "contamination":

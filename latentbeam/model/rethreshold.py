@@ -144,9 +144,7 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
     else:
         new = Threshold(METHOD_FIXED, None, float(threshold), {}) if threshold is not None \
             else threshold_from_calibration(old, method, value)
-        rows = old.calibration.get("rows")
-        warning = small_calibration_warning(rows, new.method, new.value) \
-            if rows is not None else None
+        warning = small_calibration_warning(old.calibration.get("rows"), new.method, new.value)
         if warning:
             log.warning(warning)
         meta["threshold"] = new.to_json()
