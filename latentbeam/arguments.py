@@ -188,6 +188,9 @@ def _add_info(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the embedded digits example end to end")
     p.add_argument("--workdir", default="build/demo")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the demo's training config (model, train, threshold),"
+                        " e.g. --set model.latent_dim=4 (repeatable)")
 
 
 def own_flags(parser: argparse.ArgumentParser, command: str) -> List[str]:

@@ -210,7 +210,7 @@ def cmd_info(args, beam_args: List[str]) -> int:
 
 def cmd_demo(args, beam_args: List[str]) -> int:
     from latentbeam.demo import run_demo
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, overrides=args.overrides)
 
 
 COMMANDS = {

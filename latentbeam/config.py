@@ -325,12 +325,16 @@ def _merge(base: dict, extra: Mapping) -> dict:
     return out
 
 
-def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+def merge_overrides(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict:
+    """The raw config with `--set` overrides applied (not validated: see `from_dict`)."""
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigTypeError(f"The config expects a mapping of sections (data, model, train, "
                               f"threshold), received: {echo(raw)}")
-    merged = _merge(dict(raw or {}), parse_overrides(overrides))
-    return validate(_build(Config, merged, ""))
+    return _merge(dict(raw or {}), parse_overrides(overrides))
+
+
+def from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    return validate(_build(Config, merge_overrides(raw, overrides), ""))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -130,29 +130,40 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(workdir: str, top: int = 5) -> int:
+def run_demo(workdir: str, top: int = 5, overrides: Sequence[str] = ()) -> int:
     """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report,
-    on one screen."""
-    import copy
+    on one screen.
+
+    Args:
+      overrides: `--set` KEY=VALUE overrides of DEMO_CONFIG's model, train and threshold
+        keys (the data is the demo's own), written into the run's demo.yaml.
+    """
     import time
 
     import yaml
 
-    from latentbeam.config import from_dict
+    from latentbeam.config import from_dict, merge_overrides
+    from latentbeam.errors import ConfigError
     from latentbeam.console import ProgressLine
     from latentbeam.model import train
     from latentbeam.summaries import summarize_bundle
 
-    out = sys.stdout
+    fixed = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "data"]
+    if fixed:
+        raise ConfigError(f"The demo's data is fixed (the 8x8 digits); it takes --set for the "
+                          f"model, train and threshold keys only. Received: --set {fixed[0]}. "
+                          f"To train on other data, use `latentbeam train --config FILE`.")
     workdir = os.path.abspath(workdir)
+    raw = merge_overrides(DEMO_CONFIG, overrides)
+    raw["data"] = dict(raw["data"], path=os.path.join(workdir, raw["data"]["path"]))
+    from_dict(raw)  # a bad override fails here, before anything is written
+    out = sys.stdout
     data_dir = os.path.join(workdir, "data")
     out.write("== latentbeam demo: 8x8 digits (scikit-learn), autoencoder 64 -> 2 -> 64 ==\n")
     paths = write_digits_parquet(data_dir, images=True)
     tfds_dir = write_digits_tfds(os.path.join(workdir, "tensorflow_datasets"))
     out.write(f"[1/4] data: 1797 digits as {len(paths)} Parquet files in {data_dir}/\n"
               f"      and as TFDS {DIGITS_TFDS_NAME} (train 1500 / test 297) in {tfds_dir}/\n")
-    raw = copy.deepcopy(DEMO_CONFIG)
-    raw["data"]["path"] = os.path.join(workdir, raw["data"]["path"])
     config_path = os.path.join(workdir, "demo.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(raw, f, sort_keys=False)

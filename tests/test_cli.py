@@ -137,8 +137,10 @@ def test_generate_rejects_zero_samples(tmp_path, tiny_bundle_dir, capsys):
 def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
     from latentbeam.cli import main
 
-    for _ in range(2):  # a second run replaces the TFDS copy, the bundle and the scores
-        assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    # A second run replaces the TFDS copy, the bundle and the scores; it trains 3 epochs
+    # (--set), which its demo.yaml records.
+    for extra in ([], ["--set", "train.epochs=3"]):
+        assert main(["demo", "--workdir", str(tmp_path), *extra]) == 0
         captured = capfd.readouterr()
         out = captured.out
         assert "latent_dim 2" in out
@@ -159,6 +161,12 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
         assert lines[-1] == f"open the report: file://{tmp_path}/report/index.html"
         assert captured.err == ""
     import pyarrow.parquet as pq
+    import yaml
+    written = yaml.safe_load((tmp_path / "demo.yaml").read_text())
+    assert written["train"] == {"epochs": 3, "seed": 0}
+    assert written["data"]["path"] == f"{tmp_path}/data/*.parquet"
+    info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert info["training"]["epochs"] == 3
     scored = pq.read_table(str(tmp_path / "scored")).to_pandas()
     assert len(scored) == 1797 and scored["id"].is_unique
     # The demo trains on the 8x8 image column, so explanations name pixels by row and column.
@@ -166,6 +174,16 @@ def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
     report = {f for f in os.listdir(tmp_path / "report")}
     assert {"index.html", "latent_calibration.png", "latent_scored.png", "anomalies_scored.png",
             "generated.png", "latent_plane.png"} <= report
+
+
+def test_demo_refuses_a_data_override_and_a_bad_value_before_writing(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--set", "data.path=/elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert "The demo's data is fixed" in err and "--set data.path=/elsewhere" in err
+    assert main(["demo", "--workdir", str(workdir), "--set", "model.latent_dim=0"]) == 2
+    assert "latent_dim" in capsys.readouterr().err
+    assert not workdir.exists()
 
 
 def test_a_bug_shows_its_traceback_and_where_to_report_it(monkeypatch, capsys):
