@@ -50,7 +50,9 @@ from latentbeam.pipeline.options import dask_partitions, pipeline_options, uses_
 from latentbeam.pipeline.parquet_out import ParquetOutput
 from latentbeam.pipeline.records import (COL_ERROR, COL_FLAG, DATA_ERRORS,
                                          MODE_SCORE, ScoringOptions, apply_bundle,
-                                         as_file_fault, dead_letters_to_batch)
+                                         as_file_fault, check_key_columns,
+                                         dead_letters_to_batch, decode_output_schema,
+                                         output_schema)
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,9 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
     if job.mode == MODE_SCORE:
         check_missing_mode(info, job.opts.missing)
+    written = output_schema(info, job.opts) if job.mode == MODE_SCORE \
+        else decode_output_schema(info)
+    check_key_columns(job.opts.key_columns, written.names)
     sources = resolve_inputs(job.input, job.data_dir)
     paths.check_output(job.output, _reads(job, sources))
     replace = outputs.check_output_dir(job.output, job.overwrite)

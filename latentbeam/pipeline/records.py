@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from latentbeam.errors import ConfigError
+from latentbeam.text import echo
 from latentbeam.model.arrow_types import list_array
 from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
                                        SchemaMismatch, input_names,
@@ -70,6 +71,34 @@ class ScoringOptions:
         if self.missing not in MISSING_MODES:
             raise ConfigError(f"Received an invalid value for `missing`, expected one of "
                              f"{', '.join(MISSING_MODES)}. Received: missing={self.missing!r}")
+
+
+def check_key_columns(key_columns: Sequence[str], written: Sequence[str]) -> None:
+    """Refuses key columns named twice or named like a column the output holds.
+
+    A Parquet file (and an Arrow batch) can hold two columns of one name, but no reader
+    tells them apart: a label passed through as `is_anomaly` would sit beside the flag.
+
+    Args:
+      key_columns: the input columns passed through (`--key-columns`).
+      written: the columns the output adds after them (the job's output schema).
+
+    Raises:
+      ConfigError: naming the column, what the output holds and the fix.
+    """
+    seen = set()
+    for key in key_columns:
+        if key in seen:
+            raise ConfigError(f"--key-columns names {echo(key)} twice. Name each input column "
+                              f"once.")
+        seen.add(key)
+    clash = [k for k in key_columns if k in set(written)]
+    if clash:
+        raise ConfigError(
+            f"Key column {echo(clash[0])} has the name of a column the output holds "
+            f"({', '.join(written)}): one file cannot hold both. Pass through only what "
+            f"identifies a row (e.g. --key-columns id) and join the output back to the input "
+            f"on it, or rename the column in the input.")
 
 
 def float_list_array(matrix: np.ndarray) -> pa.ListArray:
@@ -354,7 +383,7 @@ __all__ = ["COL_ERROR", "COL_FEATURE_ERRORS", "COL_FLAG", "COL_LATENT", "COL_LAT
            "COL_RECONSTRUCTION", "COL_SCORE", "COL_TOP_FEATURES", "DEAD_LETTER_SCHEMA", "MODE_DECODE",
            "MODE_SCORE", "TOP_FEATURE_TYPE",
            "ScoringOptions", "REASON_MISSING_COLUMN", "DATA_ERRORS", "apply_bundle",
-           "as_file_fault", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
+           "as_file_fault", "check_key_columns", "dead_letter", "dead_letters_to_batch", "decode_output_schema",
            "decode_record_batch", "feature_columns", "float_list_array",
            "list_array", "output_schema", "score_record_batch", "scores_to_batch",
            "top_features", "top_features_array", "whole_file_dead_letter"]

@@ -43,7 +43,8 @@ from latentbeam.pipeline.metrics import (BATCHES_DEAD_LETTERED, ROWS_DEAD_LETTER
                                          ROWS_SCORED, ScoringMetrics)
 from latentbeam.pipeline.records import (COL_LATENT, COL_MODEL_VERSION, COL_TOP_FEATURES,
                                          MODE_DECODE, MODE_SCORE, ScoringOptions, apply_bundle,
-                                         decode_output_schema, output_schema)
+                                         check_key_columns, decode_output_schema,
+                                         output_schema)
 from latentbeam.pipeline.rows import as_record_batch, as_row_dict, rows_to_record_batch
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ class _BundleTransform(beam.PTransform):
         self._info = load_bundle_info(bundle_path)
         self._bundle_path = bundle_path
         self._opts = _opts or ScoringOptions(key_columns=tuple(key_columns))
+        check_key_columns(self._opts.key_columns, self.output_columns().names)
         self._max_batch_rows = int(max_batch_rows)
         self._source = source or bundle_path
         self._dead_letters = False

@@ -286,3 +286,36 @@ def test_a_directory_input_means_its_parquet_files(tmp_path, tiny_bundle_dir, di
     summary = run_file_job(FileJob(tiny_bundle_dir, digits_dir, out, opts=KEYS))
     assert (summary.files_read, summary.rows_read, summary.rows_scored,
             summary.files_dead_lettered) == (2, 1797, 1797, 0)
+
+
+def test_key_columns_named_twice_or_like_an_output_column_are_refused_up_front(
+        tmp_path, tiny_bundle_dir, digits_glob, capsys):
+    """A label passed through as `is_anomaly` would sit beside the flag in one file (the
+    job died with an internal error on the first batch): refused before anything runs."""
+    from latentbeam.cli import main
+    from latentbeam.errors import ConfigError
+    from latentbeam.pipeline.transforms import Decode, Encode, Score
+
+    out = tmp_path / "out"
+    base = ["--bundle", tiny_bundle_dir, "--input", digits_glob, "--output", str(out)]
+    assert main(["score", *base, "--key-columns", "id,is_anomaly"]) == 2
+    assert ("Key column 'is_anomaly' has the name of a column the output holds (latent, "
+            "reconstruction_error, anomaly_score, is_anomaly, model_version)"
+            in capsys.readouterr().err)
+    assert main(["score", *base, "--key-columns", "id,coverage", "--missing", "mask"]) == 2
+    assert "Key column 'coverage'" in capsys.readouterr().err
+    assert main(["score", *base, "--key-columns", "id, id"]) == 2
+    assert "--key-columns names 'id' twice" in capsys.readouterr().err
+    # decode writes the features back under their names
+    assert main(["decode", *base, "--key-columns", "id,pixel_03"]) == 2
+    assert "Key column 'pixel_03'" in capsys.readouterr().err
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", digits_glob, "--output",
+                 str(out), "--key-columns", "id,is_anomaly_adaptive", "--adaptive-threshold",
+                 "--stop-after-seconds", "1"]) == 2
+    assert "Key column 'is_anomaly_adaptive'" in capsys.readouterr().err
+    assert not out.exists()
+    # The same columns are fine where the output does not hold them.
+    assert main(["score", *base, "--key-columns", "id,pixel_03"]) == 0
+    for transform, key in ((Score, "anomaly_score"), (Encode, "latent"), (Decode, "pixel_00")):
+        with pytest.raises(ConfigError, match=f"Key column '{key}'"):
+            transform(tiny_bundle_dir, key_columns=["id", key])

@@ -81,8 +81,9 @@ def validate(job: StreamJob) -> None:
     """Cheap checks before the job starts (reads bundle.json only, never the model)."""
     from latentbeam.model import load_bundle_info
     from latentbeam.model.scoring import check_missing_mode
-    from latentbeam.pipeline.adaptive import adaptive_scale
+    from latentbeam.pipeline.adaptive import ADAPTIVE_FIELDS, adaptive_scale
     from latentbeam.pipeline.bundles import is_watched, newest_bundle_dir
+    from latentbeam.pipeline.records import check_key_columns, output_schema
 
     paths.check_output(job.output, stream_reads(job))
     path = newest_bundle_dir(job.bundle) if is_watched(job.bundle) else job.bundle
@@ -93,6 +94,9 @@ def validate(job: StreamJob) -> None:
     if job.adaptive is not None:
         adaptive_scale(info, job.adaptive.quantile)
     check_missing_mode(info, job.scoring.missing)
+    written = output_schema(info, job.scoring).names \
+        + ([f.name for f in ADAPTIVE_FIELDS] if job.adaptive is not None else [])
+    check_key_columns(job.scoring.key_columns, written)
 
 
 def stream_reads(job: StreamJob) -> List[paths.Location]:
