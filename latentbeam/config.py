@@ -222,6 +222,20 @@ def _validate_data(d: DataConfig) -> None:
                           "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
     if d.source == "tfds" and not d.name:
         raise ConfigError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
+    for key, names in (("data.features", d.features or ()), ("data.key_columns", d.key_columns)):
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise ConfigError(f"`{key}` names {echo(name)} twice. Name each column once.")
+            seen.add(name)
+    # The label and the keys are never trained on (the label would be learned, not detected).
+    for key, names in (("data.label", [d.label] if d.label else []),
+                       ("data.key_columns", d.key_columns)):
+        both = [n for n in names if n in set(d.features or ())]
+        if both:
+            raise ConfigError(f"`{key}` {echo(both[0])} is also in `data.features`: the label "
+                              f"and the key columns are never trained on. Remove it from one "
+                              f"of the two.")
 
 
 def _validate_model(m: ModelConfig) -> None:

@@ -187,3 +187,22 @@ def test_to_dict_round_trips():
 def test_a_key_given_twice_on_one_line_is_refused():
     with pytest.raises(ValueError, match=r"found duplicate key 'epochs'"):
         from_dict(DATA, ["train={epochs: 1, epochs: 5}"])
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"features": ["a", "a", "b"]}, "`data.features` names 'a' twice"),
+    ({"key_columns": ["id", "id"]}, "`data.key_columns` names 'id' twice"),
+    # the label would be learned, not detected
+    ({"features": ["a", "y"], "label": "y"}, "`data.label` 'y' is also in `data.features`"),
+    ({"features": ["a", "id"], "key_columns": ["id"]},
+     "`data.key_columns` 'id' is also in `data.features`"),
+])
+def test_features_named_twice_or_also_label_or_key_are_refused(data, message):
+    from latentbeam.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        from_dict({"data": {"path": "x/*.parquet", **data}})
+    assert message in str(e.value)
+    # Apart, the same names are fine.
+    from_dict({"data": {"path": "x/*.parquet", "features": ["a", "b"], "label": "y",
+                        "key_columns": ["id"]}})
