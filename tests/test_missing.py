@@ -194,3 +194,22 @@ def test_a_bundle_without_medians_refuses_impute_and_mask(tmp_path, tiny_bundle,
     raw = dict(tiny_bundle.info.raw, imputation={"method": "median", "medians": [0.0]})
     with pytest.raises(ValueError, match="`imputation.medians` must be a list of 64 finite"):
         parse_bundle_json("b", json.dumps(raw))
+
+
+def test_the_core_refuses_nan_and_infinite_values_it_would_score_as_normal(tiny_bundle,
+                                                                            digits_matrix):
+    """A NaN score compares False with the threshold (is_anomaly False): the core names
+    the row and input instead; unobserved values under a mask are fine."""
+    from latentbeam.errors import InputError
+
+    x = digits_matrix[:5].astype(np.float32)
+    x[3, 7] = np.nan
+    with pytest.raises(InputError, match=r"received nan at row 3, input 'pixel_07': .* "
+                                         r"observed=np.isfinite\(x\)"):
+        score(tiny_bundle, x)
+    masked = score(tiny_bundle, x, observed=np.isfinite(x))
+    assert np.isfinite(masked.anomaly_score).all()
+    x[1, 0] = np.inf
+    with pytest.raises(InputError, match=r"received inf at row 1, input 'pixel_00' "
+                                         r"\(marked observed\)"):
+        score(tiny_bundle, x, observed=np.ones(x.shape, bool))

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from latentbeam.errors import BundleError, ConfigError, InputError
+from latentbeam.model.features import input_names
 
 # Rows per model call: bounds TF memory for large inputs while keeping calls efficient.
 DEFAULT_CHUNK_ROWS = 8192
@@ -169,8 +170,8 @@ def score(bundle, x: np.ndarray, *, observed: Optional[np.ndarray] = None,
       Scores with arrays of n rows.
 
     Raises:
-      ValueError: x or observed has the wrong shape, or observed is given and the
-        bundle has no medians.
+      ValueError: x or observed has the wrong shape, x holds NaN or an infinity (where
+        observed, with `observed`), or observed is given and the bundle has no medians.
     """
     x, observed = _checked(bundle, x, observed)
     # Imported here, not at module level: `latentbeam.model` (and so load_bundle_info,
@@ -203,13 +204,24 @@ def _checked(bundle, x: np.ndarray, observed: Optional[np.ndarray]):
     if x.ndim != 2 or x.shape[1] != bundle.info.n_inputs:
         raise InputError(f"score() expects a (rows, {bundle.info.n_inputs}) matrix in the order "
                          f"{bundle.info.feature_names}. Received shape {x.shape}.")
-    if observed is None:
-        return x, None
-    observed = np.asarray(observed, dtype=bool)
-    if observed.shape != x.shape:
-        raise InputError(f"score() expects `observed` of the shape of x, {x.shape}. "
-                         f"Received shape {observed.shape}.")
-    return impute(bundle.info, x, observed), observed
+    if observed is not None:
+        observed = np.asarray(observed, dtype=bool)
+        if observed.shape != x.shape:
+            raise InputError(f"score() expects `observed` of the shape of x, {x.shape}. "
+                             f"Received shape {observed.shape}.")
+        x = impute(bundle.info, x, observed)
+    finite = np.isfinite(x)
+    if not finite.all():
+        # A NaN score compares False with the threshold: the row would read as normal.
+        row, col = (int(i[0]) for i in np.nonzero(~finite))
+        marked = " (marked observed)" if observed is not None else ""
+        raise InputError(
+            f"score() received {x[row, col]} at row {row}, input "
+            f"{input_names(bundle.info.features)[col]!r}{marked}: a score of such a row is "
+            f"NaN and would read as normal. Drop or fix such "
+            f"rows, or pass observed=np.isfinite(x) to score only the observed inputs "
+            f"(the `--missing mask` mode).")
+    return x, observed
 
 
 def _forward(bundle, x: np.ndarray, chunk_rows: int) -> dict:
