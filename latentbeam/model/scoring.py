@@ -6,7 +6,7 @@ Threshold calibration after training, Beam batch scoring and streaming scoring a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -267,17 +267,24 @@ def decode(bundle, z: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def sample_latent(bundle, num_samples: int, seed: int = 0) -> np.ndarray:
-    """Latent codes drawn from the model's latent distribution.
+def latent_sampler(bundle, seed: int = 0) -> Callable[[int], np.ndarray]:
+    """draw(n): the next n latent codes of one seeded stream (float32, (n, latent_dim)).
 
     A VAE samples its prior N(0, I); a plain autoencoder samples a Gaussian fitted to
-    the latent codes of its calibration rows (stored in bundle.json).
+    the latent codes of its calibration rows (stored in bundle.json). Draws of n1 then
+    n2 codes equal one draw of n1 + n2, so codes can be drawn a chunk at a time.
     """
     rng = np.random.default_rng(seed)
     k = bundle.info.latent_dim
     stats = bundle.info.latent_stats
     if bundle.info.variational or not stats:
-        return rng.standard_normal((num_samples, k)).astype(np.float32)
+        return lambda n: rng.standard_normal((n, k)).astype(np.float32)
     mean = np.asarray(stats["mean"], dtype=np.float64)
     cov = np.asarray(stats["cov"], dtype=np.float64)
-    return rng.multivariate_normal(mean, cov, size=num_samples, method="eigh").astype(np.float32)
+    return lambda n: rng.multivariate_normal(mean, cov, size=n, method="eigh").astype(np.float32)
+
+
+def sample_latent(bundle, num_samples: int, seed: int = 0) -> np.ndarray:
+    """`num_samples` latent codes drawn from the model's latent distribution
+    (`latent_sampler`)."""
+    return latent_sampler(bundle, seed)(num_samples)

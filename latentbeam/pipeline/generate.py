@@ -6,7 +6,7 @@ with a _SUCCESS record like every other output.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -20,15 +20,30 @@ from latentbeam.pipeline.records import COL_LATENT, decode_record_batch, float_l
 GENERATED_FILE = "generated-00000-of-00001.parquet"
 
 
-def generated_table(bundle, num_samples: int, seed: int) -> pa.Table:
-    """`num_samples` decoded rows with their `sample` index and `latent` code."""
-    from latentbeam.model import sample_latent
+# Rows decoded per batch: memory stays bounded however many samples are asked for.
+GENERATE_BATCH_ROWS = 65536
 
-    z = sample_latent(bundle, num_samples, seed)
-    codes = pa.RecordBatch.from_pydict({"sample": pa.array(np.arange(len(z), dtype=np.int64)),
-                                        COL_LATENT: float_list_array(z)})
-    decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
-    return pa.Table.from_batches([decoded]).add_column(1, COL_LATENT, codes.column(COL_LATENT))
+
+def generated_batches(bundle, num_samples: int, seed: int,
+                      batch_rows: int = GENERATE_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """`num_samples` decoded rows with their `sample` index and `latent` code, a batch of
+    at most `batch_rows` at a time; the same codes whatever `batch_rows` (decoded up to
+    float32 rounding, which depends on the batch)."""
+    from latentbeam.model.scoring import latent_sampler
+
+    draw = latent_sampler(bundle, seed)
+    for start in range(0, num_samples, batch_rows):
+        z = draw(min(batch_rows, num_samples - start))
+        index = np.arange(start, start + len(z), dtype=np.int64)
+        codes = pa.RecordBatch.from_pydict({"sample": pa.array(index),
+                                            COL_LATENT: float_list_array(z)})
+        decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
+        columns = list(decoded.columns)
+        columns.insert(1, codes.column(COL_LATENT))
+        names = list(decoded.schema.names)
+        names.insert(1, COL_LATENT)
+        yield pa.RecordBatch.from_arrays(columns, names=names).replace_schema_metadata(
+            decoded.schema.metadata)
 
 
 def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int = 0,
@@ -41,21 +56,22 @@ def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int =
     paths.check_output(output, [("bundle", bundle_path)])
     replace = outputs.check_output_dir(output, overwrite)
     bundle = load_bundle(bundle_path)
-    table = generated_table(bundle, num_samples, seed)
     staging = outputs.staging_dir(output)
     staged = fs.join(staging, GENERATED_FILE + PARTIAL_SUFFIX)
+    rows = 0
     try:
         writer = ParquetOutput(staged)
-        for batch in table.to_batches():
+        for batch in generated_batches(bundle, num_samples, seed):
             writer.write(batch)
+            rows += batch.num_rows
         writer.close()
         outputs.commit(output, [(staged, GENERATED_FILE)],
                        {"job": "generate", "model_version": bundle.info.model_version,
-                        "num_samples": table.num_rows, "seed": seed}, replace, staging)
+                        "num_samples": rows, "seed": seed}, replace, staging)
     except BaseException:
         outputs.remove_tree(staging)
         raise
-    return fs.join(output, GENERATED_FILE), table.num_rows
+    return fs.join(output, GENERATED_FILE), rows
 
 
-__all__ = ["GENERATED_FILE", "generated_table", "run_generate"]
+__all__ = ["GENERATED_FILE", "GENERATE_BATCH_ROWS", "generated_batches", "run_generate"]
