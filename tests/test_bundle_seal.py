@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -193,6 +194,10 @@ def test_rethreshold_from_the_stored_calibration(copy, tiny_bundle):
     with pytest.raises(ValueError, match=r"--threshold must be a finite number > 0. "
                                          r"Received: nan"):
         rethreshold(copy, threshold=float("nan"))
+    for beyond in (1e40, 1e-40):  # float32 scores / threshold: nothing or everything flagged
+        with pytest.raises(ValueError, match=r"within float32's normal range.*"
+                                             rf"Received: {re.escape(repr(beyond))}"):
+            rethreshold(copy, threshold=beyond)
     with pytest.raises(ValueError, match="lies inside the bundle"):
         rethreshold(copy, threshold=1.0, output=copy + "/v2")
     assert load_bundle_info(copy).model_version == tiny_bundle.info.model_version
