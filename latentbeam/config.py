@@ -272,6 +272,11 @@ def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:
     if t.epoch_rows is not None and t.epoch_rows < 1:
         raise ConfigError(f"`train.epoch_rows` must be >= 1, or null for a full pass per epoch. "
                           f"Received: {t.epoch_rows}")
+    if t.shuffle_buffer < 0:
+        raise ConfigError(f"`train.shuffle_buffer` must be >= 0 (0: rows are shuffled within "
+                          f"each record batch read). Received: {t.shuffle_buffer}")
+    if not 0 <= t.seed < 2 ** 32:
+        raise ConfigError(f"`train.seed` must be an integer in [0, 2**32 - 1]. Received: {t.seed}")
 
 
 def _validate_score(sc: ScoreConfig) -> None:

@@ -127,6 +127,10 @@ def test_a_non_mapping_section_or_file_is_rejected():
      "`train.validation_fraction` must be in (0, 0.5). Received: 0.5"),
     (DATA, ["train.epoch_rows=0"],
      "`train.epoch_rows` must be >= 1, or null for a full pass per epoch. Received: 0"),
+    (DATA, ["train.shuffle_buffer=-5"], "`train.shuffle_buffer` must be >= 0 (0: rows are "
+                                        "shuffled within each record batch read). Received: -5"),
+    (DATA, ["train.seed=-1"], "`train.seed` must be an integer in [0, 2**32 - 1]. Received: -1"),
+    (DATA, ["train.seed=4294967296"], "Received: 4294967296"),
     (DATA, ["threshold.value=1.5"], "level in (0, 1). Received: 1.5"),
     (DATA, ["threshold.method=contamination", "threshold.value=0.6"],
      "expected anomaly fraction in (0, 0.5). Received: 0.6"),
