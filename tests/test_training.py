@@ -1,4 +1,6 @@
 """Training: reproducible, early stopping keeps the best epoch, every source and model kind."""
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -379,3 +381,23 @@ def test_training_on_inputs_that_are_all_constant_is_refused(tmp_path):
     pq.write_table(pa.table({"a": np.ones(300), "b": np.arange(300.0)}),
                    str(tmp_path / "data" / "d.parquet"))
     assert train(config).info.training["constant_inputs"] == 1
+
+
+def test_a_latent_dim_not_below_the_inputs_is_warned_about(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({c: rng.normal(size=300) for c in "abc"}),
+                   str(tmp_path / "data" / "d.parquet"))
+    data = {"data": {"path": str(tmp_path / "data" / "*.parquet")}}
+    fast = ["train.epochs=1", "train.verbose=0"]
+    with caplog.at_level(logging.WARNING, logger="latentbeam"):
+        train(from_dict(data, fast + ["model.latent_dim=3"]))
+        warned = [r.getMessage() for r in caplog.records if "latent_dim" in r.getMessage()]
+        assert warned == ["model.latent_dim 3 is not smaller than the 3 input(s): the "
+                          "autoencoder can copy its input, so the reconstruction error stops "
+                          "separating rows and only the latent distance does. Choose a "
+                          "latent_dim below 3, or leave it unset (default 2)."]
+        caplog.clear()
+        train(from_dict(data, fast + ["model.latent_dim=2"]))
+        train(from_dict(data, fast + ["model.latent_dim=3", "model.variational=true"]))
+        assert not [r for r in caplog.records if "latent_dim" in r.getMessage()]

@@ -195,6 +195,12 @@ def _build_model(config: Config, source, stats):
             raise ConfigError(f"`model.kind: conv2d` needs exactly one image feature; got "
                               f"{[f.name for f in source.features]}. Set `data.features`.")
         image_feature_shape = image_shape(source.features[0].shape)
+    if mc.latent_dim and mc.latent_dim >= width and not mc.variational:
+        log.warning(
+            "model.latent_dim %d is not smaller than the %d input(s): the autoencoder can "
+            "copy its input, so the reconstruction error stops separating rows and only the "
+            "latent distance does. Choose a latent_dim below %d, or leave it unset (default "
+            "%d).", mc.latent_dim, width, width, default_latent_dim(width))
     groups, group_size = reference_layout(sc, stats.rows_by_split["train"])
     reference_rows = groups * group_size
     with np.errstate(over="ignore"):
