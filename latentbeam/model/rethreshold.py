@@ -131,8 +131,8 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
                           f"Received: threshold={threshold!r}, method={method!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
         raise ConfigError(f"--threshold must be a finite number > 0. Received: {threshold!r}")
-    if threshold is not None and not np.finfo(np.float32).tiny <= threshold \
-            <= np.finfo(np.float32).max:
+    f32 = np.finfo(np.float32)
+    if threshold is not None and not float(f32.tiny) <= threshold <= float(f32.max):
         # Scores are divided by the threshold in float32: 1e40 would flag nothing, 1e-40
         # everything (as inf).
         raise ConfigError(f"--threshold must lie within float32's normal range, the scores' "
