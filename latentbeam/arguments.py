@@ -90,8 +90,26 @@ def _add_score(sub) -> None:
     p.add_argument("--output", required=True, help="output directory for scored Parquet")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty output directory")
+    _add_dead_letter_limit(p)
     _add_scoring_flags(p)
     _add_output_flags(p)
+
+
+def _add_dead_letter_limit(p) -> None:
+    p.add_argument("--max-dead-letter-fraction", type=_fraction, default=None, metavar="F",
+                   help="fail and write nothing when more than this share of the rows, or "
+                        "of the input files, is dead-lettered (0: any dead letter fails "
+                        "the job; default: no limit)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def _add_stream(sub) -> None:
@@ -134,6 +152,7 @@ def _add_decode(sub) -> None:
     p.add_argument("--input", required=True, help="Parquet glob with a `latent` column")
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
+    _add_dead_letter_limit(p)
     p.add_argument("--key-columns", default="")
     _add_output_flags(p)
 

@@ -99,7 +99,8 @@ def cmd_score(args, beam_args: List[str]) -> int:
 
     job = ScoreJob(bundle=args.bundle, input=args.input, output=args.output,
                    opts=_scoring_options(args, _key_columns(args.key_columns)),
-                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows)
+                   data_dir=args.data_dir, overwrite=args.overwrite, batch_rows=args.batch_rows,
+                   max_dead_letter_fraction=args.max_dead_letter_fraction)
     print(format_summary(run_file_job(job, beam_args, progress=progress_line(args))))
     return 0
 
@@ -113,7 +114,8 @@ def cmd_decode(args, beam_args: List[str]) -> int:
 
     job = DecodeJob(bundle=args.bundle, input=args.input, output=args.output,
                     opts=ScoringOptions(key_columns=_key_columns(args.key_columns)),
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite,
+                    max_dead_letter_fraction=args.max_dead_letter_fraction)
     print(format_summary(run_file_job(job, beam_args, progress=progress_line(args))))
     return 0
 

@@ -15,7 +15,9 @@ and becomes ONE dead letter (row null); its rows do not count as read
 
 Commit: only after the pipeline succeeds are the temporary files moved to their final
 names; `_SUCCESS` (JSON: counts, model_version, threshold, files) is written last. A
-failed job removes its temporary directory and leaves no final-looking output. A
+failed job removes its temporary directory and leaves no final-looking output; so
+does a job whose dead letters exceed `max_dead_letter_fraction` (checked before the
+commit, from the per-file records, which tally the dead letters by reason). A
 non-empty output directory is refused unless `overwrite`, which replaces the files an
 earlier latentbeam run listed there at commit time (anything else is refused up
 front), so old shards never mix with new ones. An output overlapping the inputs, the
@@ -38,7 +40,8 @@ from latentbeam.model.scoring import check_missing_mode
 from latentbeam.model.sources import parse_tfds as _parse_tfds
 from latentbeam.model.sources import TFDS_PREFIX, tfds_batches
 from latentbeam.pipeline import io
-from latentbeam.pipeline.dead_letters import file_fault_letter
+from latentbeam.pipeline.dead_letters import (DeadLetterTally, check_dead_letter_limit,
+                                              file_fault_letter)
 from latentbeam.pipeline.jobs import FileJob, JobSummary
 from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, PARTIAL_SUFFIX, STATS_DIR,
                                         SUCCESS_FILE, basename,
@@ -127,6 +130,7 @@ class _FileJobFn(beam.DoFn):
         counts = dict.fromkeys((ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES,
                                 FILES_DEAD_LETTERED), 0)
         errors: List[np.ndarray] = []
+        tally = DeadLetterTally()
         try:
             for _, rows, batch, letters in self._batches(source):
                 counts[ROWS_READ] += rows
@@ -143,6 +147,7 @@ class _FileJobFn(beam.DoFn):
                 if letters:
                     dead.write(dead_letters_to_batch(letters))
                     counts[ROWS_DEAD_LETTERED] += len(letters)
+                    tally.add(letters)
             out.close()
             dead.close()
         except (io.UnreadableFile, SchemaMismatch) as e:
@@ -156,6 +161,8 @@ class _FileJobFn(beam.DoFn):
             counts = dict.fromkeys(counts, 0)
             counts[FILES_DEAD_LETTERED] = 1
             errors = []
+            tally = DeadLetterTally()
+            tally.add([letter])
         # Metrics once per file: a file that fails part way adds nothing but its dead letter.
         for key, value in counts.items():
             self._metrics.inc(key, value)
@@ -164,7 +171,8 @@ class _FileJobFn(beam.DoFn):
         stats = {"index": index, "source": source, **counts,
                  "output": name if counts[ROWS_SCORED] else None,
                  "dead_letter": dead_name if (counts[ROWS_DEAD_LETTERED] or
-                                              counts[FILES_DEAD_LETTERED]) else None}
+                                              counts[FILES_DEAD_LETTERED]) else None,
+                 "dead_letter_reasons": tally.to_json()}
         fs.write_bytes(fs.join(self._tmp_dir, STATS_DIR, name + ".json"),
                        json.dumps(stats).encode())
         yield stats
@@ -189,8 +197,9 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
 
     Raises:
       ValueError: bad bundle, no input, an output overlapping what the job reads, a
-        non-empty output without overwrite (or with files no latentbeam run wrote), or
-        a job option the input cannot satisfy.
+        non-empty output without overwrite (or with files no latentbeam run wrote), a
+        job option the input cannot satisfy, or (after the run, nothing committed) more
+        dead letters than `job.max_dead_letter_fraction` allows.
     """
     info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
     if job.mode == MODE_SCORE:
@@ -253,6 +262,9 @@ def _commit(job: FileJob, info, sources: List[str], tmp_dir: str, result,
 
     totals = {k: sum(s[k] for s in stats) for k in
               (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, FILES_DEAD_LETTERED, ANOMALIES)}
+    # Before anything moves: a refused job leaves the output directory as it was.
+    check_dead_letter_limit(job.max_dead_letter_fraction, totals, len(sources),
+                            [s["dead_letter_reasons"] for s in stats], job.output)
     metrics = query_metrics(result)
     if metrics and any(metrics.get(k) != v for k, v in totals.items()):
         log.warning("Runner metrics %s differ from the job's per-file records %s (runners "

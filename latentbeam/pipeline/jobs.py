@@ -36,9 +36,17 @@ class FileJob:
     data_dir: Optional[str] = None  # TFDS data_dir
     overwrite: bool = False  # replace the contents of a non-empty output directory
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows per record batch read
+    # Fail (commit nothing) when more than this share of the rows, or of the files, is
+    # dead-lettered; None: no limit.
+    max_dead_letter_fraction: Optional[float] = None
 
     def __post_init__(self):
         _check_batch_rows(self.batch_rows)
+        f = self.max_dead_letter_fraction
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))
+                              or not 0.0 <= f <= 1.0):
+            raise ConfigError("--max-dead-letter-fraction must be a number in [0, 1] (0: fail "
+                              f"on any dead letter). Received: {f!r}")
 
 
 @dataclass(frozen=True)

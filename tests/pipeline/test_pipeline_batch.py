@@ -319,3 +319,86 @@ def test_key_columns_named_twice_or_like_an_output_column_are_refused_up_front(
     for transform, key in ((Score, "anomaly_score"), (Encode, "latent"), (Decode, "pixel_00")):
         with pytest.raises(ConfigError, match=f"Key column '{key}'"):
             transform(tiny_bundle_dir, key_columns=["id", key])
+
+
+def _tree(root: str) -> dict:
+    """Every file under root with its bytes."""
+    found = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(d, n)
+            found[os.path.relpath(p, root)] = open(p, "rb").read()
+    return found
+
+
+def test_max_dead_letter_fraction_refuses_the_commit_and_says_why(tmp_path, faulty_dir,
+                                                                  tiny_bundle_dir, digits_glob):
+    """5 files: 2 cannot be read at all (2/5 = 0.4 of the files), 3 of 1807 rows are bad."""
+    from latentbeam.errors import InputError
+
+    out = str(tmp_path / "out")
+    run_file_job(FileJob(tiny_bundle_dir, digits_glob, out, opts=KEYS))  # an earlier run
+    before = _tree(out)
+    faulty = os.path.join(faulty_dir, "*.parquet")
+    with pytest.raises(InputError) as refused:
+        run_file_job(FileJob(tiny_bundle_dir, faulty, out, opts=KEYS, overwrite=True,
+                             max_dead_letter_fraction=0.39))
+    message = str(refused.value)
+    assert "3 of 1807 rows and 2 of 5 input files were dead-lettered" in message
+    assert "--max-dead-letter-fraction 0.39" in message
+    assert f"unreadable_file x2 (first: {os.path.join(faulty_dir, 'd-02-corrupt.parquet')}: " \
+           "UnreadableFile" in message
+    bad_rows = os.path.join(faulty_dir, "d-03-bad-rows.parquet")
+    assert f"not_finite x2 (first: {bad_rows} row 5: " in message
+    assert f"null_value x1 (first: {bad_rows} row 2: " in message and "pixel_05" in message
+    assert _tree(out) == before  # the earlier output, byte for byte; no staging left
+
+    # At the limit (2/5 files) the job commits as without it.
+    summary = run_file_job(FileJob(tiny_bundle_dir, faulty, out, opts=KEYS, overwrite=True,
+                                   max_dead_letter_fraction=0.4))
+    assert (summary.rows_scored, summary.rows_dead_lettered, summary.files_dead_lettered) == (
+        1804, 3, 2)
+    assert len(os.listdir(os.path.join(out, "_dead_letter"))) == 3
+
+
+def test_the_row_limit_holds_on_its_own_and_zero_allows_no_dead_letter(tmp_path, faulty_dir,
+                                                                         tiny_bundle_dir,
+                                                                         digits_glob):
+    from latentbeam.errors import InputError
+
+    bad_rows = os.path.join(faulty_dir, "d-03-bad-rows.parquet")  # 3 of its 10 rows are bad
+    out = str(tmp_path / "out")
+    with pytest.raises(InputError, match="3 of 10 rows and 0 of 1 input files"):
+        run_file_job(FileJob(tiny_bundle_dir, bad_rows, out, max_dead_letter_fraction=0.29))
+    assert os.listdir(out) == []
+    summary = run_file_job(FileJob(tiny_bundle_dir, bad_rows, out, max_dead_letter_fraction=0.3))
+    assert (summary.rows_read, summary.rows_scored, summary.rows_dead_lettered) == (10, 7, 3)
+    clean = run_file_job(FileJob(tiny_bundle_dir, digits_glob, str(tmp_path / "clean"),
+                                 max_dead_letter_fraction=0.0))
+    assert (clean.rows_scored, clean.rows_dead_lettered) == (1797, 0)
+
+
+def test_cli_max_dead_letter_fraction(tmp_path, capsys, faulty_dir, scored, tiny_bundle_dir):
+    from latentbeam.errors import ConfigError
+
+    bad_rows = os.path.join(faulty_dir, "d-03-bad-rows.parquet")
+    out = str(tmp_path / "cli")
+    base = ["score", "--bundle", tiny_bundle_dir, "--input", bad_rows, "--output", out]
+    assert main(base + ["--max-dead-letter-fraction", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "latentbeam score: error: 3 of 10 rows and 0 of 1 input files were dead-lettered" in err
+    assert "nothing was written to" in err and not os.path.exists(os.path.join(out, "_SUCCESS"))
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(SystemExit) as usage:
+            main(base + ["--max-dead-letter-fraction", bad])
+        assert usage.value.code == 2
+        assert f"expected a number in [0, 1], got '{bad}'" in capsys.readouterr().err
+    for bad in (1.5, -0.1, float("nan"), True, "0.1"):
+        with pytest.raises(ConfigError, match=r"--max-dead-letter-fraction must be a number"):
+            FileJob(tiny_bundle_dir, bad_rows, out, max_dead_letter_fraction=bad)
+    # decode takes the flag too: the scored rows all decode.
+    src, _ = scored
+    assert main(["decode", "--bundle", tiny_bundle_dir, "--input",
+                 os.path.join(src, "part-*.parquet"), "--output", str(tmp_path / "dec"),
+                 "--max-dead-letter-fraction", "0"]) == 0
+    assert "rows decoded:         1797" in capsys.readouterr().out
