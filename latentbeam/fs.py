@@ -95,18 +95,50 @@ def parquet_pattern(path: str) -> str:
     """The glob for a Parquet input given as a glob, a file, or a directory / prefix.
 
     A directory (local) or a prefix that is not an object (gs://b/table/) means its
-    `*.parquet` files; a glob or an existing file is returned unchanged.
+    `*.parquet` files at any depth (`DIR/**.parquet`: a Hive-partitioned table such as
+    DIR/day=2024-01-01/part-0.parquet, as pyarrow.dataset and Spark read a directory);
+    `match_parquet` then skips hidden names. A glob or an existing file is returned
+    unchanged.
     """
     if any(c in path for c in GLOB_CHARS):
         return path
     if is_local(path):
         local = native(path)
         if os.path.isdir(local):
-            return join(local.rstrip("/") or "/", "*.parquet")
+            return join(local.rstrip("/") or "/", "**.parquet")
         return path
     if path.endswith("/") or not exists(path):
-        return join(path.rstrip("/"), "*.parquet")
+        return join(path.rstrip("/"), "**.parquet")
     return path
+
+
+class Visible:
+    """Whether a path matched by `pattern` is a data file rather than a hidden one.
+
+    Hidden: a name below the pattern's fixed directory (its part before the first glob
+    character) that starts with `_` or `.`, as pyarrow.dataset, Spark and pandas skip
+    them: `_SUCCESS`, `_temporary/`, `_dead_letter/`, `.part-0.parquet.inprogress`, a
+    writer's `.staging/`. A pattern without glob characters names its file: visible.
+    Picklable, for a `beam.Filter`.
+    """
+
+    def __init__(self, pattern: str):
+        p = native(pattern)
+        cut = min((p.index(c) for c in GLOB_CHARS if c in p), default=None)
+        self._head = None if cut is None else p[:p.rfind("/", 0, cut) + 1]
+
+    def __call__(self, path: str) -> bool:
+        if self._head is None:
+            return True
+        rest = path[len(self._head):] if path.startswith(self._head) else path.rsplit("/", 1)[-1]
+        return not any(name.startswith(("_", ".")) for name in rest.split("/"))
+
+
+def match_parquet(pattern: str) -> List[tuple]:
+    """(path, size) of the files matching a `parquet_pattern`, sorted, hidden ones skipped
+    (see `Visible`); 0-byte files included (callers decide)."""
+    visible = Visible(pattern)
+    return [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
 
 
 def match(pattern: str) -> List[str]:

@@ -96,9 +96,40 @@ def test_file_urls_are_the_local_paths_they_name_and_unknown_schemes_name_the_ex
     (tmp_path / "a.parquet").write_bytes(b"x")
     assert fs.native(f"file://{tmp_path}/a.parquet") == f"{tmp_path}/a.parquet"
     assert fs.native("file://") == "/"
-    assert fs.parquet_pattern(f"file://{tmp_path}") == f"{tmp_path}/*.parquet"
+    assert fs.parquet_pattern(f"file://{tmp_path}") == f"{tmp_path}/**.parquet"
     assert fs.match(f"file://{tmp_path}/*.parquet") == [f"{tmp_path}/a.parquet"]
     assert fs.read_bytes(f"file://{tmp_path}/a.parquet") == b"x"
     with pytest.raises(InputError, match=r"zz://b/x: no Beam filesystem handles zz://.*"
                                          r"apache-beam\[gcp\]"):
         fs.exists("zz://b/x")
+
+
+@pytest.mark.parametrize("pattern, path, visible", [
+    ("data/*.parquet", "data/a.parquet", True),
+    ("data/*.parquet", "data/_SUCCESS", False),
+    ("data/*.parquet", "data/.a.parquet", False),
+    ("lake/**.parquet", "lake/day=1/a.parquet", True),
+    ("lake/**.parquet", "lake/_temporary/0/a.parquet", False),
+    ("lake/**.parquet", "lake/day=1/.a.parquet.parquet", False),
+    ("_staging/x/*.parquet", "_staging/x/a.parquet", True),  # named by the user: kept
+    ("gs://b/t/**.parquet", "gs://b/t/d=1/a.parquet", True),
+    ("gs://b/t/**.parquet", "gs://b/t/_delta_log/a.parquet", False),
+    ("data/_one.parquet", "data/_one.parquet", True),  # a file named outright
+])
+def test_hidden_names_below_a_glob_are_not_data(pattern, path, visible):
+    from latentbeam.fs import Visible
+
+    assert Visible(pattern)(path) is visible
+
+
+def test_a_directory_means_its_parquet_files_at_any_depth(tmp_path):
+    from latentbeam.fs import match_parquet, parquet_pattern
+
+    for name in ("a.parquet", "d=1/b.parquet", "d=1/e=2/c.parquet", "_tmp/x.parquet",
+                 "d=1/.y.parquet", "d=1/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    pattern = parquet_pattern(str(tmp_path))
+    assert pattern == str(tmp_path / "**.parquet")
+    assert [p for p, _ in match_parquet(pattern)] == [
+        str(tmp_path / n) for n in ("a.parquet", "d=1/b.parquet", "d=1/e=2/c.parquet")]

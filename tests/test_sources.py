@@ -331,9 +331,21 @@ def test_parquet_source_accepts_a_directory(digits_dir, digits_glob):
     by_dir = data_mod.ParquetSource(digits_dir, label="label", key_columns=["id"])
     by_glob = data_mod.ParquetSource(digits_glob, label="label", key_columns=["id"])
     assert by_dir.files == by_glob.files and len(by_dir.files) == 2
-    assert fs.parquet_pattern(digits_dir) == os.path.join(digits_dir, "*.parquet")
+    assert fs.parquet_pattern(digits_dir) == os.path.join(digits_dir, "**.parquet")
     assert fs.parquet_pattern(digits_glob) == digits_glob
     assert fs.parquet_pattern(by_glob.files[0]) == by_glob.files[0]
+
+
+def test_parquet_source_reads_a_partitioned_directory_without_hidden_files(tmp_path):
+    from latentbeam.demo import digits_table
+
+    digits = digits_table()
+    for name, start in (("day=1/a.parquet", 0), ("day=2/b.parquet", 50),
+                        ("_temporary/c.parquet", 100), ("day=2/.d.parquet", 150)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        pq.write_table(digits.slice(start, 50), tmp_path / name)
+    source = data_mod.ParquetSource(str(tmp_path), label="label", key_columns=["id"])
+    assert source.files == [str(tmp_path / "day=1/a.parquet"), str(tmp_path / "day=2/b.parquet")]
 
 
 def test_tfds_rows_are_validated_as_scoring_validates_them(tmp_path):

@@ -84,7 +84,7 @@ class ParquetSource:
         self.pattern = pattern = fs.parquet_pattern(pattern)
         self.label = label
         self.batch_rows = batch_rows
-        self.files = [p for p, size in fs.match_with_sizes(pattern) if size > 0]
+        self.files = [p for p, size in fs.match_parquet(pattern) if size > 0]
         if not self.files:
             raise InputError(f"No non-empty Parquet files match {pattern!r}. Check `data.path` "
                              f"(a glob such as data/*.parquet or gs://bucket/prefix/*.parquet).")

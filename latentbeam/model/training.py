@@ -82,7 +82,7 @@ def _data_locations(config: Config) -> List[tuple]:
     if not d.path:
         return []
     try:
-        files = fs.match(fs.parquet_pattern(d.path))
+        files = [p for p, _ in fs.match_parquet(fs.parquet_pattern(d.path))]
     except (IOError, OSError, ValueError):
         files = []  # the data source names the problem when it reads
     return paths.input_locations(d.path, files, "training data")

@@ -44,7 +44,7 @@ from latentbeam.pipeline.dead_letters import (DeadLetterTally, check_dead_letter
                                               file_fault_letter)
 from latentbeam.pipeline.jobs import FileJob, JobSummary
 from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, PARTIAL_SUFFIX, STATS_DIR,
-                                        SUCCESS_FILE, basename,
+                                        basename,
                                         dead_letter_part_name, part_name)
 from latentbeam.pipeline.metrics import (ANOMALIES, FILES_DEAD_LETTERED,
                                          ROWS_DEAD_LETTERED, ROWS_READ, ROWS_SCORED,
@@ -78,7 +78,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
             raise InputError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
-    files = [p for p in fs.match(fs.parquet_pattern(pattern)) if basename(p) != SUCCESS_FILE]
+    files = [p for p, _ in fs.match_parquet(fs.parquet_pattern(pattern))]
     if not files:
         raise InputError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
                          f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")

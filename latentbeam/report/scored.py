@@ -57,15 +57,14 @@ def window_of(path: str) -> Optional[Tuple[dt.datetime, dt.datetime]]:
 def scored_files(location: str) -> List[str]:
     """The scored Parquet files of an output directory (batch or stream) or a glob.
 
-    Names starting with `_` or `.` are skipped, as every Parquet reader does; the
-    dead-letter files live in a subdirectory and are not matched.
+    A directory means its `*.parquet` files at any depth; names starting with `_` or `.`
+    are skipped, as every Parquet reader does (so are `_dead_letter/` and `_manifest/`).
 
     Raises:
       InputError: nothing matches (names the pattern and what was expected).
     """
     pattern = fs.parquet_pattern(location)
-    files = [p for p, size in fs.match_with_sizes(pattern)
-             if size > 0 and not os.path.basename(p).startswith(("_", "."))]
+    files = [p for p, size in fs.match_parquet(pattern) if size > 0]
     if not files:
         raise InputError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
                          f"directory of `latentbeam score` or `latentbeam stream`, or a glob of "

@@ -288,6 +288,42 @@ def test_a_directory_input_means_its_parquet_files(tmp_path, tiny_bundle_dir, di
             summary.files_dead_lettered) == (2, 1797, 1797, 0)
 
 
+def test_a_hive_partitioned_directory_is_read_at_every_depth_without_hidden_files(
+        tmp_path, tiny_bundle_dir, tiny_bundle):
+    """A directory means every *.parquet below it, as pyarrow.dataset and Spark read one;
+    `_`/`.` names (a writer's `_temporary/`, `_SUCCESS`, `.inprogress`) are not data."""
+    lake = tmp_path / "lake"
+    digits = digits_table()
+    parts = {"day=2024-01-01/part-0.parquet": (0, 40), "day=2024-01-02/part-0.parquet": (40, 30),
+             "day=2024-01-02/hour=03/part-1.parquet": (70, 20), "top.parquet": (90, 10)}
+    hidden = ["_temporary/0/part-9.parquet", "day=2024-01-01/.part-1.parquet",
+              ".staging/part-2.parquet", "_SUCCESS"]
+    for name, (start, n) in parts.items():
+        os.makedirs(os.path.dirname(lake / name), exist_ok=True)
+        pq.write_table(digits.slice(start, n), lake / name)
+    for name in hidden:
+        os.makedirs(os.path.dirname(lake / name), exist_ok=True)
+        pq.write_table(digits.slice(500, 7), lake / name)
+    for spelling in (str(lake), str(lake) + "/"):
+        out = str(tmp_path / f"out{len(spelling)}")
+        summary = run_file_job(FileJob(tiny_bundle_dir, spelling, out, opts=KEYS))
+        assert (summary.files_read, summary.rows_read, summary.files_dead_lettered) == (4, 100, 0)
+        table = pq.read_table(out)
+        # Files in sorted path order: day=2024-01-01, day=2024-01-02/hour=03, day=..02, top.
+        assert table.column("id").to_pylist() == [*range(40), *range(70, 90), *range(40, 70),
+                                                  *range(90, 100)]
+        expected = score(tiny_bundle, _matrix(digits.take(table.column("id"))))
+        np.testing.assert_allclose(table.column("anomaly_score").to_numpy(),
+                                   expected.anomaly_score, rtol=1e-6)
+    # An explicit glob is taken as written below its fixed part, hidden names skipped.
+    summary = run_file_job(FileJob(tiny_bundle_dir, str(lake / "day=*" / "*.parquet"),
+                                   str(tmp_path / "glob"), opts=KEYS))
+    assert (summary.files_read, summary.rows_read) == (2, 70)
+    # An output inside the lake, at any depth, is refused before anything runs.
+    with pytest.raises(ValueError, match="inside"):
+        run_file_job(FileJob(tiny_bundle_dir, str(lake), str(lake / "day=2024-01-02" / "out")))
+
+
 def test_key_columns_named_twice_or_like_an_output_column_are_refused_up_front(
         tmp_path, tiny_bundle_dir, digits_glob, capsys):
     """A label passed through as `is_anomaly` would sit beside the flag in one file (the

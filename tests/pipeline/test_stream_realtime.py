@@ -183,6 +183,9 @@ def test_restart_after_crash_replaces_the_unfinished_outputs_of_a_source(tmp_pat
     watch.mkdir()
     out.mkdir()
     _land(str(watch), "f.parquet", _slice(0, 30))
+    # Hidden names match the glob but are a writer's staging, never data (as in pyarrow).
+    pq.write_table(_slice(100, 5), watch / ".f2.parquet")
+    pq.write_table(_slice(200, 5), watch / "_staging.parquet")
     # What a crash after writing but before the manifest entry leaves behind.
     tag = hashlib.sha256(str(watch / "f.parquet").encode()).hexdigest()[:16]
     stale = out / f"scored-19700101T000000-19700101T000010-{tag}.parquet"

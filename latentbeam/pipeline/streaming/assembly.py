@@ -106,7 +106,7 @@ def stream_reads(job: StreamJob) -> List[paths.Location]:
     reads: List[paths.Location] = []
     if job.watch is not None:
         try:
-            current = fs.match(job.watch)
+            current = [p for p, _ in fs.match_parquet(job.watch)]
         except (IOError, OSError, ValueError):
             current = []  # nothing there yet; the base directory still counts
         reads += paths.input_locations(job.watch, current, "watched")

@@ -78,6 +78,8 @@ class ScoreLandingFiles(beam.PTransform):
                     start_timestamp=start, stop_timestamp=stop)
                 | "Path" >> beam.Map(lambda m: m.path).with_output_types(str)
                 | "Not our output" >> beam.Filter(lambda path: not path.startswith(output_prefix))
+                # A writer's staging (`_temporary/`, `.part-0.parquet.inprogress`) is not data.
+                | "Not hidden" >> beam.Filter(fs.Visible(job.watch))
                 | "Score and write" >> beam.ParDo(_ScoreFileDoFn(job)).with_output_types(
                     Tuple[str, Dict[str, Any]]))
 
