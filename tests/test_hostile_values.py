@@ -86,6 +86,43 @@ def test_unusable_column_types_say_wrong_type(column, reason):
     assert e.value.reason == "missing_column"
 
 
+def test_a_column_named_twice_is_refused_not_read_by_position(tmp_path, tiny_bundle_dir,
+                                                              tiny_bundle):
+    """Arrow and pandas allow repeated names; the first `pixel_03` used to be taken silently."""
+    from latentbeam.config import from_dict
+    from latentbeam.errors import InputError
+    from latentbeam.model import train
+
+    digits = digits_table().slice(0, 20)
+    dup_feature = digits.append_column("pixel_03", pa.array(np.full(20, 99.0)))
+    dup_key = digits.append_column("id", pa.array(np.arange(100, 120)))
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, table in (("a-feature.parquet", dup_feature), ("b-key.parquet", dup_key),
+                        ("c-fine.parquet", digits)):
+        pq.write_table(table, d / name)
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, str(d), out,
+                                   opts=ScoringOptions(key_columns=("id",))))
+    assert (summary.rows_scored, summary.files_dead_lettered) == (20, 2)
+    dead = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
+    at = digits.schema.names.index("pixel_03")
+    assert [(os.path.basename(x["source"]), x["reason"]) for x in dead] == [
+        ("a-feature.parquet", "duplicate_column"), ("b-key.parquet", "duplicate_column")]
+    assert f"feature column 'pixel_03' appears 2 times in the file (at column positions {at}, " \
+           f"{digits.num_columns})" in dead[0]["detail"]
+    assert "key column 'id' appears 2 times" in dead[1]["detail"]
+    np.testing.assert_allclose(pq.read_table(out).column("anomaly_score").to_numpy(),
+                               score(tiny_bundle, np.stack([digits.column(c).to_numpy()
+                                                            for c in pixel_columns()], 1)
+                                     ).anomaly_score, rtol=1e-6)
+    # Training refuses it too, naming the file (it was a KeyError from inside Arrow).
+    with pytest.raises(InputError, match=r"Feature column 'pixel_03' appears 2 times in .*"
+                                         r"a-feature\.parquet"):
+        train(from_dict({"data": {"path": str(d / "a-feature.parquet"), "label": "label",
+                                  "key_columns": ["id"]}}, ["train.verbose=0"]))
+
+
 def test_payloads_of_values_python_cannot_represent():
     batch = pa.table({
         "ts": pa.array([2 ** 62], pa.timestamp("us")),

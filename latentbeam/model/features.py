@@ -37,6 +37,7 @@ REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole 
 REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
 REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
 REASON_NO_OBSERVED = "no_observed_values"  # imputing or masking: every feature value missing
+REASON_DUPLICATE_COLUMN = "duplicate_column"  # a column the job uses appears twice (whole file)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ def infer_features(batch: pa.RecordBatch | pa.Table, *, include: Optional[Sequen
       InputError: a named feature is missing or not numeric, or nothing is usable.
     """
     schema = batch.schema
-    names = list(include) if include else [n for n in schema.names if n not in set(exclude)]
+    names = list(include) if include else [n for n in dict.fromkeys(schema.names)
+                                           if n not in set(exclude)]
+    check_unique_columns(schema.names, names, "Feature", source or "the data")
     features = []
     for name in names:
         if name not in schema.names:
@@ -186,6 +189,27 @@ class SchemaMismatch(InputError):
     def __init__(self, message: str, reason: str = REASON_MISSING_COLUMN):
         super().__init__(message)
         self.reason = reason
+
+
+def check_unique_columns(names: Sequence[str], used: Sequence[str], what: str,
+                         where: str = "the file") -> None:
+    """Refuses a batch in which a column the job uses appears more than once.
+
+    Arrow and pandas allow repeated column names; which of them is the feature (or the
+    key) would be a guess, so the file is refused rather than read by position.
+
+    Raises:
+      SchemaMismatch: reason `duplicate_column`, naming the column and its positions.
+    """
+    names = list(names)
+    for name in used:
+        if names.count(name) > 1:
+            at = [i for i, n in enumerate(names) if n == name]
+            raise SchemaMismatch(
+                f"{what} column {clip(name, 200)!r} appears {len(at)} times in {where} (at "
+                f"column positions {', '.join(map(str, at[:10]))}); which one is meant is "
+                f"ambiguous. Write the file with unique column names.",
+                REASON_DUPLICATE_COLUMN)
 
 
 def _column_to_array(column, feature: Feature, n: int, bad: Dict[int, Tuple[str, str]],
@@ -354,6 +378,7 @@ def _fill_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature],
     # conversion also catches values too large for float32 (they become inf).
     matrix = np.empty((n, n_inputs(features)), dtype=np.float32)
     offset = 0
+    check_unique_columns(names, [f.name for f in features], "feature")
     for f in features:
         if f.name not in names:
             raise SchemaMismatch(

@@ -18,7 +18,7 @@ from latentbeam.errors import ConfigError
 from latentbeam.text import echo
 from latentbeam.model.arrow_types import list_array
 from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
-                                       SchemaMismatch, input_names,
+                                       SchemaMismatch, check_unique_columns, input_names,
                                        row_payload, to_matrix)
 from latentbeam.model.scoring import (MISSING_IMPUTE, MISSING_MASK, MISSING_MODES,
                                       MISSING_REJECT, Scores, check_missing_mode, impute, score)
@@ -221,6 +221,7 @@ def _convert(batch: pa.RecordBatch, features, key_columns: Sequence[str], source
     if missing:
         raise SchemaMismatch(f"key column(s) {', '.join(map(repr, missing))} missing "
                              f"(columns present: {', '.join(batch.schema.names)})")
+    check_unique_columns(batch.schema.names, key_columns, "key")
     conv = to_matrix(batch, features, allow_missing=allow_missing)
     letters = [dead_letter(source, row_offset + row, reason, detail, row_payload(batch, row))
                for row, reason, detail in conv.faults]

@@ -30,7 +30,8 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from latentbeam import fs, outputs
 from latentbeam.errors import ConfigError
-from latentbeam.model.features import REASON_NULL, SchemaMismatch, clip, row_payload
+from latentbeam.model.features import (REASON_NULL, SchemaMismatch, check_unique_columns,
+                                       clip, row_payload)
 from latentbeam.pipeline.adaptive import AdaptiveState, with_adaptive
 from latentbeam.pipeline.dead_letters import (DATA_ERRORS, as_file_fault, dead_letter,
                                               dead_letters_to_batch, file_fault_letter)
@@ -199,6 +200,7 @@ class _ScoreFileDoFn(beam.DoFn):
         mask = np.ones(batch.num_rows, dtype=bool)
         mask[[d["row"] - offset for d in bad]] = False
         valid = np.nonzero(mask)[0]
+        check_unique_columns(batch.schema.names, [name], "timestamp")
         all_times, unusable = event_times(batch.column(name), name)
         parts, nulls, late = split_by_window(
             scored, all_times[valid], valid, window_us=micros(job.window_seconds),
