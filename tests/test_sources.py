@@ -378,3 +378,31 @@ def test_tfds_rows_are_validated_as_scoring_validates_them(tmp_path):
                    for row, reason, detail in to_matrix(batch, source.features).faults]
     assert offsets == [0, 4]
     assert faults == [(4, "not_finite", "column 'v'[1] is nan")]
+
+
+def test_training_data_emptied_by_one_column_or_a_text_label_is_refused_with_the_reason(tmp_path):
+    from latentbeam.config import from_dict
+    from latentbeam.errors import InputError
+    from latentbeam.model import train
+
+    n = 300
+    rng = np.random.default_rng(0)
+    base = {"a": rng.normal(size=n), "b": rng.normal(size=n), "id": np.arange(n)}
+    (tmp_path / "null").mkdir()
+    pq.write_table(pa.table({**base, "c": pa.nulls(n, pa.float64())}), tmp_path / "null/x.parquet")
+    with pytest.raises(InputError) as e:
+        train(from_dict({"data": {"path": str(tmp_path / "null"), "key_columns": ["id"]}},
+                        ["train.verbose=0"]))
+    message = str(e.value)
+    assert "0 usable, 0 for training, 0 for threshold calibration. 300 row(s) were skipped " \
+           "(null_value 300; e.g. " in message
+    assert "x.parquet row 0: null_value: column 'c' is null" in message
+    assert "leave it out of `data.features`" in message
+
+    (tmp_path / "text").mkdir()
+    labels = ["fraud" if i % 30 == 0 else "ok" for i in range(n)]
+    pq.write_table(pa.table({**base, "y": labels}), tmp_path / "text/x.parquet")
+    with pytest.raises(InputError, match=r"x\.parquet: label column 'y' has type string; "
+                                         r"expected numbers or booleans"):
+        train(from_dict({"data": {"path": str(tmp_path / "text"), "key_columns": ["id"],
+                                  "label": "y"}}, ["train.verbose=0"]))

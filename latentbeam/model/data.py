@@ -21,8 +21,8 @@ from latentbeam import fs
 from latentbeam.config import DEFAULT_BATCH_ROWS, DataConfig
 from latentbeam.errors import InputError
 from latentbeam.model import sources
-from latentbeam.model.features import (Feature, SchemaMismatch, infer_features, input_names,
-                                       to_matrix)
+from latentbeam.model.features import (Feature, SchemaMismatch, clip, infer_features,
+                                       input_names, to_matrix)
 # Re-exported: the TFDS helpers were defined here before the shared reader existed.
 from latentbeam.model.sources import load_tfds_builder, tfds_features  # noqa: F401
 
@@ -60,7 +60,14 @@ def _chunks(batches: Iterator[Tuple[int, pa.RecordBatch]], features: Sequence[Fe
             if index < 0:
                 raise InputError(f"{where}: label column {label!r} is missing (columns "
                                  f"present: {', '.join(batch.schema.names)}).")
-            labels = batch.column(index).cast(pa.float32()).fill_null(0).to_numpy(
+            column = batch.column(index)
+            t = column.type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                    or pa.types.is_decimal(t) or pa.types.is_null(t)):
+                raise InputError(f"{where}: label column {label!r} has type {clip(t, 200)}; "
+                                 f"expected numbers or booleans (1 / true: anomaly, 0 / false: "
+                                 f"normal). Convert it, or leave `data.label` out.")
+            labels = column.cast(pa.float32()).fill_null(0).to_numpy(
                 zero_copy_only=False)[conv.valid]
         if len(conv.valid):
             yield conv.matrix, labels
@@ -385,9 +392,17 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         s2 += (d * d).sum(axis=0)
     n_train = int(counts[SPLIT_TRAIN])
     if n_train < 2 or counts[SPLIT_CALIBRATION] < 1:
-        raise InputError(f"Too few usable rows in {source.describe()}: {total} read, "
+        skipped = getattr(source, "skipped", None)
+        why = ""
+        if skipped is not None and skipped.total:
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(skipped.by_reason.items(),
+                                                            key=lambda kv: -kv[1]))
+            why = (f" {skipped.total} row(s) were skipped ({reasons}; e.g. "
+                   f"{skipped.examples[0]}): a feature that is null or NaN in most rows "
+                   f"empties the data; leave it out of `data.features`.")
+        raise InputError(f"Too few usable rows in {source.describe()}: {total} usable, "
                          f"{n_train} for training, {int(counts[SPLIT_CALIBRATION])} for threshold "
-                         f"calibration. Provide more data (at least ~20 rows).")
+                         f"calibration.{why} Provide more data (at least ~20 rows).")
     mean, variance, constant = _moments(shift, s1, s2, n_train)
     names = input_names(source.features)
     if constant.all():
