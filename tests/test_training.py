@@ -315,7 +315,7 @@ def test_too_little_data_is_an_error(tmp_path):
     pq.write_table(pa.table({"a": [1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0]}),
                    str(tmp_path / "t.parquet"))
     config = from_dict({"data": {"path": str(tmp_path / "*.parquet")}}, TINY)
-    with pytest.raises(ValueError, match=r"Too few usable rows in parquet:.*3 read"):
+    with pytest.raises(ValueError, match=r"Too few usable rows in parquet:.*3 usable"):
         train(config)
 
 
