@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List
+import urllib.parse
+from typing import Dict, List, Optional
 
 from latentbeam.errors import InputError
 
@@ -89,6 +90,7 @@ def open_read(path: str):
 
 
 GLOB_CHARS = frozenset("*?[")
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # a null partition value in Hive / Spark paths
 
 
 def parquet_pattern(path: str) -> str:
@@ -112,6 +114,33 @@ def parquet_pattern(path: str) -> str:
     return path
 
 
+def pattern_head(pattern: str) -> Optional[str]:
+    """The fixed directory of a glob, as matched paths spell it: its part before the first
+    glob character, up to and including the last `/`. None for a pattern without glob
+    characters (it names a file)."""
+    p = native(pattern)
+    cut = min((p.index(c) for c in GLOB_CHARS if c in p), default=None)
+    return None if cut is None else p[:p.rfind("/", 0, cut) + 1]
+
+
+def hive_partitions(path: str, head: Optional[str]) -> Dict[str, Optional[str]]:
+    """`name=value` directories between a pattern's fixed directory and the file, in order.
+
+    lake/day=2024-01-01/hour=03/part-0.parquet under `lake/` -> {"day": "2024-01-01",
+    "hour": "03"}. Values are URL-unquoted (Hive and Spark escape `/`, `=` and the like)
+    and stay text; `__HIVE_DEFAULT_PARTITION__` (Hive's null) is None.
+    """
+    if head is None or not path.startswith(head):
+        return {}
+    found: Dict[str, Optional[str]] = {}
+    for name in path[len(head):].split("/")[:-1]:
+        key, sep, value = name.partition("=")
+        if sep and key:
+            value = urllib.parse.unquote(value)
+            found[urllib.parse.unquote(key)] = None if value == HIVE_NULL else value
+    return found
+
+
 class Visible:
     """Whether a path matched by `pattern` is a data file rather than a hidden one.
 
@@ -123,9 +152,7 @@ class Visible:
     """
 
     def __init__(self, pattern: str):
-        p = native(pattern)
-        cut = min((p.index(c) for c in GLOB_CHARS if c in p), default=None)
-        self._head = None if cut is None else p[:p.rfind("/", 0, cut) + 1]
+        self._head = pattern_head(pattern)
 
     def __call__(self, path: str) -> bool:
         if self._head is None:

@@ -133,3 +133,17 @@ def test_a_directory_means_its_parquet_files_at_any_depth(tmp_path):
     assert pattern == str(tmp_path / "**.parquet")
     assert [p for p, _ in match_parquet(pattern)] == [
         str(tmp_path / n) for n in ("a.parquet", "d=1/b.parquet", "d=1/e=2/c.parquet")]
+
+
+def test_hive_partitions_are_the_name_value_directories_below_the_pattern():
+    from latentbeam.fs import hive_partitions, pattern_head
+
+    head = pattern_head("lake/**.parquet")
+    assert head == "lake/"
+    assert hive_partitions("lake/day=1/h=03/x=/p.parquet", head) == {"day": "1", "h": "03",
+                                                                    "x": ""}
+    assert hive_partitions("lake/a%3Db=c%2Fd/p.parquet", head) == {"a=b": "c/d"}
+    assert hive_partitions("lake/day=__HIVE_DEFAULT_PARTITION__/p.parquet", head) == {"day": None}
+    assert hive_partitions("lake/plain/=v/p.parquet", head) == {}
+    assert hive_partitions("other/day=1/p.parquet", head) == {}
+    assert hive_partitions("lake/day=1/p.parquet", pattern_head("lake/day=1/p.parquet")) == {}

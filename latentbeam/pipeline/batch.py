@@ -85,13 +85,21 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
     return files
 
 
+def _input_head(pattern: str) -> Optional[str]:
+    """Where Hive partition directories of the input start (None: a TFDS split or a file)."""
+    if pattern.startswith(TFDS_PREFIX):
+        return None
+    return fs.pattern_head(fs.parquet_pattern(pattern))
+
+
 # --------------------------------------------------------------------------- the DoFn
 
 class _FileJobFn(beam.DoFn):
     """Scores (or decodes) one input file into one temporary output file."""
 
     def __init__(self, bundle_path: str, mode: str, opts: ScoringOptions, tmp_dir: str,
-                 batch_rows: int, data_dir: Optional[str]):
+                 batch_rows: int, data_dir: Optional[str], input_head: Optional[str] = None):
+        self._input_head = input_head  # fs.pattern_head of the input: Hive partitions below it
         self._bundle_path = bundle_path
         self._mode = mode
         self._opts = opts
@@ -112,7 +120,10 @@ class _FileJobFn(beam.DoFn):
         else:
             # Whole rows are read (not just the features): dead letters carry the row.
             reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
+        partitions = fs.hive_partitions(source, self._input_head)
         for offset, batch in reader:
+            if partitions:
+                batch = io.with_partition_keys(batch, partitions, self._opts.key_columns)
             try:
                 out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
                                             row_offset=offset, opts=self._opts)
@@ -226,7 +237,8 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
              | "Input files" >> beam.Create(list(enumerate(sources)))
              | "Spread files" >> beam.Reshuffle()
              | step >> beam.ParDo(_FileJobFn(job.bundle, job.mode, job.opts, tmp_dir,
-                                             job.batch_rows, job.data_dir)))
+                                             job.batch_rows, job.data_dir,
+                                             _input_head(job.input))))
         result = pipeline.run()
         result.wait_until_finish()
         state = str(result.state)

@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict
+from typing import Dict, Optional, Sequence
+
+import pyarrow as pa
 
 from latentbeam.model.sources import UnreadableFile  # noqa: F401  (the readers raise it)
 from latentbeam.model.sources import parquet_batches as iter_file_batches  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+
+def with_partition_keys(batch: pa.RecordBatch, partitions: Dict[str, Optional[str]],
+                        key_columns: Sequence[str]) -> pa.RecordBatch:
+    """The batch with each key column it lacks taken from the file's Hive partitions.
+
+    A key column the file holds is its own (the path is not consulted); one that is
+    neither in the file nor in its path stays missing (a `missing_column` dead letter).
+    Partition values are text columns (`fs.hive_partitions`).
+    """
+    wanted = [k for k in key_columns if k in partitions and k not in batch.schema.names]
+    for key in wanted:
+        batch = batch.append_column(key, pa.repeat(pa.scalar(partitions[key], pa.string()),
+                                                   batch.num_rows))
+    return batch
 
 
 _BUNDLES: Dict[str, object] = {}

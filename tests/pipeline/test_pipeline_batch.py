@@ -438,3 +438,31 @@ def test_cli_max_dead_letter_fraction(tmp_path, capsys, faulty_dir, scored, tiny
                  os.path.join(src, "part-*.parquet"), "--output", str(tmp_path / "dec"),
                  "--max-dead-letter-fraction", "0"]) == 0
     assert "rows decoded:         1797" in capsys.readouterr().out
+
+
+def test_hive_partition_values_are_key_columns_the_files_lack(tmp_path, tiny_bundle_dir):
+    lake = tmp_path / "lake"
+    digits = digits_table()
+    files = {"day=2024-01-01/region=eu/a.parquet": digits.slice(0, 5),
+             "day=2024%2F01/region=us/b.parquet": digits.slice(5, 5),  # Hive escapes '/'
+             "day=__HIVE_DEFAULT_PARTITION__/region=eu/c.parquet": digits.slice(10, 5),
+             # A column of the file is its own: the path is not consulted for it.
+             "day=2024-01-04/region=eu/d.parquet": digits.slice(15, 5).append_column(
+                 "region", pa.array(["file"] * 5)),
+             "e.parquet": digits.slice(20, 5)}  # no partitions: `day` is missing
+    for name, table in files.items():
+        os.makedirs(os.path.dirname(lake / name), exist_ok=True)
+        pq.write_table(table, lake / name)
+    out = str(tmp_path / "out")
+    summary = run_file_job(FileJob(tiny_bundle_dir, str(lake), out, opts=ScoringOptions(
+        key_columns=("id", "day", "region"))))
+    assert (summary.rows_scored, summary.files_dead_lettered) == (20, 1)
+    table = pq.read_table(out)
+    assert table.schema.field("day").type == pa.string()
+    rows = sorted(zip(table.column("id").to_pylist(), table.column("day").to_pylist(),
+                      table.column("region").to_pylist()))
+    assert rows[::5] == [(0, "2024-01-01", "eu"), (5, "2024/01", "us"), (10, None, "eu"),
+                         (15, "2024-01-04", "file")]
+    dead, = pq.read_table(os.path.join(out, "_dead_letter")).to_pylist()
+    assert (os.path.basename(dead["source"]), dead["reason"]) == ("e.parquet", "missing_column")
+    assert "'day'" in dead["detail"]

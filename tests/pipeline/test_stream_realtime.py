@@ -230,3 +230,19 @@ def test_a_file_that_fails_part_way_leaves_no_partial_output(tmp_path, tiny_bund
     manifest = {e["source"]: (e["scored"], e["dead_letters"]) for e in
                 (json.loads(p.read_text()) for p in (out / "_manifest").glob("*.json"))}
     assert manifest == {str(watch / "good.parquet"): (10, 0), broken: (0, 1)}
+
+
+def test_a_watched_directory_is_read_at_every_depth_with_its_partition_values(tmp_path,
+                                                                               tiny_bundle_dir):
+    watch, out = tmp_path / "in", str(tmp_path / "out")
+    (watch / "region=eu").mkdir(parents=True)
+    (watch / "_staging").mkdir()
+    _land(str(watch / "region=eu"), "f.parquet", _slice(0, 6))
+    pq.write_table(_slice(100, 4), watch / "_staging" / "g.parquet")  # not data
+    assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(watch),
+                     "--output", out, "--window-seconds", "10", "--poll-seconds", "0.5",
+                     "--stop-after-seconds", "1.5", "--key-columns", "id,region"]) == 0
+    scored, dead = _read_all(out)
+    table = pa.concat_tables(scored).sort_by("id")
+    assert table.column("id").to_pylist() == list(range(6)) and dead == []
+    assert table.column("region").to_pylist() == ["eu"] * 6
