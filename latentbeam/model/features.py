@@ -202,6 +202,8 @@ def check_unique_columns(names: Sequence[str], used: Sequence[str], what: str,
       SchemaMismatch: reason `duplicate_column`, naming the column and its positions.
     """
     names = list(names)
+    if len(set(names)) == len(names):
+        return  # the usual case, in one pass over the names
     for name in used:
         if names.count(name) > 1:
             at = [i for i, n in enumerate(names) if n == name]
