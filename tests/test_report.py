@@ -344,6 +344,15 @@ def test_scored_errors_name_the_file_and_the_fix(tmp_path, tiny_image_bundle_dir
         build_report(tiny_image_bundle_dir, str(tmp_path / "r"), scored=digits_dir)
     with pytest.raises(ValueError, match="No scored Parquet files match"):
         build_report(tiny_image_bundle_dir, str(tmp_path / "r"), scored=str(tmp_path / "none"))
+    # A run that dead-lettered every file: the message says so instead of only "no files".
+    from latentbeam.pipeline.batch import FileJob, run_file_job
+
+    empty = str(tmp_path / "all-dead")
+    run_file_job(FileJob(tiny_image_bundle_dir, digits_dir, empty))  # no `image` column
+    with pytest.raises(ValueError, match=r"all-dead is the output of a run that scored no rows: "
+                                         r"0 row\(s\) read, 0 row\(s\) and 2 whole file\(s\) "
+                                         r"dead-lettered \(their reasons are in .*_dead_letter\)"):
+        build_report(tiny_image_bundle_dir, str(tmp_path / "r"), scored=empty)
 
 
 def test_the_report_never_writes_into_what_it_reads(tmp_path, tiny_image_bundle_dir,

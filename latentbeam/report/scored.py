@@ -66,10 +66,23 @@ def scored_files(location: str) -> List[str]:
     pattern = fs.parquet_pattern(location)
     files = [p for p, size in fs.match_parquet(pattern) if size > 0]
     if not files:
-        raise InputError(f"No scored Parquet files match {pattern!r}. Pass --scored the output "
-                         f"directory of `latentbeam score` or `latentbeam stream`, or a glob of "
-                         f"its *.parquet files.")
+        raise InputError(f"No scored Parquet files match {pattern!r}.{_why_empty(location)} "
+                         f"Pass --scored the output directory of `latentbeam score` or "
+                         f"`latentbeam stream`, or a glob of its *.parquet files.")
     return files
+
+
+def _why_empty(location: str) -> str:
+    """What the `_SUCCESS` of a batch output with no part file says about its run, if any."""
+    try:
+        done = json.loads(fs.read_bytes(fs.join(location, "_SUCCESS")))
+        read, dead, files = (int(done["rows_read"]), int(done["rows_dead_lettered"]),
+                             int(done["files_dead_lettered"]))
+    except (OSError, ValueError, KeyError, TypeError):  # no marker, or not one of ours
+        return ""
+    return (f" {location} is the output of a run that scored no rows: {read} row(s) read, "
+            f"{dead} row(s) and {files} whole file(s) dead-lettered (their reasons are in "
+            f"{fs.join(location, '_dead_letter')}).")
 
 
 @dataclass
