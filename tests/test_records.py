@@ -40,3 +40,24 @@ def test_missing_feature_column_is_a_whole_batch_fault(tiny_bundle):
     batch = pa.RecordBatch.from_pydict({"id": [1, 2], "pixel_00": [0.0, 1.0]})
     with pytest.raises(SchemaMismatch, match="pixel_01"):
         score_record_batch(tiny_bundle, batch)
+
+
+def test_a_pandas_frame_scores_as_the_readme_shows(tiny_bundle, digits_matrix):
+    """pandas turns NaN into Arrow nulls: such rows come back as dead letters, the rest
+    (columns in any order) score as the core does."""
+    import pandas as pd
+
+    from latentbeam.demo import digits_table
+
+    df = digits_table().slice(0, 12).to_pandas()
+    df = df[list(reversed(df.columns))]  # found by name, not position
+    df.loc[3, "pixel_10"] = np.nan
+    scored, dead = score_record_batch(tiny_bundle, pa.Table.from_pandas(df, preserve_index=False),
+                                      opts=ScoringOptions(key_columns=("id",)))
+    out = scored.to_pandas()
+    assert isinstance(out, pd.DataFrame)
+    assert out["id"].tolist() == [0, 1, 2, *range(4, 12)]
+    assert [(d["row"], d["reason"], d["detail"]) for d in dead] == [
+        (3, "null_value", "column 'pixel_10' is null")]
+    want = score(tiny_bundle, digits_matrix[[0, 1, 2, *range(4, 12)]])
+    np.testing.assert_allclose(out["anomaly_score"].to_numpy(), want.anomaly_score, rtol=1e-6)
