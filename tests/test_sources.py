@@ -338,6 +338,7 @@ def test_parquet_source_accepts_a_directory(digits_dir, digits_glob):
 
 def test_parquet_source_reads_a_partitioned_directory_without_hidden_files(tmp_path):
     from latentbeam.demo import digits_table
+    from latentbeam.errors import InputError
 
     digits = digits_table()
     for name, start in (("day=1/a.parquet", 0), ("day=2/b.parquet", 50),
@@ -346,6 +347,14 @@ def test_parquet_source_reads_a_partitioned_directory_without_hidden_files(tmp_p
         pq.write_table(digits.slice(start, 50), tmp_path / name)
     source = data_mod.ParquetSource(str(tmp_path), label="label", key_columns=["id"])
     assert source.files == [str(tmp_path / "day=1/a.parquet"), str(tmp_path / "day=2/b.parquet")]
+
+    # An earlier output kept below the training data is read too; the error says how not to.
+    (tmp_path / "day=2/scored").mkdir()
+    pq.write_table(pa.table({"id": [1], "pixel_00": ["x"]}), tmp_path / "day=2/scored/p.parquet")
+    source = data_mod.ParquetSource(str(tmp_path), label="label", key_columns=["id"])
+    with pytest.raises(InputError, match=r"scored/p\.parquet: .* to read only its top level, "
+                                         r"give the glob .*/\*\.parquet\."):
+        list(source.chunks())
 
 
 def test_tfds_rows_are_validated_as_scoring_validates_them(tmp_path):

@@ -124,7 +124,17 @@ class ParquetSource:
                                  f"or narrow `data.path`.") from e
             except SchemaMismatch as e:
                 raise InputError(f"{path}: {e}. All training files must share the feature "
-                                 f"columns of {self.files[0]}.") from e
+                                 f"columns of {self.files[0]}.{self._depth_hint(path)}") from e
+
+    def _depth_hint(self, path: str) -> str:
+        """A hint when `path` lies in a subdirectory that a directory `data.path` took in."""
+        head = fs.pattern_head(self.pattern)
+        if head is None or not self.pattern.endswith("**.parquet") or not path.startswith(head):
+            return ""
+        if "/" not in path[len(head):]:
+            return ""
+        return (f" A directory in `data.path` means its Parquet files at any depth; to read "
+                f"only its top level, give the glob {head}*.parquet.")
 
 
 class TfdsSource:
