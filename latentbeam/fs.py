@@ -12,6 +12,9 @@ from typing import Dict, List, Optional
 from latentbeam.errors import InputError
 
 
+log = logging.getLogger(__name__)
+
+
 def _import_beam_filesystems():
     # Importing apache_beam logs that optional GCP clients (apitools, BigQuery storage)
     # are absent; irrelevant here, and it buries the CLI's one-line error messages.
@@ -91,6 +94,7 @@ def open_read(path: str):
 
 GLOB_CHARS = frozenset("*?[")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # a null partition value in Hive / Spark paths
+DELTA_LOG = "_delta_log/"  # the transaction log directory of a Delta Lake table
 
 
 def parquet_pattern(path: str) -> str:
@@ -163,9 +167,22 @@ class Visible:
 
 def match_parquet(pattern: str) -> List[tuple]:
     """(path, size) of the files matching a `parquet_pattern`, sorted, hidden ones skipped
-    (see `Visible`); 0-byte files included (callers decide)."""
+    (see `Visible`); 0-byte files included (callers decide).
+
+    Logs a warning when the pattern's fixed directory is a Delta Lake table (it holds a
+    `_delta_log/`): its directory also keeps the files that later versions removed, so
+    reading the Parquet files directly reads rows the table no longer has.
+    """
     visible = Visible(pattern)
-    return [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
+    found = [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
+    head = pattern_head(pattern)
+    if found and head and exists(head + DELTA_LOG):
+        log.warning("%s is a Delta Lake table (%s): its Parquet files include those that "
+                    "later table versions removed, so rows the table no longer has are read "
+                    "too. Read the current version's files instead (e.g. deltalake's "
+                    "DeltaTable(path).file_uris(), copied or linked into one directory), or "
+                    "VACUUM the table first.", head, head + DELTA_LOG)
+    return found
 
 
 def match(pattern: str) -> List[str]:

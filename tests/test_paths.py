@@ -147,3 +147,24 @@ def test_hive_partitions_are_the_name_value_directories_below_the_pattern():
     assert hive_partitions("lake/plain/=v/p.parquet", head) == {}
     assert hive_partitions("other/day=1/p.parquet", head) == {}
     assert hive_partitions("lake/day=1/p.parquet", pattern_head("lake/day=1/p.parquet")) == {}
+
+
+def test_reading_a_delta_table_directory_warns_that_removed_files_are_read(tmp_path, caplog):
+    from latentbeam.fs import match_parquet, parquet_pattern
+
+    table = tmp_path / "events"
+    (table / "_delta_log").mkdir(parents=True)
+    (table / "_delta_log" / "00000000000000000000.json").write_text("{}")
+    (table / "part-0.parquet").write_bytes(b"x")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "part-0.parquet").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="latentbeam.fs"):
+        assert [p for p, _ in match_parquet(parquet_pattern(str(plain)))] == [
+            str(plain / "part-0.parquet")]
+        assert caplog.records == []
+        assert [p for p, _ in match_parquet(parquet_pattern(str(table)))] == [
+            str(table / "part-0.parquet")]
+    warning, = caplog.records
+    assert f"{table}/ is a Delta Lake table" in warning.getMessage()
+    assert "rows the table no longer has are read too" in warning.getMessage()
