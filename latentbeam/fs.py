@@ -176,13 +176,21 @@ def match_parquet(pattern: str) -> List[tuple]:
     visible = Visible(pattern)
     found = [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
     head = pattern_head(pattern)
-    if found and head and exists(head + DELTA_LOG):
+    # Listed, not `exists`: object stores have no directory objects to test for.
+    if found and head and _lists_any(head + DELTA_LOG + "*.json"):
         log.warning("%s is a Delta Lake table (%s): its Parquet files include those that "
                     "later table versions removed, so rows the table no longer has are read "
                     "too. Read the current version's files instead (e.g. deltalake's "
                     "DeltaTable(path).file_uris(), copied or linked into one directory), or "
                     "VACUUM the table first.", head, head + DELTA_LOG)
     return found
+
+
+def _lists_any(pattern: str) -> bool:
+    try:
+        return bool(FileSystems.match([native(pattern)])[0].metadata_list)
+    except (IOError, OSError, ValueError):
+        return False
 
 
 def match(pattern: str) -> List[str]:
