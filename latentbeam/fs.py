@@ -186,6 +186,28 @@ def match_parquet(pattern: str) -> List[tuple]:
     return found
 
 
+def no_parquet_hint(pattern: str) -> str:
+    """For a directory pattern (`DIR/**.parquet`) that matched nothing: what DIR holds instead.
+
+    Hive and Impala name Parquet files without an extension (`000000_0`); this names one
+    and the glob that reads them. "" when the pattern is not a directory's or DIR holds no
+    visible file.
+    """
+    if not pattern.endswith("**.parquet"):
+        return ""
+    everything = pattern[:-len(".parquet")]
+    try:
+        visible = Visible(everything)
+        others = [p for p in match(everything) if visible(p)]
+    except (IOError, OSError, ValueError):
+        return ""
+    if not others:
+        return ""
+    return (f" It holds {len(others)} other file(s), none named *.parquet (e.g. "
+            f"{others[0]}); if they are Parquet (Hive and Impala write names such as "
+            f"000000_0), give the glob {everything!r}.")
+
+
 def _lists_any(pattern: str) -> bool:
     try:
         return bool(FileSystems.match([native(pattern)])[0].metadata_list)

@@ -168,3 +168,22 @@ def test_reading_a_delta_table_directory_warns_that_removed_files_are_read(tmp_p
     warning, = caplog.records
     assert f"{table}/ is a Delta Lake table" in warning.getMessage()
     assert "rows the table no longer has are read too" in warning.getMessage()
+
+
+def test_a_directory_of_extensionless_parquet_files_names_the_glob_that_reads_them(tmp_path):
+    from latentbeam.errors import InputError
+    from latentbeam.pipeline.batch import resolve_inputs
+
+    table = tmp_path / "hive_table"
+    (table / "_tmp").mkdir(parents=True)
+    (table / "000000_0").write_bytes(b"x")
+    (table / "_tmp" / "000001_0").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"It holds 1 other file\(s\), none named \*\.parquet "
+                                         rf"\(e\.g\. {table}/000000_0\); .* give the glob "
+                                         rf"'{table}/\*\*'"):
+        resolve_inputs(str(table))
+    assert resolve_inputs(str(table / "**")) == [str(table / "000000_0")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as e:
+        resolve_inputs(str(tmp_path / "empty"))
+    assert "other file" not in str(e.value)

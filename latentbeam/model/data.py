@@ -93,8 +93,9 @@ class ParquetSource:
         self.batch_rows = batch_rows
         self.files = [p for p, size in fs.match_parquet(pattern) if size > 0]
         if not self.files:
-            raise InputError(f"No non-empty Parquet files match {pattern!r}. Check `data.path` "
-                             f"(a glob such as data/*.parquet or gs://bucket/prefix/*.parquet).")
+            raise InputError(f"No non-empty Parquet files match {pattern!r}."
+                             f"{fs.no_parquet_hint(pattern)} Check `data.path` (a glob such as "
+                             f"data/*.parquet or gs://bucket/prefix/*.parquet).")
         first = self.files[0]
         with fs.open_read(first) as f:
             pf = pq.ParquetFile(f)

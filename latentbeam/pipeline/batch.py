@@ -78,10 +78,12 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
             raise InputError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
-    files = [p for p, _ in fs.match_parquet(fs.parquet_pattern(pattern))]
+    glob = fs.parquet_pattern(pattern)
+    files = [p for p, _ in fs.match_parquet(glob)]
     if not files:
-        raise InputError(f"No files match --input {pattern!r}. Expected a Parquet glob such as "
-                         f"data/*.parquet or gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
+        raise InputError(f"No files match --input {pattern!r}.{fs.no_parquet_hint(glob)} "
+                         f"Expected a Parquet glob such as data/*.parquet or "
+                         f"gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
     return files
 
 
