@@ -30,12 +30,20 @@ def format_summary(summary: JobSummary) -> str:
         lines.append("runner metrics:       unavailable on this runner; counts above are from "
                      "the job's per-file records")
     lines.append(f"output files:         {len(summary.files)} in {summary.output}")
-    lines += [f"  {p}" for p in summary.files]
+    lines += _listed(summary.files)
     if summary.dead_letter_files:
         lines.append(f"dead-letter files:    {len(summary.dead_letter_files)}")
-        lines += [f"  {p}" for p in summary.dead_letter_files]
+        lines += _listed(summary.dead_letter_files)
     lines.append(f"model_version:        {summary.model_version}")
     return "\n".join(lines)
+
+
+def _listed(files, shown: int = 10):
+    """The first `shown` paths, then how many more (all of them are in `_SUCCESS`)."""
+    lines = [f"  {p}" for p in files[:shown]]
+    if len(files) > shown:
+        lines.append(f"  ... and {len(files) - shown} more (all listed in _SUCCESS)")
+    return lines
 
 
 def format_stream_summary(summary: StreamSummary) -> str:

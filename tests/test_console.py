@@ -223,3 +223,21 @@ def test_train_prints_one_line_per_epoch_when_not_a_terminal(tmp_path, digits_gl
     assert not NOISE.search(captured.err), captured.err
     assert captured.out.splitlines()[0] == f"bundle:          {tmp_path / 'b'}"
     assert "threshold:" in captured.out
+
+
+def test_the_job_summary_lists_ten_files_and_counts_the_rest():
+    from latentbeam.pipeline.jobs import JobSummary
+    from latentbeam.summaries import format_summary
+
+    files = [f"out/part-{i:05d}.parquet" for i in range(2000)]
+    dead = [f"out/_dead_letter/part-{i:05d}.pq" for i in range(3)]
+    text = format_summary(JobSummary(
+        output="out", model_version="v", files_read=2003, rows_read=20000, rows_scored=19990,
+        rows_dead_lettered=10, files_dead_lettered=3, anomalies=7, files=files,
+        dead_letter_files=dead, metrics={"rows_read": 20000}))
+    lines = text.splitlines()
+    at = lines.index("output files:         2000 in out")
+    assert lines[at + 1:at + 12] == [f"  {p}" for p in files[:10]] + [
+        "  ... and 1990 more (all listed in _SUCCESS)"]
+    assert lines[at + 12:at + 16] == ["dead-letter files:    3"] + [f"  {p}" for p in dead]
+    assert len(lines) == 22 and lines[-1] == "model_version:        v"
