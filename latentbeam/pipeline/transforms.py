@@ -28,6 +28,7 @@ the "latentbeam" Beam metrics.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -55,12 +56,21 @@ DEFAULT_MAX_BATCH_ROWS = DEFAULT_BATCH_ROWS
 _ARROW_TYPES = (pa.RecordBatch, pa.Table)
 
 
+def _is_frame(element: Any) -> bool:
+    """A pandas DataFrame (pandas is imported by whoever made one; never imported here)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(element, pandas.DataFrame)
+
+
 def _element_rows(element: Any) -> int:
-    """Weight of an element for BatchElements: its row count (Arrow) or 1 (a row)."""
-    return max(1, element.num_rows) if isinstance(element, _ARROW_TYPES) else 1
+    """Weight of an element for BatchElements: its row count (Arrow, pandas) or 1 (a row)."""
+    if isinstance(element, _ARROW_TYPES):
+        return max(1, element.num_rows)
+    return max(1, len(element)) if _is_frame(element) else 1
 
 
-_EXPECTED_ELEMENT = "Expected a dict, a beam.Row or an Arrow record batch/table as element."
+_EXPECTED_ELEMENT = ("Expected a dict, a beam.Row, an Arrow record batch/table or a pandas "
+                     "DataFrame as element.")
 
 
 def input_row_fields(element_type: Any) -> Optional[List[Tuple[str, Any]]]:
@@ -138,18 +148,39 @@ class _BundleDoFn(beam.DoFn):
                 yield from self._process_rows(rows)
                 rows = []
                 yield from self._process_arrow(element)
+            elif _is_frame(element):
+                yield from self._process_rows(rows)
+                rows = []
+                yield from self._process_frame(element)
             else:
                 rows.append(element)
         yield from self._process_rows(rows)
+
+    def _process_frame(self, frame):
+        """A DataFrame in, a DataFrame out (its index is not kept: pass ids as key columns)."""
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+        except DATA_ERRORS:
+            # An object column mixing numbers and text: built as rows are, such a column
+            # becomes text and only its bad rows are dead letters.
+            try:
+                table = rows_to_record_batch(frame.to_dict("records"))
+            except DATA_ERRORS as e:
+                yield from self._batch_fault(as_file_fault(e, "converting the DataFrame"))
+                return
+        for out in self._process_arrow(table):
+            yield out if isinstance(out, beam.pvalue.TaggedOutput) else out.to_pandas()
+
+    def _batch_fault(self, e):
+        self._metrics.inc(BATCHES_DEAD_LETTERED)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            self._source, None, e.reason, f"{type(e).__name__}: {e}", None))
 
     def _process_arrow(self, element):
         try:
             out, letters = self._apply(as_record_batch(element))
         except DATA_ERRORS as e:
-            e = as_file_fault(e, "scoring the batch")
-            self._metrics.inc(BATCHES_DEAD_LETTERED)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-                self._source, None, e.reason, f"{type(e).__name__}: {e}", None))
+            yield from self._batch_fault(as_file_fault(e, "scoring the batch"))
             return
         self._count(element.num_rows, len(letters))
         for letter in letters:

@@ -145,6 +145,40 @@ def test_row_faults_become_dead_letters_and_metrics_add_up(tiny_bundle_dir, tiny
     assert dist.mean == pytest.approx(float(expected.reconstruction_error[good].mean()), rel=1e-4)
 
 
+def test_pandas_frames_in_give_frames_out_and_only_bad_rows_are_dead_letters(
+        tiny_bundle_dir, tiny_bundle, digits_matrix):
+    import pandas as pd
+
+    clean = digits_table().slice(0, 20).to_pandas()
+    clean.loc[4, "pixel_05"] = np.nan  # pandas' missing value: a null in Arrow
+    mixed = digits_table().slice(20, 10).to_pandas()
+    mixed["pixel_11"] = mixed["pixel_11"].astype(object)
+    mixed.loc[3, "pixel_11"] = "abc"  # an object column Arrow cannot convert as a whole
+    expected = _expected(tiny_bundle, digits_matrix, 30)
+    out = Collected.store
+    p = beam.Pipeline(options=pipeline_options())
+    scored, dead = (p | beam.Create([clean, mixed], reshuffle=False)
+                    | Score(tiny_bundle_dir, key_columns=["id"], source="frames")
+                    .with_dead_letters())
+    assert_that(scored, Collected.into("frames"), label="scored")
+    assert_that(dead, Collected.into("frame letters"), label="dead")
+    result = p.run()
+    result.wait_until_finish()
+
+    frames = out["frames"]
+    assert all(isinstance(f, pd.DataFrame) for f in frames)
+    got = pd.concat(frames).sort_values("id")
+    good = [i for i in range(30) if i not in (4, 23)]
+    assert got["id"].tolist() == good
+    np.testing.assert_allclose(got["anomaly_score"].to_numpy(), expected.anomaly_score[good],
+                               rtol=1e-5)
+    assert sorted((d["row"], d["reason"], json.loads(d["payload"])["id"])
+                  for d in out["frame letters"]) == [(3, "non_numeric", 23),
+                                                     (4, "null_value", 4)]
+    m = query_metrics(result)
+    assert (m["rows_read"], m["rows_scored"], m["rows_dead_lettered"]) == (30, 28, 2)
+
+
 def test_arrow_batch_without_a_feature_column_is_one_dead_letter(tiny_bundle_dir):
     batch = pa.RecordBatch.from_pydict({"id": [1, 2], "pixel_00": [0.0, 1.0]})
     with beam.Pipeline(options=pipeline_options()) as p:
