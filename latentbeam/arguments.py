@@ -96,20 +96,10 @@ def _add_score(sub) -> None:
 
 
 def _add_dead_letter_limit(p) -> None:
-    p.add_argument("--max-dead-letter-fraction", type=_fraction, default=None, metavar="F",
+    p.add_argument("--max-dead-letter-fraction", type=float, default=None, metavar="F",
                    help="fail and write nothing when more than this share of the rows, or "
                         "of the input files, is dead-lettered (0: any dead letter fails "
                         "the job; default: no limit)")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def _add_stream(sub) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from latentbeam.errors import ConfigError, ConfigTypeError
-from latentbeam.text import clip, echo
+from latentbeam.text import clip, echo, first_repeated
 from latentbeam.yaml_safe import MAX_CONFIG_BYTES, MAX_CONFIG_NODES, load_yaml  # noqa: F401
 
 DATA_SOURCES = ("parquet", "tfds")
@@ -223,11 +223,9 @@ def _validate_data(d: DataConfig) -> None:
     if d.source == "tfds" and not d.name:
         raise ConfigError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
     for key, names in (("data.features", d.features or ()), ("data.key_columns", d.key_columns)):
-        seen = set()
-        for name in names:
-            if name in seen:
-                raise ConfigError(f"`{key}` names {echo(name)} twice. Name each column once.")
-            seen.add(name)
+        twice = first_repeated(names)
+        if twice is not None:
+            raise ConfigError(f"`{key}` names {echo(twice)} twice. Name each column once.")
     # The label and the keys are never trained on (the label would be learned, not detected).
     for key, names in (("data.label", [d.label] if d.label else []),
                        ("data.key_columns", d.key_columns)):

@@ -142,17 +142,19 @@ def run_demo(workdir: str, top: int = 5, overrides: Sequence[str] = ()) -> int:
 
     import yaml
 
-    from latentbeam.config import from_dict, merge_overrides
+    from latentbeam.config import from_dict, merge_overrides, parse_overrides
     from latentbeam.errors import ConfigError
+    from latentbeam.text import clip
     from latentbeam.console import ProgressLine
     from latentbeam.model import train
     from latentbeam.summaries import summarize_bundle
 
-    fixed = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "data"]
+    fixed = [o for o in overrides if "data" in parse_overrides([o])]
     if fixed:
         raise ConfigError(f"The demo's data is fixed (the 8x8 digits); it takes --set for the "
-                          f"model, train and threshold keys only. Received: --set {fixed[0]}. "
-                          f"To train on other data, use `latentbeam train --config FILE`.")
+                          f"model, train and threshold keys only. Received: --set "
+                          f"{clip(fixed[0])}. To train on other data, use `latentbeam train "
+                          f"--config FILE`.")
     workdir = os.path.abspath(workdir)
     raw = merge_overrides(DEMO_CONFIG, overrides)
     raw["data"] = dict(raw["data"], path=os.path.join(workdir, raw["data"]["path"]))

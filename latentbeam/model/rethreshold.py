@@ -129,14 +129,13 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
     if (threshold is None) == (method is None):
         raise ConfigError("Expected exactly one of --threshold T or --method M [--value V]. "
                           f"Received: threshold={threshold!r}, method={method!r}")
-    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
-        raise ConfigError(f"--threshold must be a finite number > 0. Received: {threshold!r}")
     f32 = np.finfo(np.float32)
     if threshold is not None and not float(f32.tiny) <= threshold <= float(f32.max):
         # Scores are divided by the threshold in float32: 1e40 would flag nothing, 1e-40
-        # everything (as inf).
-        raise ConfigError(f"--threshold must lie within float32's normal range, the scores' "
-                          f"type (1.2e-38 to 3.4e38). Received: {threshold!r}")
+        # everything (as inf); the comparison is also False for NaN.
+        raise ConfigError(f"--threshold must be a finite number > 0 within float32's normal "
+                          f"range, the scores' type (1.2e-38 to 3.4e38). Received: "
+                          f"{threshold!r}")
     output = output or bundle_path
     if paths.normalize(output) != paths.normalize(bundle_path):
         paths.check_output(output, [("bundle", bundle_path)])

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from latentbeam.errors import ConfigError
-from latentbeam.text import echo
+from latentbeam.text import echo, first_repeated
 from latentbeam.model.arrow_types import list_array
 from latentbeam.model.features import (REASON_MISSING_COLUMN, REASON_MODEL_ERROR,
                                        SchemaMismatch, check_unique_columns, input_names,
@@ -86,12 +86,10 @@ def check_key_columns(key_columns: Sequence[str], written: Sequence[str]) -> Non
     Raises:
       ConfigError: naming the column, what the output holds and the fix.
     """
-    seen = set()
-    for key in key_columns:
-        if key in seen:
-            raise ConfigError(f"--key-columns names {echo(key)} twice. Name each input column "
-                              f"once.")
-        seen.add(key)
+    twice = first_repeated(key_columns)
+    if twice is not None:
+        raise ConfigError(f"--key-columns names {echo(twice)} twice. Name each input column "
+                          f"once.")
     clash = [k for k in key_columns if k in set(written)]
     if clash:
         raise ConfigError(

@@ -424,11 +424,13 @@ def test_cli_max_dead_letter_fraction(tmp_path, capsys, faulty_dir, scored, tiny
     err = capsys.readouterr().err
     assert "latentbeam score: error: 3 of 10 rows and 0 of 1 input files were dead-lettered" in err
     assert "nothing was written to" in err and not os.path.exists(os.path.join(out, "_SUCCESS"))
-    for bad in ("1.5", "-0.1", "nan", "half"):
-        with pytest.raises(SystemExit) as usage:
-            main(base + ["--max-dead-letter-fraction", bad])
-        assert usage.value.code == 2
-        assert f"expected a number in [0, 1], got '{bad}'" in capsys.readouterr().err
+    for bad in ("1.5", "-0.1", "nan"):  # the job's own check, one line, exit 2
+        assert main(base + ["--max-dead-letter-fraction", bad]) == 2
+        assert "--max-dead-letter-fraction must be a number in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # not a number: argparse's usage error
+        main(base + ["--max-dead-letter-fraction", "half"])
+    assert usage.value.code == 2 and "invalid float value: 'half'" in capsys.readouterr().err
+    assert not os.path.exists(out) or os.listdir(out) == []
     for bad in (1.5, -0.1, float("nan"), True, "0.1"):
         with pytest.raises(ConfigError, match=r"--max-dead-letter-fraction must be a number"):
             FileJob(tiny_bundle_dir, bad_rows, out, max_dead_letter_fraction=bad)
