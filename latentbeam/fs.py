@@ -94,6 +94,7 @@ def open_read(path: str):
 
 GLOB_CHARS = frozenset("*?[")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # a null partition value in Hive / Spark paths
+ANY_DEPTH = "**.parquet"  # what a directory input means: its Parquet files at any depth
 DELTA_LOG = "_delta_log/"  # the transaction log directory of a Delta Lake table
 
 
@@ -111,10 +112,10 @@ def parquet_pattern(path: str) -> str:
     if is_local(path):
         local = native(path)
         if os.path.isdir(local):
-            return join(local.rstrip("/") or "/", "**.parquet")
+            return join(local.rstrip("/") or "/", ANY_DEPTH)
         return path
     if path.endswith("/") or not exists(path):
-        return join(path.rstrip("/"), "**.parquet")
+        return join(path.rstrip("/"), ANY_DEPTH)
     return path
 
 
@@ -167,23 +168,37 @@ class Visible:
 
 def match_parquet(pattern: str) -> List[tuple]:
     """(path, size) of the files matching a `parquet_pattern`, sorted, hidden ones skipped
-    (see `Visible`); 0-byte files included (callers decide).
-
-    Logs a warning when the pattern's fixed directory is a Delta Lake table (it holds a
-    `_delta_log/`): its directory also keeps the files that later versions removed, so
-    reading the Parquet files directly reads rows the table no longer has.
-    """
+    (see `Visible`); 0-byte files included (callers decide)."""
     visible = Visible(pattern)
-    found = [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
+    return [(p, size) for p, size in match_with_sizes(pattern) if visible(p)]
+
+
+def directory_of(pattern: str) -> Optional[str]:
+    """DIR/ when `pattern` is what `parquet_pattern` made of a directory DIR, else None."""
+    return pattern[:-len(ANY_DEPTH)] if pattern.endswith("/" + ANY_DEPTH) else None
+
+
+def warn_if_delta_table(pattern: str) -> None:
+    """Logs a warning when the pattern's fixed directory is a Delta Lake table.
+
+    A Delta table's directory (it holds `_delta_log/`) keeps the files that later
+    versions removed until it is vacuumed, so reading its Parquet files directly reads
+    rows the table no longer has. Called once per job, where its input is resolved.
+    """
     head = pattern_head(pattern)
-    # Listed, not `exists`: object stores have no directory objects to test for.
-    if found and head and _lists_any(head + DELTA_LOG + "*.json"):
+    if not head:
+        return
+    try:
+        # Listed, not `exists`: object stores have no directory objects to test for.
+        is_delta = bool(match(head + DELTA_LOG + "*.json"))
+    except (IOError, OSError, ValueError):
+        return
+    if is_delta:
         log.warning("%s is a Delta Lake table (%s): its Parquet files include those that "
                     "later table versions removed, so rows the table no longer has are read "
                     "too. Read the current version's files instead (e.g. deltalake's "
                     "DeltaTable(path).file_uris(), copied or linked into one directory), or "
                     "VACUUM the table first.", head, head + DELTA_LOG)
-    return found
 
 
 def no_parquet_hint(pattern: str) -> str:
@@ -193,9 +208,10 @@ def no_parquet_hint(pattern: str) -> str:
     and the glob that reads them. "" when the pattern is not a directory's or DIR holds no
     visible file.
     """
-    if not pattern.endswith("**.parquet"):
+    directory = directory_of(pattern)
+    if directory is None:
         return ""
-    everything = pattern[:-len(".parquet")]
+    everything = directory + "**"
     try:
         visible = Visible(everything)
         others = [p for p in match(everything) if visible(p)]
@@ -206,13 +222,6 @@ def no_parquet_hint(pattern: str) -> str:
     return (f" It holds {len(others)} other file(s), none named *.parquet (e.g. "
             f"{others[0]}); if they are Parquet (Hive and Impala write names such as "
             f"000000_0), give the glob {everything!r}.")
-
-
-def _lists_any(pattern: str) -> bool:
-    try:
-        return bool(FileSystems.match([native(pattern)])[0].metadata_list)
-    except (IOError, OSError, ValueError):
-        return False
 
 
 def match(pattern: str) -> List[str]:

@@ -150,7 +150,7 @@ def test_hive_partitions_are_the_name_value_directories_below_the_pattern():
 
 
 def test_reading_a_delta_table_directory_warns_that_removed_files_are_read(tmp_path, caplog):
-    from latentbeam.fs import match_parquet, parquet_pattern
+    from latentbeam.pipeline.batch import resolve_inputs
 
     table = tmp_path / "events"
     (table / "_delta_log").mkdir(parents=True)
@@ -160,12 +160,10 @@ def test_reading_a_delta_table_directory_warns_that_removed_files_are_read(tmp_p
     plain.mkdir()
     (plain / "part-0.parquet").write_bytes(b"x")
     with caplog.at_level("WARNING", logger="latentbeam.fs"):
-        assert [p for p, _ in match_parquet(parquet_pattern(str(plain)))] == [
-            str(plain / "part-0.parquet")]
+        assert resolve_inputs(str(plain)) == [str(plain / "part-0.parquet")]
         assert caplog.records == []
-        assert [p for p, _ in match_parquet(parquet_pattern(str(table)))] == [
-            str(table / "part-0.parquet")]
-    warning, = caplog.records
+        assert resolve_inputs(str(table)) == [str(table / "part-0.parquet")]
+    warning, = caplog.records  # once per job
     assert f"{table}/ is a Delta Lake table" in warning.getMessage()
     assert "rows the table no longer has are read too" in warning.getMessage()
 

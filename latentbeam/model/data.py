@@ -92,6 +92,7 @@ class ParquetSource:
         self.label = label
         self.batch_rows = batch_rows
         self.files = [p for p, size in fs.match_parquet(pattern) if size > 0]
+        fs.warn_if_delta_table(pattern)
         if not self.files:
             raise InputError(f"No non-empty Parquet files match {pattern!r}."
                              f"{fs.no_parquet_hint(pattern)} Check `data.path` (a glob such as "
@@ -129,13 +130,11 @@ class ParquetSource:
 
     def _depth_hint(self, path: str) -> str:
         """A hint when `path` lies in a subdirectory that a directory `data.path` took in."""
-        head = fs.pattern_head(self.pattern)
-        if head is None or not self.pattern.endswith("**.parquet") or not path.startswith(head):
-            return ""
-        if "/" not in path[len(head):]:
+        directory = fs.directory_of(self.pattern)
+        if directory is None or "/" not in path[len(directory):]:
             return ""
         return (f" A directory in `data.path` means its Parquet files at any depth; to read "
-                f"only its top level, give the glob {head}*.parquet.")
+                f"only its top level, give the glob {directory}*.parquet.")
 
 
 class TfdsSource:

@@ -80,6 +80,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
         return [pattern]
     glob = fs.parquet_pattern(pattern)
     files = [p for p, _ in fs.match_parquet(glob)]
+    fs.warn_if_delta_table(glob)
     if not files:
         raise InputError(f"No files match --input {pattern!r}.{fs.no_parquet_hint(glob)} "
                          f"Expected a Parquet glob such as data/*.parquet or "
@@ -121,11 +122,10 @@ class _FileJobFn(beam.DoFn):
             reader = tfds_batches(source, self._data_dir, self._batch_rows)
         else:
             # Whole rows are read (not just the features): dead letters carry the row.
-            reader = io.iter_file_batches(source, batch_rows=self._batch_rows)
-        partitions = fs.hive_partitions(source, self._input_head)
+            reader = io.keyed_file_batches(source, batch_rows=self._batch_rows,
+                                           input_head=self._input_head,
+                                           key_columns=self._opts.key_columns)
         for offset, batch in reader:
-            if partitions:
-                batch = io.with_partition_keys(batch, partitions, self._opts.key_columns)
             try:
                 out, letters = apply_bundle(self._bundle, batch, self._mode, source=source,
                                             row_offset=offset, opts=self._opts)

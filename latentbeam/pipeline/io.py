@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence
 
 import pyarrow as pa
 
+from latentbeam import fs
 from latentbeam.model.sources import UnreadableFile  # noqa: F401  (the readers raise it)
 from latentbeam.model.sources import parquet_batches as iter_file_batches  # noqa: F401
 
@@ -29,6 +30,18 @@ def with_partition_keys(batch: pa.RecordBatch, partitions: Dict[str, Optional[st
         batch = batch.append_column(key, pa.repeat(pa.scalar(partitions[key], pa.string()),
                                                    batch.num_rows))
     return batch
+
+
+def keyed_file_batches(path: str, *, batch_rows: int, input_head: Optional[str],
+                       key_columns: Sequence[str]):
+    """(row offset, record batch) of one Parquet file, as `iter_file_batches`, with the key
+    columns the file lacks taken from its Hive partitions below `input_head` (the input
+    pattern's `fs.pattern_head`; None: no partitions)."""
+    partitions = fs.hive_partitions(path, input_head)
+    for offset, batch in iter_file_batches(path, batch_rows=batch_rows):
+        if partitions:
+            batch = with_partition_keys(batch, partitions, key_columns)
+        yield offset, batch
 
 
 _BUNDLES: Dict[str, object] = {}

@@ -107,6 +107,7 @@ def stream_reads(job: StreamJob) -> List[paths.Location]:
     if job.watch is not None:
         try:
             current = [p for p, _ in fs.match_parquet(job.watch)]
+            fs.warn_if_delta_table(job.watch)
         except (IOError, OSError, ValueError):
             current = []  # nothing there yet; the base directory still counts
         reads += paths.input_locations(job.watch, current, "watched")

@@ -35,7 +35,7 @@ from latentbeam.model.features import (REASON_NULL, SchemaMismatch, check_unique
 from latentbeam.pipeline.adaptive import AdaptiveState, with_adaptive
 from latentbeam.pipeline.dead_letters import (DATA_ERRORS, as_file_fault, dead_letter,
                                               dead_letters_to_batch, file_fault_letter)
-from latentbeam.pipeline.io import UnreadableFile, iter_file_batches, with_partition_keys
+from latentbeam.pipeline.io import UnreadableFile, keyed_file_batches
 from latentbeam.pipeline.jobs import StreamJob
 from latentbeam.pipeline.layout import (DEAD_LETTER_DIR, source_tag, window_dead_letter_name,
                                         window_file_name)
@@ -135,11 +135,10 @@ class _ScoreFileDoFn(beam.DoFn):
         letters: List[dict] = []
         rows_read = 0
         try:
-            partitions = fs.hive_partitions(path, fs.pattern_head(self._job.watch))
-            for offset, batch in iter_file_batches(path, batch_rows=self._job.batch_rows):
-                if partitions:
-                    batch = with_partition_keys(batch, partitions,
-                                                self._job.scoring.key_columns)
+            for offset, batch in keyed_file_batches(
+                    path, batch_rows=self._job.batch_rows,
+                    input_head=fs.pattern_head(self._job.watch),
+                    key_columns=self._job.scoring.key_columns):
                 rows_read += batch.num_rows
                 try:
                     self._score_batch(bundle, path, batch, offset, arrival, files, letters)
