@@ -117,6 +117,12 @@ def _is_success_record(doc: Optional[dict]) -> bool:
     return bool(doc) and (doc.get("writer") == WRITER or ("job" in doc and "files" in doc))
 
 
+def success_record(output: str) -> Optional[dict]:
+    """The `_SUCCESS` document a latentbeam run wrote in `output`; None if there is none."""
+    doc = _read_json(fs.join(output, SUCCESS_FILE))
+    return doc if _is_success_record(doc) else None
+
+
 def owned_files(output: str, tree: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
     """(files an earlier latentbeam run wrote or staged, foreign entries) below `output`."""
     tree = list_tree(output) if tree is None else list(tree)

@@ -28,6 +28,7 @@ import numpy as np
 
 from latentbeam import fs
 from latentbeam.errors import InputError
+from latentbeam.outputs import DEAD_LETTER_DIR, success_record
 from latentbeam.pipeline.layout import META_MODEL_VERSIONS  # the stream writer's footer key
 from latentbeam.pipeline.records import (COL_ERROR, COL_FEATURE_ERRORS, COL_FLAG,
                                          COL_MODEL_VERSION, COL_RECONSTRUCTION, COL_SCORE,
@@ -74,15 +75,14 @@ def scored_files(location: str) -> List[str]:
 
 def _why_empty(location: str) -> str:
     """What the `_SUCCESS` of a batch output with no part file says about its run, if any."""
-    try:
-        done = json.loads(fs.read_bytes(fs.join(location, "_SUCCESS")))
-        read, dead, files = (int(done["rows_read"]), int(done["rows_dead_lettered"]),
-                             int(done["files_dead_lettered"]))
-    except (OSError, ValueError, KeyError, TypeError):  # no marker, or not one of ours
-        return ""
+    done = success_record(location) or {}
+    counts = [done.get(k) for k in ("rows_read", "rows_dead_lettered", "files_dead_lettered")]
+    if not all(isinstance(c, int) for c in counts):
+        return ""  # no marker, or not a batch job's
+    read, dead, files = counts
     return (f" {location} is the output of a run that scored no rows: {read} row(s) read, "
             f"{dead} row(s) and {files} whole file(s) dead-lettered (their reasons are in "
-            f"{fs.join(location, '_dead_letter')}).")
+            f"{fs.join(location, DEAD_LETTER_DIR)}).")
 
 
 @dataclass
