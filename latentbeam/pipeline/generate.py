@@ -38,12 +38,7 @@ def generated_batches(bundle, num_samples: int, seed: int,
         codes = pa.RecordBatch.from_pydict({"sample": pa.array(index),
                                             COL_LATENT: float_list_array(z)})
         decoded, _ = decode_record_batch(bundle, codes, key_columns=("sample",))
-        columns = list(decoded.columns)
-        columns.insert(1, codes.column(COL_LATENT))
-        names = list(decoded.schema.names)
-        names.insert(1, COL_LATENT)
-        yield pa.RecordBatch.from_arrays(columns, names=names).replace_schema_metadata(
-            decoded.schema.metadata)
+        yield decoded.add_column(1, COL_LATENT, codes.column(COL_LATENT))
 
 
 def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int = 0,
