@@ -82,23 +82,25 @@ for argv in json.loads(sys.argv[1]):
 
 
 def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_venv, tmp_path):
+    # A Hive-partitioned directory: read at any depth, its `split` passed through as a key.
     data = tmp_path / "data"
-    data.mkdir()
-    pq.write_table(_tiny_table(0, 300), data / "part-0.parquet")
-    pq.write_table(_tiny_table(300, 200), data / "part-1.parquet")
+    (data / "split=a").mkdir(parents=True)
+    (data / "split=b").mkdir()
+    pq.write_table(_tiny_table(0, 300), data / "split=a" / "part-0.parquet")
+    pq.write_table(_tiny_table(300, 200), data / "split=b" / "part-1.parquet")
     config = tmp_path / "train.yaml"
-    config.write_text(f"data:\n  path: {data / '*.parquet'}\n  key_columns: [id]\n")
+    config.write_text(f"data:\n  path: {data}\n  key_columns: [id]\n")
     bundle, scored, decoded = tmp_path / "bundle", tmp_path / "scored", tmp_path / "decoded"
     generated, streamed, report = tmp_path / "generated", tmp_path / "streamed", tmp_path / "report"
     commands = [
         ["train", "--config", config, "--set", "train.epochs=2", "--set", "train.verbose=0",
          "--output", bundle],
-        ["score", "--bundle", bundle, "--input", data / "*.parquet", "--output", scored,
-         "--key-columns", "id", "--top-features", "2"],
+        ["score", "--bundle", bundle, "--input", data, "--output", scored,
+         "--key-columns", "id,split", "--top-features", "2", "--max-dead-letter-fraction", "0"],
         ["decode", "--bundle", bundle, "--input", scored / "*.parquet", "--output", decoded,
          "--key-columns", "id"],
         ["generate", "--bundle", bundle, "--num-samples", "7", "--output", generated],
-        ["stream", "--bundle", bundle, "--watch", data / "*.parquet", "--output", streamed,
+        ["stream", "--bundle", bundle, "--watch", data, "--output", streamed,
          "--window-seconds", "1", "--poll-seconds", "0.5", "--stop-after-seconds", "3",
          "--key-columns", "id"],
         ["report", "--bundle", bundle, "--scored", scored, "--output", report],
@@ -113,6 +115,8 @@ def test_train_score_decode_generate_stream_demo_after_a_plain_install(plain_ven
     table = pq.read_table(sorted(glob.glob(str(scored / "*.parquet"))))
     assert table.num_rows == 500
     assert sorted(table.column("id").to_pylist()) == list(range(500))
+    assert sorted(zip(table.column("id").to_pylist(), table.column("split").to_pylist()))[299:301] \
+        == [(299, "a"), (300, "b")]
     top = table.column("top_features").to_pylist()
     assert all(len(t) == 2 for t in top)
     dec = pq.read_table(sorted(glob.glob(str(decoded / "*.parquet"))))
