@@ -101,10 +101,10 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    latent_neighbors: int = 1  # k nearest codes per reference group; 0 scores reconstruction only
-    reference_rows: int = 512  # training codes kept in the model for the latent distance
-    reference_groups: int = 32  # disjoint groups the reference codes are split into
-    reconstruction_weight: float = 1.0  # reconstruction term's weight beside the latent distance
+    latent_neighbors: int = 1  # k nearest references per group; 0 scores reconstruction only
+    reference_rows: int = 512  # decoded training codes kept in the model for the latent distance
+    reference_groups: int = 32  # disjoint groups the references are split into
+    reconstruction_weight: float = 1.0  # weight of the squared reconstruction error in the score
 
 
 @dataclass(frozen=True)

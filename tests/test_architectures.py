@@ -241,8 +241,30 @@ def test_latent_distance_is_exact_far_from_the_origin_and_the_same_in_any_batch(
         np.testing.assert_allclose(np.concatenate(parts), whole[:n], rtol=1e-6)
 
 
-def test_anomaly_score_weighs_standardized_errors_and_distance():
-    layer = AnomalyScore(3, reconstruction_weight=0.5, rms=True)
+def test_anomaly_score_adds_mean_squared_error_and_distance_as_squares():
+    layer = AnomalyScore(3, reconstruction_weight=0.5, combine="root_sum_squares")
+    errors = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 12.0], [4.0, 8.0, 12.0]], np.float32)
+    distance = np.array([2.0, 0.0, 1.0], np.float32)
+    # row 0: sqrt(0.5 * 2 + 4) = sqrt(5); row 1: sqrt(0.5 * 4) = sqrt(2); row 2: sqrt(4 + 1).
+    np.testing.assert_allclose(np.asarray(layer([errors, distance])),
+                               [5 ** 0.5, 2 ** 0.5, 5 ** 0.5], rtol=1e-6)
+    assert not hasattr(layer, "feature_scale")  # nothing to calibrate
+    # Without the distance: the root mean squared error (the weight does not apply).
+    alone = AnomalyScore(3, with_distance=False, combine="root_sum_squares")
+    np.testing.assert_allclose(np.asarray(alone(errors)), [2 ** 0.5, 2.0, 8 ** 0.5], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"expected 'sum' or 'root_sum_squares'. "
+                                         r"Received: 'max'"):
+        AnomalyScore(3, combine="max")
+
+
+def test_anomaly_score_of_earlier_bundles_keeps_their_calibrated_sum():
+    """Bundles trained before root_sum_squares have no `combine` in their layer config and
+    load as the calibrated sum they were trained with."""
+    config = {"name": "score", "n_inputs": 3, "with_distance": True,
+              "reconstruction_weight": 0.5, "rms": True}
+    layer = AnomalyScore.from_config(config)
+    layer.build(None)
+    assert layer.combine == "sum"
     layer.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
     layer.term_scale.assign(np.array([0.5, 2.0], np.float32))
     errors = np.array([[1.0, 2.0, 4.0], [0.0, 0.0, 12.0], [4.0, 8.0, 16.0]], np.float32)
@@ -250,17 +272,41 @@ def test_anomaly_score_weighs_standardized_errors_and_distance():
     # row 0: sqrt(mean(1, 1, 1)) / 0.5 = 2 -> 0.5 * 2 + 2 / 2 = 2;
     # row 1: sqrt(mean(0, 0, 3)) / 0.5 = 2 -> 1; row 2: sqrt(mean(4, 4, 4)) / 0.5 = 4 -> 2.5.
     np.testing.assert_allclose(np.asarray(layer([errors, distance])), [2.0, 1.0, 2.5], rtol=1e-6)
-    alone = AnomalyScore(3, with_distance=False, rms=True)
-    alone.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
-    np.testing.assert_allclose(np.asarray(alone(errors)), [1.0, 1.0, 2.0], rtol=1e-6)
-    # Bundles trained before the root (rms=False): the plain mean, row 2 -> 4 / 0.5 = 8.
-    legacy = AnomalyScore.from_config({k: v for k, v in layer.get_config().items()
-                                       if k != "rms"})
+    # Older still (before the root): the plain mean, row 2 -> 4 / 0.5 = 8.
+    legacy = AnomalyScore.from_config({k: v for k, v in config.items() if k != "rms"})
     legacy.build(None)
     legacy.feature_scale.assign(np.array([1.0, 2.0, 4.0], np.float32))
     legacy.term_scale.assign(np.array([0.5, 2.0], np.float32))
     assert legacy.rms is False
     np.testing.assert_allclose(np.asarray(legacy([errors, distance])), [2.0, 1.0, 4.5], rtol=1e-6)
+
+
+def test_latent_distance_per_input_is_divided_by_the_root_of_the_dimension():
+    ref = np.array([[0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]], np.float32)
+    layer = LatentDistance(2, 4, per_input=True)
+    layer.reference.assign(ref)
+    # [1, 1, 1, 1]: distance 2 to both -> 2 / sqrt(4); [3, 3, 3, 3]: 2 to r1 -> 1.
+    points = np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 3.0, 3.0, 3.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(layer(points)), [1.0, 1.0], rtol=1e-6)
+    assert LatentDistance.from_config(LatentDistance(2, 4).get_config()).per_input is False
+
+
+def test_the_model_measures_the_latent_distance_between_decoded_codes():
+    m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=1, reference_rows=4,
+              reference_groups=2)
+    layer = m.get_layer(OUTPUT_LATENT_DISTANCE)
+    assert (layer.dim, layer.per_input) == (6, True)
+    decoder = m.get_layer("decoder")
+    codes = np.random.default_rng(3).normal(size=(4, 2)).astype(np.float32)
+    ref = np.asarray(decoder(codes), np.float64)
+    layer.reference.assign(ref.astype(np.float32))
+    out = predict(m, inputs(5, 6))
+    x_hat = np.asarray(decoder(out[OUTPUT_LATENT]), np.float64)
+    d = np.sqrt(((x_hat[:, None] - ref[None]) ** 2).sum(-1)).reshape(5, 2, 2).min(2).mean(1)
+    np.testing.assert_allclose(out[OUTPUT_LATENT_DISTANCE], d / 6 ** 0.5, rtol=1e-4)
+    np.testing.assert_allclose(
+        out[OUTPUT_SCORE], np.sqrt(out[OUTPUT_FEATURE_ERRORS].mean(1) + (d / 6 ** 0.5) ** 2),
+        rtol=1e-4)
 
 
 def test_trimmed_loss_leaves_out_the_worst_rows_in_training_only():
@@ -277,8 +323,7 @@ def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_pat
     m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=2, reference_rows=6,
               reference_groups=3)
     m.get_layer(OUTPUT_LATENT_DISTANCE).reference.assign(
-        np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32))
-    m.get_layer(OUTPUT_SCORE).term_scale.assign(np.array([0.3, 0.7], np.float32))
+        np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32))
     path = str(tmp_path / "m.keras")
     m.save(path)
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -290,3 +335,5 @@ def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_pat
         np.testing.assert_allclose(after[key], before[key], rtol=1e-6, atol=1e-6)
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).k == 2
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).groups == 3
+    assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).per_input is True
+    assert loaded.get_layer(OUTPUT_SCORE).combine == "root_sum_squares"

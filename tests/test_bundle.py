@@ -187,3 +187,33 @@ def test_features_that_do_not_match_the_model_are_refused(bundle_copy):
     with pytest.raises(ValueError, match=r"model input width 64 != 63 inputs described by "
                                          r"bundle.json features"):
         load_bundle(bundle_copy)
+
+
+def test_a_bundle_of_the_calibrated_sum_formula_scores_as_it_did():
+    """tests/data/bundle_sum was trained before the score became root_sum_squares (its
+    latent distance compares codes and its score is a calibrated sum); with the scores it
+    gave then, on 8 training rows and 2 made-up outliers. Loading and scoring it now must
+    give the same numbers, also through the masked formula."""
+    import json
+    import os
+
+    from latentbeam.model import load_bundle, score
+    from latentbeam.model.scoring import masked_score, score_weights
+
+    here = os.path.join(os.path.dirname(__file__), "data")
+    with open(os.path.join(here, "bundle_sum_scores.json")) as f:
+        then = json.load(f)
+    bundle = load_bundle(os.path.join(here, "bundle_sum"))
+    assert bundle.info.raw["score"]["reconstruction"] == "rms"
+    assert "combine" not in bundle.info.raw["score"]
+    rows = np.asarray(then["rows"], np.float32)
+    now = score(bundle, rows)
+    for key in ("score", "anomaly_score", "latent_distance", "reconstruction_error", "latent"):
+        np.testing.assert_allclose(getattr(now, key), np.asarray(then[key], np.float32),
+                                   rtol=1e-5, atol=1e-6, err_msg=key)
+    assert now.is_anomaly.tolist() == [False] * 9 + [True]
+    weights = score_weights(bundle)
+    assert weights.combine == "sum" and weights.term_scale.shape == (2,)
+    masked = masked_score(weights, now.feature_errors, now.latent_distance,
+                          np.ones(rows.shape, bool))
+    np.testing.assert_allclose(masked, now.score, rtol=2e-6)

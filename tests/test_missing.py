@@ -86,15 +86,12 @@ def test_mask_scores_the_observed_inputs_by_the_masked_formula(tiny_bundle, digi
     assert out.schema.names[-1] == "coverage" and out.schema.field("coverage").type == pa.float32()
     assert out.column("coverage").to_pylist() == [1.0, 1.0, 63 / 64, 1.0, 1.0]
 
-    # By hand: one forward pass on the median-filled rows, then the score's formula over
-    # the 63 observed pixels, with the AnomalyScore layer's own calibrated scales.
+    # By hand: one forward pass on the median-filled rows, then the score's formula with
+    # the mean squared error over the 63 observed pixels and the pass's latent distance.
     full = score(tiny_bundle, _filled(tiny_bundle, digits_matrix, 5, holes))
-    layer = tiny_bundle.model.get_layer("score")
-    s_j = np.asarray(layer.feature_scale, np.float64)
-    s_rec, s_dist = np.asarray(layer.term_scale, np.float64)
     observed = np.arange(64) != 10
-    term = np.sqrt(np.mean(full.feature_errors[2, observed] / s_j[observed])) / s_rec
-    by_hand = layer.reconstruction_weight * term + full.latent_distance[2] / s_dist
+    by_hand = np.sqrt(np.mean(full.feature_errors[2, observed].astype(np.float64))
+                      + float(full.latent_distance[2]) ** 2)
     got = out.column("anomaly_score").to_numpy()
     assert got[2] == pytest.approx(by_hand / tiny_bundle.info.threshold.threshold, rel=1e-6)
     assert out.column("reconstruction_error")[2].as_py() == pytest.approx(

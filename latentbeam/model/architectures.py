@@ -6,8 +6,8 @@ Every model built here has the same interface, which the scoring core relies on:
     output "latent"          (batch, latent_dim) the code Z (the mean for a VAE)
     output "reconstruction"  (batch, n_inputs) X-hat in input units
     output "feature_errors"  (batch, n_inputs) squared error in normalized space
-    output "latent_distance" (batch,) distance of the code to the nearest training codes
-                             (only when the latent-distance term is on)
+    output "latent_distance" (batch,) distance of the code to the training codes, measured
+                             where the decoder maps them (only when the term is on)
     output "score"           (batch,) the anomaly score (see `AnomalyScore`)
 
 The normalization (adapted on training rows) is a layer of the model, so scoring takes
@@ -26,6 +26,7 @@ from keras import layers, ops
 
 from latentbeam.config import ModelConfig
 from latentbeam.errors import ConfigError
+from latentbeam.model.scoring import COMBINE_RSS, COMBINE_SUM
 
 PACKAGE = "latentbeam"
 OUTPUT_LATENT = "latent"
@@ -108,16 +109,21 @@ SNAP = 2.0 ** -19
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LatentDistance(layers.Layer):
-    """Distance from each code to the training codes, averaged over disjoint reference groups.
+    """Distance from each point to reference points, averaged over disjoint reference groups.
 
-    The reference codes (the codes of a seeded, shuffled sample of training rows, set
-    after training) are a non-trainable weight, so the distance is part of the saved
-    model's forward pass. They are split into `groups` disjoint groups of equal size;
-    the term is the mean over the groups of the mean distance to the `k` nearest codes
-    of each group (an ensemble of nearest-neighbour distances over subsamples). It is a
-    density term: large when the row's code lies where no training row's code does,
-    even when the decoder reconstructs the row well (a smooth decoder fills the empty
-    regions between training codes with plausible rows).
+    The model feeds it the decoder's output, X-hat in normalized units, and the
+    references are the decoded codes of a seeded, shuffled sample of training rows (set
+    after training): the distance between two codes as the decoder maps them, i.e.
+    measured in the input's own units rather than along the code's arbitrary axes.
+    (Bundles trained before that feed it the codes themselves.) The references are a
+    non-trainable weight, so the distance is part of the saved model's forward pass.
+    They are split into `groups` disjoint groups of equal size; the term is the mean over
+    the groups of the mean distance to the `k` nearest references of each group (an
+    ensemble of nearest-neighbour distances over subsamples). It is a density term:
+    large when the row's code lies where no training row's code does, even when the
+    decoder reconstructs the row well (a smooth decoder fills the empty regions between
+    training codes with plausible rows). With `per_input` the distance is divided by
+    sqrt(dim): a root mean square per input, in the units of the reconstruction error.
 
     Why many small groups rather than one nearest code: a row whose own code (or a
     near-duplicate's) is among the references would score 0 against a single nearest
@@ -127,7 +133,8 @@ class LatentDistance(layers.Layer):
     forest robust to dirty training data). It costs the same one matmul as `groups=1`.
     """
 
-    def __init__(self, num_reference: int, dim: int, k: int = 1, groups: int = 1, **kwargs):
+    def __init__(self, num_reference: int, dim: int, k: int = 1, groups: int = 1,
+                 per_input: bool = False, **kwargs):
         super().__init__(**kwargs)
         if groups < 1 or num_reference % groups:
             raise ConfigError(f"Received an invalid value for `groups`, expected a positive "
@@ -140,6 +147,7 @@ class LatentDistance(layers.Layer):
         self.dim = int(dim)
         self.k = int(k)
         self.groups = int(groups)
+        self.per_input = bool(per_input)
         self.reference = self.add_weight(shape=(self.num_reference, self.dim),
                                          initializer="zeros", trainable=False, name="reference")
 
@@ -171,49 +179,71 @@ class LatentDistance(layers.Layer):
         # SNAP of that scale the distance is 0, so such a row scores the same in any batch.
         floor = SNAP * (length + ops.max(ops.sum(ops.square(ref), axis=-1)))
         squared = ops.where(squared < floor, 0.0, squared)
-        return ops.mean(ops.sqrt(squared), axis=(1, 2))
+        distance = ops.mean(ops.sqrt(squared), axis=(1, 2))
+        return distance / math.sqrt(self.dim) if self.per_input else distance
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
 
     def get_config(self):
-        return {**super().get_config(), "num_reference": self.num_reference, "dim": self.dim,
-                "k": self.k, "groups": self.groups}
+        config = {**super().get_config(), "num_reference": self.num_reference, "dim": self.dim,
+                  "k": self.k, "groups": self.groups}
+        # Only when set: the config of an earlier bundle's layer must stay what it was, as
+        # the bundle's model_version hashes it.
+        return {**config, "per_input": True} if self.per_input else config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AnomalyScore(layers.Layer):
-    """The anomaly score: calibrated reconstruction term + calibrated latent-distance term.
+    """The anomaly score from the per-feature errors and the latent distance.
+
+    `combine="root_sum_squares"` (what training builds):
+
+        score = sqrt(w * mean_j(e_j) + d^2)
+
+    e_j are the per-feature squared errors in normalized space and d the latent distance
+    per input (`LatentDistance` with `per_input`, on decoded codes), so both parts are in
+    the normalized input's units: the row's distance to the training rows split into
+    the part off the decoder's surface (the reconstruction residual) and the part along
+    it (how far the row's code lies from training codes, as the decoder maps them). They
+    add as squares, like the two sides of a right angle; nothing is calibrated.
+    w (`reconstruction_weight`) weighs the residual. Without the distance term:
+    sqrt(mean_j(e_j)), the root mean squared error (w is not used).
+
+    `combine="sum"` is the formula of bundles trained before, which load with it and
+    score as they did:
 
         score = w * sqrt(mean_j(e_j / s_j)) / s_error  [+ latent_distance / s_distance]
 
-    e_j are the per-feature squared errors (normalized space) and s_j their mean on the
-    calibration rows, so a feature that is always hard to reconstruct does not drown the
-    others. The root makes the reconstruction term an RMS distance, in the same units as
-    the latent distance: summing a squared quantity with a distance would let the
-    squared term's tail decide every ranking. s_error and s_distance are the robust
-    spreads (1.4826 x MAD) of the two terms on the calibration rows, so each term counts
-    in units of its own normal variation; w (`reconstruction_weight`) sets their balance.
-    The scales are non-trainable weights set after training (ones until then).
-
-    `rms=False` is the plain mean of the standardized errors (no root): the formula of
-    bundles trained before the root, which load with it and score as they did.
+    with per-feature scales s_j and term spreads s_error, s_distance set from calibration
+    rows (non-trainable weights); `rms=False` drops the root (older still).
     """
 
     def __init__(self, n_inputs: int, with_distance: bool = True,
-                 reconstruction_weight: float = 1.0, rms: bool = False, **kwargs):
+                 reconstruction_weight: float = 1.0, rms: bool = False,
+                 combine: str = COMBINE_SUM, **kwargs):
         super().__init__(**kwargs)
+        if combine not in (COMBINE_SUM, COMBINE_RSS):
+            raise ConfigError(f"Received an invalid value for `combine`, expected "
+                              f"{COMBINE_SUM!r} or {COMBINE_RSS!r}. Received: {combine!r}")
         self.n_inputs = int(n_inputs)
         self.with_distance = bool(with_distance)
         self.rms = bool(rms)
+        self.combine = combine
         self.reconstruction_weight = float(reconstruction_weight)
-        self.feature_scale = self.add_weight(shape=(self.n_inputs,), initializer="ones",
-                                             trainable=False, name="feature_scale")
-        self.term_scale = self.add_weight(shape=(2,), initializer="ones", trainable=False,
-                                          name="term_scale")
+        if combine == COMBINE_SUM:
+            self.feature_scale = self.add_weight(shape=(self.n_inputs,), initializer="ones",
+                                                 trainable=False, name="feature_scale")
+            self.term_scale = self.add_weight(shape=(2,), initializer="ones",
+                                              trainable=False, name="term_scale")
 
     def call(self, inputs):
         errors = inputs[0] if self.with_distance else inputs
+        if self.combine == COMBINE_RSS:
+            if not self.with_distance:
+                return ops.sqrt(ops.mean(errors, axis=-1))
+            return ops.sqrt(self.reconstruction_weight * ops.mean(errors, axis=-1)
+                            + ops.square(inputs[1]))
         scale = ops.convert_to_tensor(self.term_scale)
         score = ops.mean(errors / self.feature_scale, axis=-1)
         if self.rms:
@@ -228,9 +258,11 @@ class AnomalyScore(layers.Layer):
         return (first[0],)
 
     def get_config(self):
-        return {**super().get_config(), "n_inputs": self.n_inputs,
-                "with_distance": self.with_distance,
-                "reconstruction_weight": self.reconstruction_weight, "rms": self.rms}
+        config = {**super().get_config(), "n_inputs": self.n_inputs,
+                  "with_distance": self.with_distance,
+                  "reconstruction_weight": self.reconstruction_weight, "rms": self.rms}
+        # Only when not the default of earlier bundles, whose model_version hashes the config.
+        return config if self.combine == COMBINE_SUM else {**config, "combine": self.combine}
 
 
 def default_latent_dim(n_inputs: int) -> int:
@@ -341,11 +373,12 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
       image_feature_shape: the feature's shape for `kind: conv2d`.
       seed: seeds sampling and input noise.
       trim_fraction: share of each training batch's worst rows left out of the loss.
-      latent_neighbors: k nearest codes per reference group (0: no latent-distance term).
-      reference_rows: number of reference codes the latent distance compares against.
-      reference_groups: disjoint groups the reference codes are split into (a divisor
-        of reference_rows).
-      reconstruction_weight: weight of the reconstruction term beside the latent distance.
+      latent_neighbors: k nearest references per group (0: no latent-distance term).
+      reference_rows: number of decoded training codes the latent distance compares
+        against (set after training).
+      reference_groups: disjoint groups the references are split into (a divisor of
+        reference_rows).
+      reconstruction_weight: weight of the squared reconstruction error in the score.
 
     Returns:
       An uncompiled keras.Model named "autoencoder".
@@ -369,15 +402,16 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
     recon = layers.Identity(name=OUTPUT_RECONSTRUCTION)(recon)
     outputs = {OUTPUT_LATENT: z_out, OUTPUT_RECONSTRUCTION: recon, OUTPUT_FEATURE_ERRORS: errors}
     if latent_neighbors:
-        distance = LatentDistance(reference_rows, latent_dim, k=latent_neighbors,
-                                  groups=reference_groups, name=OUTPUT_LATENT_DISTANCE)(z_out)
+        distance = LatentDistance(reference_rows, n_inputs, k=latent_neighbors,
+                                  groups=reference_groups, per_input=True,
+                                  name=OUTPUT_LATENT_DISTANCE)(x_hat_norm)
         outputs[OUTPUT_LATENT_DISTANCE] = distance
         outputs[OUTPUT_SCORE] = AnomalyScore(
-            n_inputs, reconstruction_weight=reconstruction_weight, rms=True,
+            n_inputs, reconstruction_weight=reconstruction_weight, combine=COMBINE_RSS,
             name=OUTPUT_SCORE)([errors, distance])
     else:
-        outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False, rms=True,
-                                             name=OUTPUT_SCORE)(errors)
+        outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False,
+                                             combine=COMBINE_RSS, name=OUTPUT_SCORE)(errors)
     return keras.Model(x, outputs, name="autoencoder")
 
 

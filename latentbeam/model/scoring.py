@@ -76,74 +76,83 @@ def impute(info, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return np.where(observed, np.asarray(x, dtype=np.float32), medians[None, :])
 
 
+# How the AnomalyScore layer adds its terms (see architectures.AnomalyScore).
+COMBINE_RSS = "root_sum_squares"  # sqrt(w * mean(e) + d^2): what training builds
+COMBINE_SUM = "sum"  # calibrated sum: bundles trained before root_sum_squares
+
+
 @dataclass(frozen=True)
 class ScoreWeights:
-    """The calibrated scales of the model's AnomalyScore layer, as numpy."""
-    feature_scale: np.ndarray  # (n_inputs,) s_j, mean calibration error per input
-    term_scale: np.ndarray  # (2,) s_rec, s_dist: robust spreads of the two terms
+    """The AnomalyScore layer's recipe and (for `sum`) its calibrated scales, as numpy."""
+    combine: str  # COMBINE_RSS or COMBINE_SUM
     reconstruction_weight: float  # w
     with_distance: bool  # the latent-distance term is on
-    rms: bool  # the reconstruction term is the root of the mean (see AnomalyScore)
+    rms: bool  # `sum` only: the reconstruction term is the root of the mean
+    feature_scale: Optional[np.ndarray] = None  # `sum` only: (n_inputs,) s_j
+    term_scale: Optional[np.ndarray] = None  # `sum` only: (2,) s_rec, s_dist
 
 
 def score_weights(bundle) -> ScoreWeights:
-    """The AnomalyScore layer's weights (plain mean error for models without that layer)."""
+    """The AnomalyScore layer's recipe (the plain mean error for models without it)."""
     from latentbeam.model.architectures import OUTPUT_SCORE
 
     try:
         layer = bundle.model.get_layer(OUTPUT_SCORE)
     except ValueError:
         n = bundle.info.n_inputs
-        return ScoreWeights(np.ones(n, np.float32), np.ones(2, np.float32), 1.0, False, False)
-    return ScoreWeights(np.asarray(layer.feature_scale), np.asarray(layer.term_scale),
-                        float(layer.reconstruction_weight), bool(layer.with_distance),
-                        layer.rms)
+        return ScoreWeights(COMBINE_SUM, 1.0, False, False, np.ones(n, np.float32),
+                            np.ones(2, np.float32))
+    if layer.combine == COMBINE_RSS:
+        return ScoreWeights(COMBINE_RSS, float(layer.reconstruction_weight),
+                            bool(layer.with_distance), True)
+    return ScoreWeights(COMBINE_SUM, float(layer.reconstruction_weight),
+                        bool(layer.with_distance), layer.rms,
+                        np.asarray(layer.feature_scale), np.asarray(layer.term_scale))
 
 
-def reconstruction_term(feature_errors: np.ndarray, feature_scale: np.ndarray, rms: bool,
-                        observed: Optional[np.ndarray] = None) -> np.ndarray:
-    """The AnomalyScore layer's reconstruction term before its scale s_rec, in numpy.
-
-        sqrt(mean_j m_j e_j / s_j)  over the observed inputs (all of them without a mask);
-        no root when `rms` is False (bundles trained before the root).
-
-    Returns:
-      (n,) float64.
-    """
-    scaled = np.asarray(feature_errors, dtype=np.float64) / feature_scale
+def _observed_mean(values: np.ndarray, observed: Optional[np.ndarray]) -> np.ndarray:
+    """Row means of `values` over the observed entries (all of them without a mask)."""
+    values = np.asarray(values, dtype=np.float64)
     if observed is None:
-        term = scaled.mean(axis=1)
-    else:
-        m = np.asarray(observed, dtype=np.float64)
-        term = (scaled * m).sum(axis=1) / m.sum(axis=1)
-    return np.sqrt(term) if rms else term
+        return values.mean(axis=1)
+    m = np.asarray(observed, dtype=np.float64)
+    return (values * m).sum(axis=1) / m.sum(axis=1)
 
 
 def masked_score(weights: ScoreWeights, feature_errors: np.ndarray,
                  latent_distance: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """The anomaly score over the observed inputs only.
+    """The anomaly score with the reconstruction error over the observed inputs only.
 
-        score = w * sqrt((sum_j m_j e_j / s_j) / (sum_j m_j)) / s_rec  [+ latent_distance / s_dist]
+        score = sqrt(w * (sum_j m_j e_j) / (sum_j m_j) + d^2)   (root_sum_squares)
 
-    (no root for bundles whose layer has `rms=False`).
-
+    and for `sum` bundles their formula, w * sqrt(mean_j m_j e_j / s_j) / s_rec + d / s_dist.
+    The latent distance d is the model's (the forward pass saw the imputed row).
     With every m_j = 1 this is the AnomalyScore layer's formula (same numbers up to
     float32 rounding); rows must have at least one observed input.
 
     Args:
       weights: from `score_weights`.
       feature_errors: (n, n_inputs) squared errors in normalized space.
-      latent_distance: (n,) the latent-distance term's input (ignored when it is off).
+      latent_distance: (n,) the latent-distance term (ignored when it is off).
       observed: (n, n_inputs) bool mask m.
 
     Returns:
       (n,) float32 scores.
     """
-    term = reconstruction_term(feature_errors, weights.feature_scale, weights.rms,
-                               observed) / float(weights.term_scale[0])
+    distance = np.asarray(latent_distance, np.float64)
+    if weights.combine == COMBINE_RSS:
+        error = _observed_mean(feature_errors, observed)
+        if not weights.with_distance:
+            return np.sqrt(error).astype(np.float32)
+        return np.sqrt(weights.reconstruction_weight * error
+                       + np.square(distance)).astype(np.float32)
+    term = _observed_mean(np.asarray(feature_errors, np.float64) / weights.feature_scale,
+                          observed)
+    if weights.rms:
+        term = np.sqrt(term)
+    term = term / float(weights.term_scale[0])
     if weights.with_distance:
-        term = weights.reconstruction_weight * term \
-            + np.asarray(latent_distance, np.float64) / float(weights.term_scale[1])
+        term = weights.reconstruction_weight * term + distance / float(weights.term_scale[1])
     return term.astype(np.float32)
 
 

@@ -100,8 +100,8 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     width = n_inputs(source.features)
     provisional = Bundle(_provisional_info(source.features,
                                            mc.latent_dim or default_latent_dim(width)), model)
-    _set_reference_codes(provisional, source, config, stats.rows_by_split["train"])
-    scores, labels = _calibrate_score(provisional, source, config)
+    _set_reference_points(provisional, source, config, stats.rows_by_split["train"])
+    scores, labels = _score_calibration_rows(provisional, source, config)
     threshold = fit_threshold(scores.score, thc.method, config.threshold_value(), labels)
     warning = small_calibration_warning(len(scores), thc.method, config.threshold_value())
     if warning:
@@ -329,11 +329,12 @@ def steps_per_epoch(tc, n_train: int) -> int:
     return math.ceil(epoch_rows(tc, n_train) / tc.batch_size)
 
 
-def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -> None:
-    """Stores the codes of a seeded sample of training rows in the LatentDistance layer.
+def _set_reference_points(bundle: Bundle, source, config: Config, n_train: int) -> None:
+    """Stores the decoded codes of a seeded sample of training rows in the LatentDistance layer.
 
-    The sample is shuffled (it is drawn in row order), so each of the layer's contiguous
-    reference groups is a random subsample even when the data is sorted.
+    The layer compares a row's decoded code (X-hat, normalized) with these. The sample is
+    shuffled (it is drawn in row order), so each of the layer's contiguous reference
+    groups is a random subsample even when the data is sorted.
     """
     from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE
     from latentbeam.model.scoring import score
@@ -352,19 +353,13 @@ def _set_reference_codes(bundle: Bundle, source, config: Config, n_train: int) -
         rows.append(matrix[wanted[lo:hi] - start])
         start += len(matrix)
     codes = score(bundle, np.concatenate(rows), threshold=1.0).latent
-    layer.reference.assign(codes[rng.permutation(len(codes))].astype(np.float32))
+    decoded = np.asarray(bundle.model.get_layer("decoder")(codes[rng.permutation(len(codes))]))
+    layer.reference.assign(decoded.astype(np.float32))
 
 
-def _calibrate_score(bundle: Bundle, source, config: Config):
-    """Sets the AnomalyScore scales from the calibration rows; returns their Scores.
-
-    The calibration rows were never trained on, so their errors and distances are what
-    new normal rows get. Scales are robust statistics (per-feature means of errors
-    clipped at their 99th percentile, 1.4826 x MAD of the two terms): anomalies among the
-    calibration rows barely move them.
-    """
-    from latentbeam.model.architectures import OUTPUT_SCORE
-    from latentbeam.model.scoring import reconstruction_term, score
+def _score_calibration_rows(bundle: Bundle, source, config: Config):
+    """The Scores of the calibration rows (never trained on: what new normal rows get)."""
+    from latentbeam.model.scoring import score
 
     vf, cf = config.train.validation_fraction, config.threshold.calibration_fraction
     chunks = list(data_mod.split_chunks(source, data_mod.SPLIT_CALIBRATION, vf, cf))
@@ -373,57 +368,21 @@ def _calibrate_score(bundle: Bundle, source, config: Config):
                          "`threshold.calibration_fraction`. Give more rows or raise it.")
     x = np.concatenate([m for m, _ in chunks])
     labels = np.concatenate([lab for _, lab in chunks]) if chunks[0][1] is not None else None
-    first = score(bundle, x, threshold=1.0)
-    ferr = first.feature_errors.astype(np.float64)
-    clipped = np.minimum(ferr, np.quantile(ferr, 0.99, axis=0))
-    feature_scale = clipped.mean(axis=0)
-    # The elements of an image share one error scale as they share one input scale.
-    for inputs in shared_scale_inputs(source.features, config.model.normalization):
-        feature_scale[inputs] = feature_scale[inputs].mean()
-    # No input may weigh more than 10x an average one: inputs that are almost always
-    # reconstructed exactly (an image's empty border) would otherwise turn noise into score.
-    feature_scale = np.maximum(feature_scale, max(0.1 * feature_scale.mean(), 1e-12))
-    layer = bundle.model.get_layer(OUTPUT_SCORE)
-    term = reconstruction_term(ferr, feature_scale, layer.rms)
-    term_scale = [_spread(term), _spread(first.latent_distance)]
-    layer.feature_scale.assign(feature_scale.astype(np.float32))
-    layer.term_scale.assign(np.asarray(term_scale, np.float32))
     return score(bundle, x, threshold=1.0), labels
 
 
-def _spread(values: np.ndarray) -> float:
-    """Robust spread of a term over the calibration rows (a standard deviation for normal data).
-
-    1.4826 x the median absolute deviation; when more than half the rows share one value
-    (duplicated rows have latent distance 0) the 10-90% quantile range / 2.5631, then the
-    mean absolute deviation x 1.2533; 1.0 when all values are equal (the term then
-    separates nothing and any positive scale will do).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    deviation = np.abs(values - np.median(values))
-    q10, q90 = np.quantile(values, [0.1, 0.9])
-    for spread in (1.4826 * np.median(deviation), (q90 - q10) / 2.5631,
-                   1.2533 * deviation.mean()):
-        if spread > 1e-12:
-            return float(spread)
-    return 1.0
-
-
 def _score_description(model, config: Config) -> dict:
-    """The score's recipe and its calibrated scales (bundle.json `score`)."""
+    """The score's recipe (bundle.json `score`)."""
     from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE, OUTPUT_SCORE
 
     layer = model.get_layer(OUTPUT_SCORE)
     distance = _layer_or_none(model, OUTPUT_LATENT_DISTANCE)
-    scales = np.asarray(layer.term_scale).tolist()
     return {
         "terms": ["reconstruction"] + (["latent_distance"] if distance is not None else []),
-        "reconstruction": "rms" if layer.rms else "mean",
+        "combine": layer.combine,
         "latent_neighbors": distance.k if distance is not None else 0,
         "reference_rows": distance.num_reference if distance is not None else 0,
         "reference_groups": distance.groups if distance is not None else 0,
-        "reconstruction_scale": scales[0],
-        "latent_distance_scale": scales[1] if distance is not None else None,
         "reconstruction_weight": layer.reconstruction_weight if distance is not None else 1.0,
         "trim_fraction": config.train.trim_fraction,
     }

@@ -171,8 +171,10 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
     sc = s.get("score")
     if sc:
         terms = " + ".join(sc.get("terms", []))
+        if sc.get("combine") == "root_sum_squares":
+            terms = "sqrt(" + " + ".join(f"{t}^2" for t in sc.get("terms", [])) + ")"
         detail = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                  for k, v in sc.items() if k != "terms" and v is not None]
+                  for k, v in sc.items() if k not in ("terms", "combine") and v is not None]
         out.add("score", terms)
         for line in textwrap.wrap(", ".join(detail), width=80):
             out.more(line)

@@ -143,6 +143,10 @@ def score_label(info) -> str:
     terms = desc.get("terms") or ["reconstruction"]
     if not desc:
         return "reconstruction error (mean squared error, normalized space)"
+    if desc.get("combine") == "root_sum_squares":
+        if terms == ["reconstruction"]:
+            return "score (root mean squared reconstruction error, normalized space)"
+        return "score (root of squared reconstruction error + squared latent distance)"
     if terms == ["reconstruction"]:
         return "score (reconstruction error, calibrated per input)"
     return "score (" + " + ".join(t.replace("_", " ") for t in terms) + ")"
