@@ -10,7 +10,7 @@ from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT
                                             OUTPUT_LATENT_DISTANCE, OUTPUT_RECONSTRUCTION,
                                             OUTPUT_SCORE, AnomalyScore, LatentDistance,
                                             Sampling, SquaredError, build_autoencoder,
-                                            default_latent_dim, image_shape)
+                                            default_latent_dim, image_shape, output_basis)
 
 
 def build(n_inputs, seed=0, image=None, latent_neighbors=0, reference_rows=1, reference_groups=1,
@@ -291,15 +291,20 @@ def test_latent_distance_per_input_is_divided_by_the_root_of_the_dimension():
     assert LatentDistance.from_config(LatentDistance(2, 4).get_config()).per_input is False
 
 
-def test_the_model_measures_the_latent_distance_between_decoded_codes():
-    m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=1, reference_rows=4,
+@pytest.mark.parametrize("hidden, basis_dim", [((8,), 0), ((4,), 4), ((), 2)])
+def test_the_model_measures_the_latent_distance_between_decoded_codes(hidden, basis_dim):
+    """Between decoder outputs in the full width (6), or projected on the basis of the
+    last layer's row space when that layer's input (4 units, or the 2-number code) is
+    narrower: the same distances either way."""
+    m = build(6, hidden_units=hidden, latent_dim=2, latent_neighbors=1, reference_rows=4,
               reference_groups=2)
     layer = m.get_layer(OUTPUT_LATENT_DISTANCE)
-    assert (layer.dim, layer.per_input) == (6, True)
+    assert (layer.dim, layer.per_input, layer.basis_dim) == (6, True, basis_dim)
     decoder = m.get_layer("decoder")
     codes = np.random.default_rng(3).normal(size=(4, 2)).astype(np.float32)
     ref = np.asarray(decoder(codes), np.float64)
-    layer.reference.assign(ref.astype(np.float32))
+    layer.set_reference(ref, output_basis(decoder) if basis_dim else None)
+    assert np.asarray(layer.reference).shape == (4, basis_dim or 6)
     out = predict(m, inputs(5, 6))
     x_hat = np.asarray(decoder(out[OUTPUT_LATENT]), np.float64)
     d = np.sqrt(((x_hat[:, None] - ref[None]) ** 2).sum(-1)).reshape(5, 2, 2).min(2).mean(1)
@@ -322,8 +327,8 @@ def test_trimmed_loss_leaves_out_the_worst_rows_in_training_only():
 def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_path):
     m = build(6, hidden_units=(4,), latent_dim=2, latent_neighbors=2, reference_rows=6,
               reference_groups=3)
-    m.get_layer(OUTPUT_LATENT_DISTANCE).reference.assign(
-        np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32))
+    m.get_layer(OUTPUT_LATENT_DISTANCE).set_reference(
+        np.random.default_rng(0).normal(size=(6, 6)), output_basis(m.get_layer("decoder")))
     path = str(tmp_path / "m.keras")
     m.save(path)
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -336,4 +341,5 @@ def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_pat
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).k == 2
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).groups == 3
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).per_input is True
+    assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).basis_dim == 4
     assert loaded.get_layer(OUTPUT_SCORE).combine == "root_sum_squares"

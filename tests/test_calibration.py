@@ -135,17 +135,27 @@ def test_score_adds_residual_and_decoded_distance_as_squares(tiny_bundle, digits
                     "reconstruction_weight": 1.0, "trim_fraction": 0.0}
     layer = tiny_bundle.model.get_layer("score")
     assert not hasattr(layer, "feature_scale") and not hasattr(layer, "term_scale")
-    # The reference: 512 decoded codes of training rows (64 normalized pixels each).
-    ref = np.asarray(tiny_bundle.model.get_layer("latent_distance").reference, np.float64)
-    assert ref.shape == (512, 64)
+    # The reference: 512 decoded codes of training rows (64 normalized pixels each), held
+    # projected on the 16 dimensions the decoder's outputs span (its last layer's input
+    # is 16 wide), where distances between decoder outputs are the same.
+    distance_layer = tiny_bundle.model.get_layer("latent_distance")
+    ref = np.asarray(distance_layer.reference, np.float64)
+    basis = np.asarray(distance_layer.basis, np.float64)
+    assert ref.shape == (512, 16) and basis.shape == (64, 16)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(16), atol=1e-5)
     decoder = tiny_bundle.model.get_layer("decoder")
     x_hat = np.asarray(decoder(s.latent), np.float64)
+    full = np.sqrt(((x_hat[:20, None] - x_hat[None, :20]) ** 2).sum(-1))
+    projected = x_hat @ basis
+    np.testing.assert_allclose(
+        np.sqrt(((projected[:20, None] - projected[None, :20]) ** 2).sum(-1)), full,
+        rtol=1e-4, atol=1e-5)
     # The decoded code is the reconstruction in normalized units.
     norm = tiny_bundle.model.get_layer("normalize")
     mean = np.asarray(norm.mean, np.float64).ravel()
     std = np.sqrt(np.asarray(norm.variance, np.float64).ravel())
     np.testing.assert_allclose(x_hat, (s.reconstruction - mean) / std, atol=1e-3)
-    dist = np.sqrt(((x_hat[:, None, :] - ref[None]) ** 2).sum(-1))  # (rows, references)
+    dist = np.sqrt(((projected[:, None, :] - ref[None]) ** 2).sum(-1))  # (rows, references)
     nearest = dist.reshape(len(dist), 32, 16).min(axis=2).mean(axis=1) / 8.0  # sqrt(64)
     np.testing.assert_allclose(s.latent_distance, nearest, rtol=1e-3, atol=1e-5)
     expected = np.sqrt(s.feature_errors.astype(np.float64).mean(axis=1) + nearest ** 2)

@@ -125,6 +125,12 @@ class LatentDistance(layers.Layer):
     training codes with plausible rows). With `per_input` the distance is divided by
     sqrt(dim): a root mean square per input, in the units of the reconstruction error.
 
+    With `basis_dim`, inputs and references are first projected on an orthonormal
+    (dim, basis_dim) basis. A dense decoder's output is `h @ W + b` with W of shape
+    (width of h, dim), so the difference of two outputs lies in W's row space: projected
+    on a basis of it, their distance is unchanged and costs basis_dim, not dim, per
+    reference (784-pixel images: 64 instead of 784).
+
     Why many small groups rather than one nearest code: a row whose own code (or a
     near-duplicate's) is among the references would score 0 against a single nearest
     neighbour, and so would a tight cluster of anomalies in contaminated training data;
@@ -134,7 +140,7 @@ class LatentDistance(layers.Layer):
     """
 
     def __init__(self, num_reference: int, dim: int, k: int = 1, groups: int = 1,
-                 per_input: bool = False, **kwargs):
+                 per_input: bool = False, basis_dim: int = 0, **kwargs):
         super().__init__(**kwargs)
         if groups < 1 or num_reference % groups:
             raise ConfigError(f"Received an invalid value for `groups`, expected a positive "
@@ -148,10 +154,26 @@ class LatentDistance(layers.Layer):
         self.k = int(k)
         self.groups = int(groups)
         self.per_input = bool(per_input)
-        self.reference = self.add_weight(shape=(self.num_reference, self.dim),
+        self.basis_dim = int(basis_dim)
+        if self.basis_dim:
+            self.basis = self.add_weight(shape=(self.dim, self.basis_dim), initializer="zeros",
+                                         trainable=False, name="basis")
+        self.reference = self.add_weight(shape=(self.num_reference, self.basis_dim or self.dim),
                                          initializer="zeros", trainable=False, name="reference")
 
+    def set_reference(self, points: np.ndarray, basis: Optional[np.ndarray] = None) -> None:
+        """Stores (num_reference, dim) reference points, and with `basis_dim` the
+        (dim, basis_dim) orthonormal basis they and every input are projected on."""
+        points = np.asarray(points, np.float32)
+        if self.basis_dim:
+            basis = np.asarray(basis, np.float32)
+            self.basis.assign(basis)
+            points = points @ basis
+        self.reference.assign(points)
+
     def call(self, points):
+        if self.basis_dim:
+            points = ops.matmul(points, self.basis)
         ref = ops.convert_to_tensor(self.reference)
         size = self.num_reference // self.groups
         # Distances taken about the references' centre: the expansion below then cancels
@@ -190,7 +212,11 @@ class LatentDistance(layers.Layer):
                   "k": self.k, "groups": self.groups}
         # Only when set: the config of an earlier bundle's layer must stay what it was, as
         # the bundle's model_version hashes it.
-        return {**config, "per_input": True} if self.per_input else config
+        if self.per_input:
+            config["per_input"] = True
+        if self.basis_dim:
+            config["basis_dim"] = self.basis_dim
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -404,6 +430,7 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
     if latent_neighbors:
         distance = LatentDistance(reference_rows, n_inputs, k=latent_neighbors,
                                   groups=reference_groups, per_input=True,
+                                  basis_dim=_output_basis_dim(cfg, n_inputs, latent_dim),
                                   name=OUTPUT_LATENT_DISTANCE)(x_hat_norm)
         outputs[OUTPUT_LATENT_DISTANCE] = distance
         outputs[OUTPUT_SCORE] = AnomalyScore(
@@ -413,6 +440,23 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         outputs[OUTPUT_SCORE] = AnomalyScore(n_inputs, with_distance=False,
                                              combine=COMBINE_RSS, name=OUTPUT_SCORE)(errors)
     return keras.Model(x, outputs, name="autoencoder")
+
+
+def _output_basis_dim(cfg: ModelConfig, n_inputs: int, latent_dim: int) -> int:
+    """Width of the dense decoder's last hidden layer when it is below the output's
+    (its outputs then span that many dimensions: see LatentDistance.basis_dim); else 0."""
+    if cfg.kind == "conv2d":
+        return 0
+    width = cfg.hidden_units[0] if cfg.hidden_units else latent_dim
+    return width if width < n_inputs else 0
+
+
+def output_basis(decoder) -> np.ndarray:
+    """(n_inputs, width) orthonormal basis of a dense decoder's output differences: the
+    right singular vectors of its last layer's kernel."""
+    kernel = np.asarray(decoder.get_layer("x_hat").kernel, np.float64)  # (width, n_inputs)
+    _, _, vt = np.linalg.svd(kernel, full_matrices=False)
+    return vt.T.astype(np.float32)
 
 
 def _encoder_decoder(cfg: ModelConfig, n_inputs: int, latent_dim: int,

@@ -336,7 +336,7 @@ def _set_reference_points(bundle: Bundle, source, config: Config, n_train: int) 
     shuffled (it is drawn in row order), so each of the layer's contiguous reference
     groups is a random subsample even when the data is sorted.
     """
-    from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE
+    from latentbeam.model.architectures import OUTPUT_LATENT_DISTANCE, output_basis
     from latentbeam.model.scoring import score
 
     layer = _layer_or_none(bundle.model, OUTPUT_LATENT_DISTANCE)
@@ -353,8 +353,9 @@ def _set_reference_points(bundle: Bundle, source, config: Config, n_train: int) 
         rows.append(matrix[wanted[lo:hi] - start])
         start += len(matrix)
     codes = score(bundle, np.concatenate(rows), threshold=1.0).latent
-    decoded = np.asarray(bundle.model.get_layer("decoder")(codes[rng.permutation(len(codes))]))
-    layer.reference.assign(decoded.astype(np.float32))
+    decoder = bundle.model.get_layer("decoder")
+    decoded = np.asarray(decoder(codes[rng.permutation(len(codes))]))
+    layer.set_reference(decoded, output_basis(decoder) if layer.basis_dim else None)
 
 
 def _score_calibration_rows(bundle: Bundle, source, config: Config):
