@@ -145,12 +145,15 @@ def test_tampered_model_file_is_refused(bundle_copy):
     assert "modified or partially copied" in message
 
 
-def test_unknown_format_version_is_refused(bundle_copy):
-    rewrite_json(bundle_copy, lambda d: d.update(format_version=3))
+@pytest.mark.parametrize("version", [4, 0, True, "3"])
+def test_unknown_format_version_is_refused(bundle_copy, version):
+    rewrite_json(bundle_copy, lambda d: d.update(format_version=version))
     with pytest.raises(ValueError) as e:
         load_bundle(bundle_copy)
-    assert str(e.value).startswith(f"Unknown bundle format_version 3 in {bundle_copy}; this "
-                                   f"latentbeam reads format_version 2.")
+    message = str(e.value)
+    assert message.startswith("Unknown bundle format_version ")
+    assert f" in {bundle_copy}; this latentbeam reads format_version 2 and 3. Use the " \
+        f"latentbeam version that wrote it" in message
 
 
 def test_malformed_json_is_refused(bundle_copy):
@@ -212,8 +215,25 @@ def test_a_bundle_of_the_calibrated_sum_formula_scores_as_it_did():
         np.testing.assert_allclose(getattr(now, key), np.asarray(then[key], np.float32),
                                    rtol=1e-5, atol=1e-6, err_msg=key)
     assert now.is_anomaly.tolist() == [False] * 9 + [True]
+    assert bundle.info.format_version == 2
     weights = score_weights(bundle)
     assert weights.combine == "sum" and weights.term_scale.shape == (2,)
     masked = masked_score(weights, now.feature_errors, now.latent_distance,
                           np.ones(rows.shape, bool))
     np.testing.assert_allclose(masked, now.score, rtol=2e-6)
+
+
+def test_a_rethresholded_calibrated_sum_bundle_stays_format_2(tmp_path):
+    """Format 3 marks the models a format-2 reader cannot load; re-sealing an earlier
+    bundle with a new threshold keeps it readable by the latentbeam it came from."""
+    import os
+
+    from latentbeam.model.rethreshold import rethreshold
+
+    copy = str(tmp_path / "b")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "bundle_sum"), copy)
+    old, new = rethreshold(copy, threshold=2.5)
+    assert (old.format_version, new.format_version) == (2, 2)
+    with open(os.path.join(copy, BUNDLE_FILE)) as f:
+        assert json.load(f)["format_version"] == 2
+    assert load_bundle(copy).info.threshold.threshold == 2.5

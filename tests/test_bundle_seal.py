@@ -40,7 +40,8 @@ def test_bundle_json_lists_every_file_and_seals_itself(tiny_bundle_dir):
         doc = json.load(f)
     with open(os.path.join(tiny_bundle_dir, MODEL_FILE), "rb") as f:
         model_hash = hashlib.sha256(f.read()).hexdigest()
-    assert doc["format_version"] == 2
+    # 3: the score is root_sum_squares, which a reader of format 2 cannot load.
+    assert doc["format_version"] == 3 and doc["score"]["combine"] == "root_sum_squares"
     assert doc["files"] == {MODEL_FILE: model_hash}
     assert doc["sha256"] == model_hash
     assert doc["seal"] == seal_of(doc) and len(doc["seal"]) == 64
@@ -139,11 +140,12 @@ def test_format_1_bundles_are_refused_with_the_way_to_reseal_them(copy, tiny_bun
         load_bundle_info(copy)
     assert str(e.value) == (
         f"Bundle {copy} has format_version 1, which has no seal: edits to its bundle.json "
-        f"cannot be detected. This latentbeam reads format_version 2. Check its threshold and "
+        f"cannot be detected. This latentbeam reads format_version 2 and 3. Check its "
+        f"threshold and "
         f"re-seal it with `latentbeam rethreshold --bundle {copy} --threshold {t!r}`, or "
         f"re-train it.")
     old, new = rethreshold(copy, threshold=t)
-    assert new.format_version == 2
+    assert new.format_version == 3
     # The same threshold only re-seals: same threshold record, same model_version.
     loaded = load_bundle(copy)
     assert loaded.info.threshold == tiny_bundle.info.threshold

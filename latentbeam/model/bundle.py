@@ -32,8 +32,14 @@ from latentbeam.model.features import Feature, n_inputs
 from latentbeam.text import echo
 
 # 2: `files` and `seal` (format 1 had neither; `latentbeam rethreshold` re-seals one).
-FORMAT_VERSION = 2
+# 3: the model's score is `root_sum_squares` (score.combine) over a latent distance between
+#    decoded codes: layer options that a reader of format 2 cannot load, so such bundles
+#    say so and an older latentbeam refuses them by their format, not by a Keras error.
+#    Bundles of the calibrated sum are still written as format 2.
+FORMAT_VERSION = 3
+SEALED_FORMAT_VERSIONS = (2, 3)
 UNSEALED_FORMAT_VERSION = 1
+_READ = " and ".join(str(v) for v in SEALED_FORMAT_VERSIONS)
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"
 _REQUIRED_V1 = ("format_version", "model_version", "features", "latent_dim", "threshold",
@@ -142,7 +148,7 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
     medians = _medians(path, raw.get("imputation"), n_inputs(features))
     files = _files(path, raw)
     # Last: a malformed document gets the more specific message above.
-    if version == FORMAT_VERSION:
+    if version in SEALED_FORMAT_VERSIONS:
         _check_seal(path, raw)
     return BundleInfo(
         path=path, format_version=version, model_version=str(raw["model_version"]),
@@ -156,19 +162,21 @@ def parse_bundle_json(path: str, text: str | bytes, *, allow_unsealed: bool = Fa
 def _check_format(path: str, raw: Dict[str, Any], allow_unsealed: bool) -> int:
     """The document's format_version, once it is one this latentbeam reads with its keys."""
     version = raw.get("format_version")
+    if isinstance(version, bool):  # JSON true is not format 1
+        version = echo(version)
     if version == UNSEALED_FORMAT_VERSION and not allow_unsealed:
         th = raw.get("threshold") if isinstance(raw.get("threshold"), dict) else {}
         raise BundleError(
             f"Bundle {path} has format_version 1, which has no seal: edits to its "
             f"{BUNDLE_FILE} cannot be detected. This latentbeam reads format_version "
-            f"{FORMAT_VERSION}. Check its threshold and re-seal it with `latentbeam rethreshold "
+            f"{_READ}. Check its threshold and re-seal it with `latentbeam rethreshold "
             f"--bundle {path} --threshold {echo(th.get('threshold', 'T'))}`, or re-train it.")
-    if version not in (FORMAT_VERSION, UNSEALED_FORMAT_VERSION):
+    if version not in SEALED_FORMAT_VERSIONS + (UNSEALED_FORMAT_VERSION,):
         raise BundleError(
             f"Unknown bundle format_version {echo(version)} in {path}; this latentbeam reads "
-            f"format_version {FORMAT_VERSION}. Use the latentbeam version that wrote it, or "
+            f"format_version {_READ}. Use the latentbeam version that wrote it, or "
             f"re-train the bundle.")
-    missing = [k for k in (_REQUIRED if version == FORMAT_VERSION else _REQUIRED_V1)
+    missing = [k for k in (_REQUIRED if version in SEALED_FORMAT_VERSIONS else _REQUIRED_V1)
                if k not in raw]
     if missing:
         raise _bad(path, f"missing key(s) {', '.join(missing)}")
@@ -351,6 +359,12 @@ def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
              f"model_version; re-seal the bundle with `latentbeam rethreshold --bundle {path} "
              f"--threshold T` or re-train it.")
     return Bundle(info, model)
+
+
+def format_version_of(doc: Dict[str, Any]) -> int:
+    """The format a bundle.json document is written in: the oldest that can load its model."""
+    score = doc.get("score") if isinstance(doc.get("score"), dict) else {}
+    return FORMAT_VERSION if score.get("combine") == "root_sum_squares" else 2
 
 
 def scoring_meta(doc: Dict[str, Any]) -> Dict[str, Any]:

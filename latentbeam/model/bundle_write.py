@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 
 from latentbeam import fs, outputs, paths
 from latentbeam.errors import BundleError, OutputError
-from latentbeam.model.bundle import (BUNDLE_FILE, COMPUTED_KEYS, FORMAT_VERSION, MODEL_FILE,
-                                     BundleInfo, json_default, model_version,
+from latentbeam.model.bundle import (BUNDLE_FILE, COMPUTED_KEYS, MODEL_FILE,
+                                     BundleInfo, format_version_of, json_default, model_version,
                                      parse_bundle_json, safe_name, scoring_meta, seal_of)
 
 
@@ -141,7 +141,7 @@ def _plain(meta: Dict[str, Any]) -> Dict[str, Any]:
 
 def _document(meta: Dict[str, Any], version: str, files: Dict[str, str]) -> Dict[str, Any]:
     doc = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version_of(meta),
         "model_version": version,
         **meta,
         "versions": library_versions(),
