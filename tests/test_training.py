@@ -258,6 +258,15 @@ def test_conv2d_trains_on_a_non_square_image_list_column(tmp_path):
     s = score(bundle, images.reshape(240, 35))
     assert s.latent.shape == (240, 3) and s.reconstruction.shape == (240, 35)
     assert np.isfinite(s.reconstruction_error).all()
+    # A convolution's outputs span every pixel: the distance is taken in all 35 of them,
+    # against the 192 training rows (12 groups of 16).
+    layer = bundle.model.get_layer("latent_distance")
+    assert bundle.info.training["rows_by_split"]["train"] == 192
+    assert (layer.dim, layer.basis_dim, np.asarray(layer.reference).shape) == (35, 0, (192, 35))
+    assert (s.latent_distance > 0).all()
+    np.testing.assert_allclose(
+        s.score, np.sqrt(s.feature_errors.astype(np.float64).mean(1)
+                         + s.latent_distance.astype(np.float64) ** 2), rtol=1e-4)
 
 
 def test_conv2d_trains_from_a_tfds_sub_split(tmp_path):
