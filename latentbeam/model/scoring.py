@@ -260,8 +260,7 @@ def _masked(bundle, observed: np.ndarray, ferr: np.ndarray, error: np.ndarray,
     combined = combined.copy()
     combined[partial] = masked_score(score_weights(bundle), ferr[partial], distance[partial], mask)
     error = error.copy()
-    error[partial] = (np.where(mask, ferr[partial], 0.0).sum(axis=1, dtype=np.float64)
-                      / counts[partial]).astype(np.float32)
+    error[partial] = _observed_mean(ferr[partial], mask).astype(np.float32)
     return np.where(observed, ferr, np.float32(np.nan)), error, combined, coverage
 
 

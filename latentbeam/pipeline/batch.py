@@ -62,8 +62,17 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- inputs
 
-def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
+def input_glob(pattern: str) -> Optional[str]:
+    """The Parquet glob an --input means (a directory: its files at any depth); None for
+    a TFDS split."""
+    return None if pattern.startswith(TFDS_PREFIX) else fs.parquet_pattern(pattern)
+
+
+def resolve_inputs(pattern: str, data_dir: Optional[str] = None,
+                   glob: Optional[str] = None) -> List[str]:
     """The job's sources: the sorted files matching `pattern`, or one `tfds:NAME/SPLIT`.
+
+    `glob`: `input_glob(pattern)` when the caller has it already (it may stat the path).
 
     Raises:
       ValueError: nothing matches, or the TFDS dataset is not prepared in data_dir.
@@ -78,7 +87,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
             raise InputError(f"TFDS dataset {name!r} has no split {base!r} in data_dir "
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
-    glob = fs.parquet_pattern(pattern)
+    glob = glob or fs.parquet_pattern(pattern)
     files = [p for p, _ in fs.match_parquet(glob)]
     fs.warn_if_delta_table(glob)
     if not files:
@@ -86,13 +95,6 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None) -> List[str]:
                          f"Expected a Parquet glob such as data/*.parquet or "
                          f"gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
     return files
-
-
-def _input_head(pattern: str) -> Optional[str]:
-    """Where Hive partition directories of the input start (None: a TFDS split or a file)."""
-    if pattern.startswith(TFDS_PREFIX):
-        return None
-    return fs.pattern_head(fs.parquet_pattern(pattern))
 
 
 # --------------------------------------------------------------------------- the DoFn
@@ -220,7 +222,8 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
     written = output_schema(info, job.opts) if job.mode == MODE_SCORE \
         else decode_output_schema(info)
     check_key_columns(job.opts.key_columns, written.names)
-    sources = resolve_inputs(job.input, job.data_dir)
+    glob = input_glob(job.input)
+    sources = resolve_inputs(job.input, job.data_dir, glob)
     paths.check_output(job.output, _reads(job, sources))
     replace = outputs.check_output_dir(job.output, job.overwrite)
     tmp_dir = outputs.staging_dir(job.output)
@@ -240,7 +243,7 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
              | "Spread files" >> beam.Reshuffle()
              | step >> beam.ParDo(_FileJobFn(job.bundle, job.mode, job.opts, tmp_dir,
                                              job.batch_rows, job.data_dir,
-                                             _input_head(job.input))))
+                                             fs.pattern_head(glob) if glob else None)))
         result = pipeline.run()
         result.wait_until_finish()
         state = str(result.state)

@@ -97,6 +97,7 @@ class _ScoreFileDoFn(beam.DoFn):
 
     def __init__(self, job: StreamJob):
         self._job = job
+        self._input_head = fs.pattern_head(job.watch)  # Hive partitions start below it
         self._scoring = StreamScoring(job)
         # Adaptive states by state key, in this worker's memory (adaptive.py says why).
         self._adaptive: Dict[str, AdaptiveState] = {}
@@ -137,7 +138,7 @@ class _ScoreFileDoFn(beam.DoFn):
         try:
             for offset, batch in keyed_file_batches(
                     path, batch_rows=self._job.batch_rows,
-                    input_head=fs.pattern_head(self._job.watch),
+                    input_head=self._input_head,
                     key_columns=self._job.scoring.key_columns):
                 rows_read += batch.num_rows
                 try:
