@@ -6,7 +6,7 @@ Renders the results the library returns (`pipeline.jobs.JobSummary`,
 from __future__ import annotations
 
 from latentbeam.pipeline.jobs import JobSummary, StreamSummary
-from latentbeam.pipeline.metrics import ERROR_DISTRIBUTION
+from latentbeam.pipeline.metrics import ERROR_DISTRIBUTION, MAX_RECORDED_ERROR
 from latentbeam.pipeline.records import MODE_SCORE
 
 
@@ -25,7 +25,9 @@ def format_summary(summary: JobSummary) -> str:
         dist = summary.metrics.get(ERROR_DISTRIBUTION)
         if dist is not None:
             lines.append(f"reconstruction error: mean {dist.mean:.6g}, min {dist.min:.6g}, "
-                         f"max {dist.max:.6g}")
+                         f"max {dist.max:.6g}" + (
+                             f" (errors above {MAX_RECORDED_ERROR:g} count as {MAX_RECORDED_ERROR:g}"
+                             f" here; the output holds them exactly)" if dist.capped else ""))
     if not summary.metrics:
         lines.append("runner metrics:       unavailable on this runner; counts above are from "
                      "the job's per-file records")

@@ -21,6 +21,8 @@ from latentbeam.model import score
 from latentbeam.model.features import (MAX_PAYLOAD_CHARS, Feature, SchemaMismatch,
                                        row_payload, to_matrix)
 from latentbeam.pipeline.batch import FileJob, run_file_job
+from latentbeam.pipeline.metrics import MAX_RECORDED_ERROR
+from latentbeam.summaries import format_summary
 from latentbeam.pipeline.records import ScoringOptions, score_record_batch
 from latentbeam.pipeline.streaming import event_times
 
@@ -260,6 +262,15 @@ def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
     x[0, 0] = 2.0 ** 62
     assert ints["reconstruction_error"] == pytest.approx(
         float(score(tiny_bundle, x).reconstruction_error[0]), rel=1e-6)
+    # The summary's error distribution: that row's ~1e37 error counts as the cap (in
+    # millionths it would wrap an int64 to a negative value); the other 84 are exact.
+    errors = np.sort(scored.column("reconstruction_error").to_numpy().astype(np.float64))
+    assert errors[-1] > 1e30 and errors[-2] < MAX_RECORDED_ERROR
+    dist = summary.metrics["reconstruction_error_micros"]
+    assert (dist.count, dist.max, dist.capped) == (85, MAX_RECORDED_ERROR, True)
+    assert dist.min == pytest.approx(errors[0], abs=1e-6)
+    assert dist.mean == pytest.approx((errors[:-1].sum() + MAX_RECORDED_ERROR) / 85, rel=1e-6)
+    assert "errors above 1e+06 count as 1e+06 here" in format_summary(summary)
 
 
 def test_the_stream_scores_the_same_rows_and_never_crashes(tmp_path, hostile_dir,

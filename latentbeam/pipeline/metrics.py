@@ -5,7 +5,9 @@ Counters: rows_read, rows_scored, rows_dead_lettered, anomalies, files_dead_lett
 not counted as read), batches_dead_lettered (the transforms: a whole Arrow element
 without the needed columns). Invariant: rows_read = rows_scored + rows_dead_lettered.
 Distribution: reconstruction_error_micros, the reconstruction error of every scored
-row in millionths (Beam distributions hold integers).
+row in millionths (Beam distributions hold 64-bit integers), each capped at
+MAX_RECORDED_ERROR so that no value or sum overflows: a summary whose max reaches the cap
+says so; the output itself holds every error exactly.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ FILES_DEAD_LETTERED = "files_dead_lettered"
 BATCHES_DEAD_LETTERED = "batches_dead_lettered"
 ERROR_DISTRIBUTION = "reconstruction_error_micros"
 ERROR_SCALE = 1_000_000  # reconstruction_error_micros = round(error * ERROR_SCALE)
+# Errors above this count as this in the distribution: 1e12 millionths, so the int64 sum
+# of the distribution holds over 9 million such rows (a row's error past 1e6, in squared
+# standard deviations per input, is far beyond any threshold anyway).
+MAX_RECORDED_ERROR = 1e6
 
 COUNTERS = (ROWS_READ, ROWS_SCORED, ROWS_DEAD_LETTERED, ANOMALIES, FILES_DEAD_LETTERED,
             BATCHES_DEAD_LETTERED)
@@ -69,7 +75,11 @@ class ScoringMetrics:
         container = MetricsEnvironment.current_container()
         update = (container.get_distribution(self._errors_name).update
                   if container is not None else self._errors.update)
-        for v in np.rint(np.asarray(errors, np.float64) * ERROR_SCALE).astype(np.int64).tolist():
+        errors = np.asarray(errors, np.float64)
+        # NaN (an error over no observed input) is no error to summarize; +inf and huge
+        # values are capped before the cast, which would otherwise wrap to a negative int.
+        errors = np.minimum(errors[~np.isnan(errors)], MAX_RECORDED_ERROR)
+        for v in np.rint(np.maximum(errors, 0.0) * ERROR_SCALE).astype(np.int64).tolist():
             update(v)
 
 
@@ -79,6 +89,11 @@ class ErrorDistribution:
     mean: float  # mean reconstruction error
     min: float
     max: float
+
+    @property
+    def capped(self) -> bool:
+        """Some error reached MAX_RECORDED_ERROR and counts as it in mean and max."""
+        return self.max >= MAX_RECORDED_ERROR
 
 
 def query_metrics(result) -> Dict[str, object]:
