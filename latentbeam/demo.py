@@ -130,6 +130,75 @@ DEMO_CONFIG = {
 }
 
 
+# What the demo writes in its workdir, and nothing else. The marker says a directory is a
+# demo workdir, whose entries a new run may replace.
+WORKDIR_MARKER = ".latentbeam-demo"
+WORKDIR_ENTRIES = ("data", "tensorflow_datasets", "demo.yaml", "bundle", "scored", "report",
+                   WORKDIR_MARKER)
+DIGITS_FILES = 2
+
+
+def _digits_file_names(files: int = DIGITS_FILES) -> List[str]:
+    return [f"digits-{i:05d}-of-{files:05d}.parquet" for i in range(files)]
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuses a workdir that holds anything the demo did not write (it would replace it,
+    or train on it).
+
+    A new or empty directory is fine, and so is one an earlier demo run wrote (it has
+    WORKDIR_MARKER, or, written before the marker existed, only the demo's entries and a
+    demo.yaml whose data is the workdir's own digits).
+    """
+    from latentbeam.errors import ConfigError
+
+    if not os.path.isdir(workdir):
+        if os.path.exists(workdir):
+            raise ConfigError(f"--workdir {workdir} is a file; the demo needs a directory. "
+                              f"Give a new or empty directory (default build/demo).")
+        return
+    entries = sorted(os.listdir(workdir))
+    if not entries:
+        return
+    expected = {
+        "data": _digits_file_names(),
+        "tensorflow_datasets": (DIGITS_TFDS_NAME, "downloads"),  # TFDS makes the latter
+    }
+    foreign = [e for e in entries if e not in WORKDIR_ENTRIES]
+    for sub in ("data", "tensorflow_datasets"):
+        path = os.path.join(workdir, sub)
+        if os.path.isdir(path):
+            foreign += [os.path.join(sub, e) for e in sorted(os.listdir(path))
+                        if e not in expected[sub]]
+        elif os.path.exists(path):
+            foreign.append(sub)
+    if not foreign and WORKDIR_MARKER not in entries and not _earlier_demo_config(workdir):
+        foreign = ["demo.yaml"]  # not a config the demo wrote for this workdir
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise ConfigError(
+            f"--workdir {workdir} holds what the demo did not write ({shown}). The demo writes "
+            f"{', '.join(e for e in WORKDIR_ENTRIES if e != WORKDIR_MARKER)} there, replaces "
+            f"them on each run and trains on every file of data/: give it a new or empty "
+            f"directory (default build/demo), or move those files out.")
+
+
+def _earlier_demo_config(workdir: str) -> bool:
+    """An unmarked workdir's demo.yaml is one the demo wrote: its data is the workdir's digits."""
+    import yaml
+
+    path = os.path.join(workdir, "demo.yaml")
+    if not os.path.exists(path):
+        return True  # nothing of the user's to replace there
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        return raw["data"]["path"] == os.path.join(workdir, DEMO_CONFIG["data"]["path"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
+
+
 def run_demo(workdir: str, top: int = 5, overrides: Sequence[str] = ()) -> int:
     """Digits -> Parquet + TFDS -> 64 -> 2 -> 64 autoencoder -> Beam scoring -> HTML report,
     on one screen.
@@ -159,10 +228,14 @@ def run_demo(workdir: str, top: int = 5, overrides: Sequence[str] = ()) -> int:
     raw = merge_overrides(DEMO_CONFIG, overrides)
     raw["data"] = dict(raw["data"], path=os.path.join(workdir, raw["data"]["path"]))
     from_dict(raw)  # a bad override fails here, before anything is written
+    check_workdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, WORKDIR_MARKER), "w") as f:
+        f.write("latentbeam demo workdir: `latentbeam demo` replaces what it holds\n")
     out = sys.stdout
     data_dir = os.path.join(workdir, "data")
     out.write("== latentbeam demo: 8x8 digits (scikit-learn), autoencoder 64 -> 2 -> 64 ==\n")
-    paths = write_digits_parquet(data_dir, images=True)
+    paths = write_digits_parquet(data_dir, files=DIGITS_FILES, images=True)
     tfds_dir = write_digits_tfds(os.path.join(workdir, "tensorflow_datasets"))
     out.write(f"[1/4] data: 1797 digits as {len(paths)} Parquet files in {data_dir}/\n"
               f"      and as TFDS {DIGITS_TFDS_NAME} (train 1500 / test 297) in {tfds_dir}/\n")

@@ -198,6 +198,52 @@ def test_demo_refuses_a_data_override_and_a_bad_value_before_writing(tmp_path, c
     assert not workdir.exists()
 
 
+def test_demo_refuses_a_workdir_holding_what_it_did_not_write(tmp_path, capsys):
+    import hashlib
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "demo.yaml").write_text("my own notes\n")
+    (mine / "data" / "digits-00000-of-00002.parquet").write_text("not the demo's\n")
+    before = {p: digest(p) for p in mine.rglob("*") if p.is_file()}
+    assert main(["demo", "--workdir", str(mine), "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--workdir {mine} holds what the demo did not write (demo.yaml)" in err
+    assert "give it a new or empty directory" in err
+    assert {p: digest(p) for p in mine.rglob("*") if p.is_file()} == before
+
+    # A marked demo workdir with a file dropped into data/ (training would read it).
+    from latentbeam.demo import WORKDIR_MARKER, check_workdir
+    from latentbeam.errors import ConfigError
+    demo = tmp_path / "demo"
+    (demo / "data").mkdir(parents=True)
+    (demo / WORKDIR_MARKER).write_text("")
+    (demo / "data" / "extra.parquet").write_text("")
+    with pytest.raises(ConfigError, match=r"holds what the demo did not write \(data/extra.parquet\)"):
+        check_workdir(str(demo))
+    (demo / "data" / "extra.parquet").unlink()
+    (demo / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match=r"\(notes.txt\)"):
+        check_workdir(str(demo))
+    (demo / "notes.txt").unlink()
+    check_workdir(str(demo))  # only the demo's own entries: a rerun may replace them
+    # Written before the marker existed: the demo's entries and its own demo.yaml.
+    old = tmp_path / "old"
+    (old / "bundle").mkdir(parents=True)
+    (old / "demo.yaml").write_text(f"data:\n  path: {old}/data/*.parquet\n")
+    check_workdir(str(old))
+    (old / "demo.yaml").write_text(f"data:\n  path: /elsewhere/*.parquet\n")
+    with pytest.raises(ConfigError, match=r"\(demo.yaml\)"):
+        check_workdir(str(old))
+    check_workdir(str(tmp_path / "new"))  # does not exist yet
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_workdir(str(tmp_path / "file"))
+
+
 def test_a_bug_shows_its_traceback_and_where_to_report_it(monkeypatch, capsys):
     from latentbeam import cli
     from latentbeam.errors import BUG_HINT
