@@ -1,5 +1,6 @@
 """Training: reproducible, early stopping keeps the best epoch, every source and model kind."""
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -344,6 +345,21 @@ def test_tensorboard_log_dir_gets_train_and_validation_events(tmp_path, digits_g
     for split in ("train", "validation"):
         events = list((logs / split).glob("events.out.tfevents.*"))
         assert len(events) == 1 and events[0].stat().st_size > 0, split
+
+
+def test_tensorboard_log_dir_inside_the_data_or_the_bundle_is_refused_before_training(
+        tmp_path, digits_dir, digits_glob):
+    from latentbeam.errors import OutputError
+
+    before = sorted(os.listdir(digits_dir))
+    with pytest.raises(OutputError, match=r"train.tensorboard_dir .*/tb \(resolved: .*\) lies "
+                                          r"inside the training data glob's base directory"):
+        train(tiny_config(digits_glob, f"train.tensorboard_dir={digits_dir}/tb"))
+    assert sorted(os.listdir(digits_dir)) == before
+    bundle = tmp_path / "bundle"
+    with pytest.raises(OutputError, match=r"train.tensorboard_dir .* is the bundle output"):
+        train(tiny_config(digits_glob, f"train.tensorboard_dir={bundle}"), str(bundle))
+    assert not bundle.exists()
 
 
 def test_f1_threshold_from_a_binary_label_column_end_to_end(tmp_path):

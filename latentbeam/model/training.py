@@ -49,10 +49,16 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
     """
     t0 = time.time()
     tc = config.train
+    reads = _data_locations(config) if output or tc.tensorboard_dir else []
     if output:
         # Before hours of training: the bundle must not overwrite its data or foreign files.
-        check_bundle_output(output, _data_locations(config))
+        check_bundle_output(output, reads)
     if tc.tensorboard_dir:
+        # TensorBoard's event files must land neither among the data nor in the bundle.
+        from latentbeam import paths
+        paths.check_output(tc.tensorboard_dir,
+                           reads + ([("bundle output", output)] if output else []),
+                           flag="train.tensorboard_dir", cwd=False)
         try:
             import tensorboard  # noqa: F401  (tf.summary needs it at the first epoch end)
         except ImportError as e:
