@@ -362,6 +362,23 @@ def test_tensorboard_log_dir_inside_the_data_or_the_bundle_is_refused_before_tra
     assert not bundle.exists()
 
 
+@pytest.mark.parametrize("label", ["label", None])
+def test_a_diverged_training_is_refused_naming_the_epoch_and_writes_nothing(
+        tmp_path, digits_glob, label):
+    from latentbeam.errors import ConfigError
+
+    bundle = tmp_path / "bundle"
+    config = from_dict({"data": {"path": digits_glob, "label": label}},
+                       ["model.latent_dim=2", "model.hidden_units=[16]", "train.epochs=5",
+                        "train.verbose=0", "train.learning_rate=1e10"])
+    with pytest.raises(ConfigError) as e:
+        train(config, str(bundle))
+    message = str(e.value)
+    assert message.startswith("Training diverged: the loss became inf at epoch 1,")
+    assert "Lower train.learning_rate (now 1e+10, default 0.001)" in message
+    assert not bundle.exists()
+
+
 def test_f1_threshold_from_a_binary_label_column_end_to_end(tmp_path):
     from latentbeam.demo import digits_table
 

@@ -102,12 +102,16 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     t_fit = time.time()
     history = _fit(model, config, source, stats)
     fit_seconds = time.time() - t_fit
+    finite_weights = all(np.isfinite(np.asarray(w)).all() for w in model.get_weights())
+    _check_converged(history.history, finite_weights, config)
 
     width = n_inputs(source.features)
     provisional = Bundle(_provisional_info(source.features,
                                            mc.latent_dim or default_latent_dim(width)), model)
     _set_reference_points(provisional, source, config, stats.rows_by_split["train"])
     scores, labels = _score_calibration_rows(provisional, source, config)
+    _check_converged(history.history, bool(np.isfinite(scores.score).all()), config,
+                     warn=False)
     threshold = fit_threshold(scores.score, thc.method, config.threshold_value(), labels)
     warning = small_calibration_warning(len(scores), thc.method, config.threshold_value())
     if warning:
@@ -120,6 +124,30 @@ def _train(config: Config, output: Optional[str], source, t0: float) -> Bundle:
     log.info("Trained %s: threshold %.6g (%s), written to %s", info.model_version,
              threshold.threshold, threshold.method, output)
     return Bundle(info, model)
+
+
+def _check_converged(hist: dict, finite: bool, config: Config, warn: bool = True) -> None:
+    """Refuses a model that `finite` says is not (its weights, or its calibration scores),
+    naming the epoch where the loss diverged; warns when early stopping kept an earlier,
+    finite epoch instead."""
+    losses = np.asarray(hist.get("loss", []), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    tc = config.train
+    if finite:
+        if len(bad) and warn:
+            log.warning("The training loss became %s at epoch %d; training stopped there and "
+                        "kept the weights of the best earlier epoch. If the bundle scores "
+                        "poorly, lower train.learning_rate (now %g).", losses[bad[0]],
+                        bad[0] + 1, tc.learning_rate)
+        return
+    where = (f"the loss became {losses[bad[0]]} at epoch {bad[0] + 1}" if len(bad) else
+             "the loss stayed finite but the trained model's scores are not")
+    raise ConfigError(
+        f"Training diverged: {where}, so the model scores rows as NaN and no threshold can "
+        f"be set; nothing was written. Lower train.learning_rate (now {tc.learning_rate:g}, "
+        f"default 0.001), use a bounded model.activation (now {config.model.activation!r}), "
+        f"or check the data for values far beyond the others (training warns about "
+        f"such inputs).")
 
 
 def _scan(config: Config, source) -> data_mod.DataStats:
@@ -277,7 +305,8 @@ def _callbacks(config: Config, n_val: int) -> list:
     import keras
 
     tc = config.train
-    callbacks = []
+    # A NaN or inf loss ends training at once (the weights it leaves are checked after).
+    callbacks = [keras.callbacks.TerminateOnNaN()]
     if n_val:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=tc.patience, restore_best_weights=True))
