@@ -41,8 +41,12 @@ def local_path(path: str) -> str:
     return path
 
 
-def native(path: str) -> str:
+def native(path: str, *, io: bool = True) -> str:
     """`path` as Beam's FileSystems take it: `file://` spelled as the local path it names.
+
+    Args:
+      io: the path is about to be read, written or listed (not only spelled or joined):
+        the filesystem's client library must be installed too.
 
     Raises:
       InputError: no Beam filesystem handles the path's scheme (a missing extra).
@@ -50,20 +54,42 @@ def native(path: str) -> str:
     if path.startswith(FILE_SCHEME):
         return local_path(path)
     if "://" in path:
+        scheme = path.split("://", 1)[0]
         try:
             FileSystems.get_filesystem(path)
         except ValueError as e:
-            scheme = path.split("://", 1)[0]
-            raise InputError(
-                f"{path}: no Beam filesystem handles {scheme}:// in this Python. Install the "
-                f"Beam extra for it (gs://: pip install 'apache-beam[gcp]', s3://: "
-                f"'apache-beam[aws]', azfs://: 'apache-beam[azure]') or use a local path."
-            ) from e
+            raise InputError(_no_filesystem(path, scheme)) from e
+        # Beam registers these filesystems whether or not their client library is there,
+        # and fails only at the first call, deep inside a job.
+        client = _CLIENT_MODULES.get(scheme.lower())
+        if io and client and not _importable(client):
+            raise InputError(_no_filesystem(path, scheme, client))
     return path
 
 
+# The client library each cloud filesystem of Beam needs (installed by its Beam extra).
+_CLIENT_MODULES = {"gs": "google.cloud.storage", "s3": "boto3", "azfs": "azure.storage.blob"}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing
+        return False
+
+
+def _no_filesystem(path: str, scheme: str, client: str = "") -> str:
+    what = (f"Beam's {scheme}:// filesystem needs {client}, which this Python does not have"
+            if client else f"no Beam filesystem handles {scheme}:// in this Python")
+    return (f"{path}: {what}. Install the "
+            f"Beam extra for it (gs://: pip install 'apache-beam[gcp]', s3://: "
+            f"'apache-beam[aws]', azfs://: 'apache-beam[azure]') or use a local path.")
+
+
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(native(base), *parts)
+    return FileSystems.join(native(base, io=False), *parts)
 
 
 def exists(path: str) -> bool:
@@ -123,7 +149,7 @@ def pattern_head(pattern: str) -> Optional[str]:
     """The fixed directory of a glob, as matched paths spell it: its part before the first
     glob character, up to and including the last `/`. None for a pattern without glob
     characters (it names a file)."""
-    p = native(pattern)
+    p = native(pattern, io=False)
     cut = min((p.index(c) for c in GLOB_CHARS if c in p), default=None)
     return None if cut is None else p[:p.rfind("/", 0, cut) + 1]
 

@@ -1,5 +1,6 @@
 """latentbeam.paths: two spellings of one place compare equal; overlaps are refused."""
 import os
+import re
 
 import pytest
 
@@ -102,6 +103,14 @@ def test_file_urls_are_the_local_paths_they_name_and_unknown_schemes_name_the_ex
     with pytest.raises(InputError, match=r"zz://b/x: no Beam filesystem handles zz://.*"
                                          r"apache-beam\[gcp\]"):
         fs.exists("zz://b/x")
+    # Beam registers gs:// and s3:// without their client libraries, which then fail deep
+    # inside a job; this test environment installs neither extra.
+    for path, client in (("gs://b/x/*.parquet", "google.cloud.storage"), ("s3://b/x", "boto3")):
+        with pytest.raises(InputError, match=rf"^{re.escape(path)}: Beam's .*:// filesystem "
+                                             rf"needs {client}, which this Python does not "
+                                             rf"have\. Install .*apache-beam\[aws\]"):
+            fs.native(path)
+        assert fs.join(path.rsplit("/", 1)[0], "y") == path.rsplit("/", 1)[0] + "/y"
 
 
 @pytest.mark.parametrize("pattern, path, visible", [
