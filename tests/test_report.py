@@ -379,6 +379,15 @@ def test_cli_report_prints_where_to_open_it(tmp_path, capsys, tiny_image_bundle_
     assert main(["report", "--bundle", tiny_image_bundle_dir, "--scored", batch_scored,
                  "--output", out, "--label-column", "nope"]) == 2
     assert "Label column 'nope' is not in" in capsys.readouterr().err
+    assert main(["report", "--bundle", tiny_image_bundle_dir, "--scored", batch_scored,
+                 "--output", out, "--label-column", "latent"]) == 2
+    assert "Label column 'latent' of " in capsys.readouterr().err
+    # A score column as the label: the sample keeps it under both names.
+    s = summarize_scored(batch_scored, sample_rows=300, label_column="is_anomaly")
+    assert s.sample["label"].tolist() == s.sample["is_anomaly"].tolist()
+    assert len(s.sample["latent"]) == 300 and s.sample["is_anomaly"].sum() > 0
+    assert main(["report", "--bundle", tiny_image_bundle_dir, "--scored", batch_scored,
+                 "--output", out, "--label-column", "is_anomaly"]) == 0
 
 
 # ----------------------------------------------------------------------------- chromium

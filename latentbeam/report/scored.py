@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 
 from latentbeam import fs
 from latentbeam.errors import InputError
@@ -256,6 +257,12 @@ def _summarize(location, files: List[ScoredFile], threshold, top_n, sample_rows,
     if label_column is not None and label_column not in columns:
         raise InputError(f"Label column {label_column!r} is not in {files[0].path} (columns: "
                          f"{', '.join(columns)}). Pass --label-column one of them, or none.")
+    if label_column is not None:
+        kind = files[0].metadata.schema.to_arrow_schema().field(label_column).type
+        if pa.types.is_nested(kind):
+            raise InputError(f"Label column {label_column!r} of {files[0].path} holds {kind} "
+                             f"values; the latent map is coloured by one value per row. Pass "
+                             f"--label-column a column of numbers or text, or none.")
     lo, hi = _score_range(files)
     edges = make_edges(lo * threshold, hi * threshold, FINE_BINS)
     hist = np.zeros(FINE_BINS, np.int64)
