@@ -268,6 +268,28 @@ def test_cli_score_prints_the_summary_and_refuses_a_full_directory(tmp_path, cap
     assert main(args + ["--overwrite"]) == 0
 
 
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_cli_score_with_a_damaged_model_file_fails_in_one_line_before_the_job(
+        tmp_path, capfd, tiny_bundle_dir, digits_glob, damage):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dir, bundle)
+    model = bundle / "model.keras"
+    if damage == "truncate":
+        model.write_bytes(model.read_bytes()[:1000])
+    else:
+        model.unlink()
+    out = tmp_path / "out"
+    for command in (["score", "--input", digits_glob], ["stream", "--watch", str(tmp_path / "w")]):
+        (tmp_path / "w").mkdir(exist_ok=True)
+        assert main([command[0], "--bundle", str(bundle), *command[1:], "--output", str(out)]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        expected = ("does not match bundle.json: sha256" if damage == "truncate"
+                    else f"Bundle {bundle} has no model.keras")
+        assert expected in err
+        assert not out.exists()
+
+
 def test_cli_decode_and_input_inside_output_is_refused(tmp_path, capsys, scored,
                                                        tiny_bundle_dir):
     src, _ = scored
