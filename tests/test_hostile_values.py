@@ -254,6 +254,9 @@ def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
         f"<value out of range: {2 ** 62}>"
     assert json.loads(by["e-text.parquet"]["payload"])["truncated"] is True
     assert "has type struct<a: double>, expected a number" in by["f-struct.parquet"]["detail"]
+    # The file's own columns (label is read by no one here), not the job's projection.
+    assert ("feature column 'pixel_06' is missing (columns present: id, label, pixel_00, "
+            "pixel_01") in by["g-missing.parquet"]["detail"]
     assert max(len(d["detail"]) for d in dead.to_pylist()) < 600  # clipped, not the input's size
     # The int64 2**62 row is scored (finite) and flagged; its score matches the core.
     ints = scored.filter(pa.compute.is_in(scored.column("id"), pa.array([103]))).to_pylist()[0]

@@ -90,10 +90,12 @@ def test_empty_glob_missing_label_and_mismatched_files_are_errors(tmp_path, tabl
                                          r"Available columns: id, y, a, b, v."):
         ParquetSource(pattern, label="is_fraud")
     pq.write_table(pa.table({"a": [1.0, 2.0]}), str(tmp_path / "0.parquet"))
-    pq.write_table(pa.table({"b": [1.0, 2.0]}), str(tmp_path / "1.parquet"))
+    pq.write_table(pa.table({"b": [1.0, 2.0], "id": [1, 2]}), str(tmp_path / "1.parquet"))
     source = ParquetSource(str(tmp_path / "*.parquet"))
-    with pytest.raises(ValueError, match=r"1.parquet: .*All training files must share the feature "
-                                         r"columns of .*0.parquet"):
+    # The message lists the file's own columns (a rename shows), not the projection's.
+    with pytest.raises(ValueError, match=r"1.parquet: feature column 'a' is missing \(columns "
+                                         r"present: b, id\)\. All training files must share "
+                                         r"the feature columns of .*0.parquet"):
         collect(source)
 
 

@@ -11,6 +11,7 @@ structs, binary, ...) is a whole-batch `wrong_type` fault.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -180,6 +181,18 @@ class Conversion:
     # (n_valid, n_inputs) bool, False where a value is missing (matrix holds NaN there);
     # None when every value of the valid rows is present. Only with `allow_missing`.
     observed: Optional[np.ndarray] = None
+
+
+# Schema metadata key of a projected batch: the JSON list of every column of its file.
+FILE_COLUMNS_KEY = b"latentbeam.file_columns"
+
+
+def file_columns(batch) -> List[str]:
+    """The columns of the file a batch was read from (its own names unless projected)."""
+    meta = batch.schema.metadata or {}
+    if FILE_COLUMNS_KEY in meta:
+        return json.loads(meta[FILE_COLUMNS_KEY])
+    return list(batch.schema.names)
 
 
 class SchemaMismatch(InputError):
@@ -385,7 +398,7 @@ def _fill_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature],
         if f.name not in names:
             raise SchemaMismatch(
                 f"feature column {f.name!r} is missing (columns present: "
-                f"{clip(', '.join(names), 400)})", REASON_MISSING_COLUMN)
+                f"{clip(', '.join(file_columns(batch)), 400)})", REASON_MISSING_COLUMN)
         values = _column_to_array(batch.column(names.index(f.name)), f, n, bad, hard)
         block = matrix[:, offset:offset + f.size]
         with np.errstate(over="ignore", invalid="ignore"):

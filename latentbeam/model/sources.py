@@ -7,6 +7,7 @@ the same `to_matrix` validation. Imports no TensorFlow until a TFDS split is rea
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -18,7 +19,7 @@ from latentbeam import fs
 from latentbeam.config import DEFAULT_BATCH_ROWS
 from latentbeam.errors import InputError
 from latentbeam.model.arrow_types import list_array
-from latentbeam.model.features import Feature
+from latentbeam.model.features import FILE_COLUMNS_KEY, Feature
 
 TFDS_PREFIX = "tfds:"
 
@@ -47,9 +48,16 @@ def parquet_batches(path: str, *, columns: Optional[Sequence[str]] = None,
                 raise UnreadableFile(f"{path}: not a readable Parquet file ({e})") from e
             present = pf.schema_arrow.names
             cols = None if columns is None else [c for c in columns if c in present]
+            # A projection that left a requested column out: the batches carry the file's
+            # own column names, so the message about the missing one can list them.
+            meta = ({FILE_COLUMNS_KEY: json.dumps(present).encode()}
+                    if cols is not None and len(cols) < len(columns) else None)
             offset = 0
             try:
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                    if meta:
+                        batch = batch.replace_schema_metadata(
+                            {**(batch.schema.metadata or {}), **meta})
                     yield offset, batch
                     offset += batch.num_rows
             except (pa.ArrowException, OSError) as e:
