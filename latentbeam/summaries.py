@@ -57,7 +57,8 @@ def format_stream_summary(summary: StreamSummary) -> str:
             f"in total)",
             f"rows read:            {summary.rows_read}",
             f"rows scored:          {summary.rows_scored}",
-            f"dead letters:         {summary.dead_letters}",
+            f"rows dead-lettered:   {summary.rows_dead_lettered}",
+            f"files dead-lettered:  {summary.files_dead_lettered}",
         ]
     lines.append(f"output:               {summary.output}")
     return "\n".join(lines)

@@ -277,11 +277,16 @@ def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
 
 
 def test_the_stream_scores_the_same_rows_and_never_crashes(tmp_path, hostile_dir,
-                                                           tiny_bundle_dir):
+                                                           tiny_bundle_dir, capsys):
     out = str(tmp_path / "out")
     assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", hostile_dir,
                      "--output", out, "--window-seconds", "60", "--poll-seconds", "0.5",
                      "--stop-after-seconds", "2", "--key-columns", "id"]) == 0
+    # Rows and whole files apart, as the batch job counts them: 90 = 85 + 5.
+    summary = capsys.readouterr().out
+    for line in ("rows read:            90", "rows scored:          85",
+                 "rows dead-lettered:   5", "files dead-lettered:  2"):
+        assert line in summary, summary
     assert sorted(pd.read_parquet(out)["id"].tolist()) == EXPECTED_IDS
     assert sorted(r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{out}')")
                   .fetchall()) == EXPECTED_IDS

@@ -153,7 +153,8 @@ class StreamSummary:
     manifest_files: int = 0  # sources in the manifest in total
     rows_read: int = 0
     rows_scored: int = 0
-    dead_letters: int = 0
+    rows_dead_lettered: int = 0  # rows_read = rows_scored + rows_dead_lettered
+    files_dead_lettered: int = 0  # files unusable as a whole (their rows are not read)
 
 
 __all__ = ["DecodeJob", "FileJob", "JobSummary", "MAX_WINDOW_SECONDS", "ScoreJob", "StreamJob",

@@ -176,11 +176,15 @@ def _summary(job: StreamJob, started: float, state: str) -> StreamSummary:
         return StreamSummary(output=job.output, state=state, seconds=seconds, watched=False)
     manifest: Dict[str, dict] = read_manifest(job.output)
     new = [e for e in manifest.values() if e.get("completed_at", 0) >= started]
+    # A file unusable as a whole has one dead letter and no rows read (as in the batch job).
+    whole = [int(e.get("rows", 0)) == 0 and int(e.get("dead_letters", 0)) > 0 for e in new]
     return StreamSummary(
         output=job.output, state=state, seconds=seconds, watched=True, files_scored=len(new),
         manifest_files=len(manifest), rows_read=sum(int(e.get("rows", 0)) for e in new),
         rows_scored=sum(int(e.get("scored", 0)) for e in new),
-        dead_letters=sum(int(e.get("dead_letters", 0)) for e in new))
+        rows_dead_lettered=sum(int(e.get("dead_letters", 0))
+                               for e, w in zip(new, whole) if not w),
+        files_dead_lettered=sum(whole))
 
 
 __all__ = ["StreamOutputs", "build_stream", "pipeline_options", "run_stream", "stream_reads",
