@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from latentbeam.model.features import (REASON_NON_NUMERIC, REASON_NOT_FINITE, REASON_NULL,
+                                       REASON_OUT_OF_RANGE,
                                        REASON_WRONG_LENGTH, Feature, SchemaMismatch,
                                        infer_features, n_inputs, row_payload, to_matrix)
 
@@ -109,12 +110,18 @@ def test_first_fault_of_a_row_wins():
 
 
 def test_string_column_with_some_non_numeric_values():
-    batch = pa.table({"s": ["1.5", "abc", None, "inf", " 2 ", ""]})
+    batch = pa.table({"s": ["1.5", "abc", None, "inf", " 2 ", "", "-1e400", " -Infinity",
+                            "1e39"]})
     conv = to_matrix(batch, [Feature("s", "float64")])
+    beyond = "is beyond float32's range (|x| <= 3.403e+38)"
     assert conv.faults == [(1, REASON_NON_NUMERIC, "column 's' value 'abc' is not a number"),
                            (2, REASON_NULL, "column 's' is null"),
                            (3, REASON_NOT_FINITE, "column 's' is inf"),
-                           (5, REASON_NON_NUMERIC, "column 's' value '' is not a number")]
+                           (5, REASON_NON_NUMERIC, "column 's' value '' is not a number"),
+                           # A number written out is out of range, even past float64's.
+                           (6, REASON_OUT_OF_RANGE, f"column 's' value '-1e400' {beyond}"),
+                           (7, REASON_NOT_FINITE, "column 's' is -inf"),
+                           (8, REASON_OUT_OF_RANGE, f"column 's' value 1e+39 {beyond}")]
     np.testing.assert_array_equal(conv.matrix, [[1.5], [2.0]])
 
 

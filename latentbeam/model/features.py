@@ -272,6 +272,12 @@ def _text_column(column, name: str, n: int, bad: Dict[int, Tuple[str, str]],
         except (ValueError, OverflowError):
             _fault(bad, hard, i, REASON_NON_NUMERIC,
                    f"column {name!r} value {echo(s)} is not a number")
+            continue
+        if np.isinf(values[i]) and s.strip().lstrip("+-").lower() not in ("inf", "infinity"):
+            # "1e400": a finite number written out, beyond even float64's range.
+            _fault(bad, hard, i, REASON_OUT_OF_RANGE,
+                   f"column {name!r} value {echo(s)} is beyond float32's range "
+                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
     return values.reshape(n, 1)
 
 
