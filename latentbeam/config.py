@@ -29,6 +29,9 @@ MODEL_KINDS = ("dense", "conv2d")
 # gives every input one scale: all columns are one measurement in one unit (a table of
 # pixel columns, a spectrum, an array of like sensors).
 NORMALIZATIONS = ("auto", "per_input", "per_feature", "shared")
+# A few of the activations Keras knows by name, shown when `model.activation` is not one.
+ACTIVATION_EXAMPLES = ("relu", "elu", "gelu", "selu", "silu", "tanh", "sigmoid",
+                       "softplus", "leaky_relu", "linear")
 THRESHOLD_METHODS = ("quantile", "contamination", "mad", "mean_std", "f1")
 # Default `threshold.value` per method (quantile level, anomaly fraction, k for MAD,
 # k for the standard deviation; f1 takes no value).
@@ -239,6 +242,7 @@ def _validate_data(d: DataConfig) -> None:
 def _validate_model(m: ModelConfig) -> None:
     _check_choice(m.kind, MODEL_KINDS, "model.kind")
     _check_choice(m.normalization, NORMALIZATIONS, "model.normalization")
+    _check_activation(m.activation)
     if m.latent_dim is not None and m.latent_dim < 1:
         raise ConfigError(f"Received an invalid value for `model.latent_dim`, expected a "
                           f"positive integer. Received: model.latent_dim={m.latent_dim}")
@@ -253,6 +257,19 @@ def _validate_model(m: ModelConfig) -> None:
                    ("model.kl_weight", m.kl_weight)):
         if v < 0:
             raise ConfigError(f"`{key}` must be >= 0. Received: {v}")
+
+
+def _check_activation(name: str) -> None:
+    """Refuses an activation Keras does not know, before training builds the model."""
+    import keras  # here, not at import: reading a config needs no TensorFlow otherwise
+
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+             f"Received an invalid value for `model.activation`, expected the name of a Keras "
+             f"activation such as {', '.join(ACTIVATION_EXAMPLES)}. "
+             f"Received: model.activation={echo(name)}") from e
 
 
 def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:

@@ -76,6 +76,10 @@ def test_train_warns_once_about_an_input_that_one_extreme_value_stretches(tmp_pa
     ("data:\n  path: x\n", ["--set", "train.epochs=many"],
      "{config}: `train.epochs` expects an integer, received: 'many'"),
     ("data:\n  source: parquet\n", [], "{config}: `data.source: parquet` needs `data.path`"),
+    # Refused before training, not as a Keras traceback when the model is built.
+    ("data:\n  path: x\n", ["--set", "model.activation=relux"],
+     "{config}: Received an invalid value for `model.activation`, expected the name of a Keras "
+     "activation such as relu, elu, "),
 ])
 def test_a_bad_config_is_one_line_and_exit_code_2(tmp_path, config_text, extra, message):
     config = tmp_path / "bad.yaml"

@@ -121,6 +121,11 @@ def test_a_non_mapping_section_or_file_is_rejected():
     (DATA, ["model.kind=lstm"], "expected one of dense, conv2d. Received: model.kind='lstm'"),
     (DATA, ["model.latent_dim=0"], "expected a positive integer. Received: model.latent_dim=0"),
     (DATA, ["model.hidden_units=[8, 0]"], "Received: model.hidden_units=[8, 0]"),
+    (DATA, ["model.activation=relux"],
+     "Received an invalid value for `model.activation`, expected the name of a Keras activation "
+     "such as relu, elu, gelu, selu, silu, tanh, sigmoid, softplus, leaky_relu, linear. "
+     "Received: model.activation='relux'"),
+    (DATA, ["model.activation=''"], "Received: model.activation=''"),
     (DATA, ["model.dropout=1.0"], "`model.dropout` must be in [0, 1). Received: 1.0"),
     (DATA, ["train.cache_mb=-1"], "`train.patience` and `train.cache_mb` >= 0"),
     (DATA, ["train.validation_fraction=0.5"],
