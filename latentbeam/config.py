@@ -44,6 +44,16 @@ DEFAULT_THRESHOLD_VALUES = {
 }
 
 
+# Seeds are numpy's (`np.random.default_rng`, Keras' seeding): integers in [0, 2**32 - 1].
+MAX_SEED = 2 ** 32 - 1
+
+
+def check_seed(seed: int, name: str) -> None:
+    """Refuses a seed outside [0, 2**32 - 1]; `name` is how the user gave it."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32 - 1]. Received: {seed}")
+
+
 DEFAULT_BATCH_ROWS = 8192  # rows per Arrow record batch read (training, scoring, streaming)
 
 
@@ -290,8 +300,7 @@ def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:
     if t.shuffle_buffer < 0:
         raise ConfigError(f"`train.shuffle_buffer` must be >= 0 (0: rows are shuffled within "
                           f"each record batch read). Received: {t.shuffle_buffer}")
-    if not 0 <= t.seed < 2 ** 32:
-        raise ConfigError(f"`train.seed` must be an integer in [0, 2**32 - 1]. Received: {t.seed}")
+    check_seed(t.seed, "`train.seed`")
 
 
 def _validate_score(sc: ScoreConfig) -> None:

@@ -150,6 +150,18 @@ def test_generate_rejects_zero_samples(tmp_path, tiny_bundle_dir, capsys):
     assert "--num-samples must be >= 1. Received: 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_generate_refuses_a_seed_numpy_cannot_take(tmp_path, tiny_bundle_dir, capsys, seed):
+    out = tmp_path / "g"
+    assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "3",
+                 "--output", str(out), "--seed", seed]) == 2
+    assert capsys.readouterr().err == (f"latentbeam generate: error: --seed must be an integer "
+                                       f"in [0, 2**32 - 1]. Received: {seed}\n")
+    assert not out.exists()
+    assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "3",
+                 "--output", str(out), "--seed", str(2 ** 32 - 1)]) == 0
+
+
 def test_demo_end_to_end_and_again_in_the_same_workdir(tmp_path, capfd):
     from latentbeam.cli import main
 

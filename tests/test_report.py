@@ -390,6 +390,17 @@ def test_cli_report_prints_where_to_open_it(tmp_path, capsys, tiny_image_bundle_
                  "--output", out, "--label-column", "is_anomaly"]) == 0
 
 
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_cli_report_refuses_a_seed_numpy_cannot_take(tmp_path, capsys, tiny_image_bundle_dir,
+                                                     seed):
+    out = tmp_path / "report"
+    assert main(["report", "--bundle", tiny_image_bundle_dir, "--output", str(out),
+                 "--seed", seed]) == 2
+    assert capsys.readouterr().err == (f"latentbeam report: error: --seed must be an integer "
+                                       f"in [0, 2**32 - 1]. Received: {seed}\n")
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- chromium
 
 def _screenshot_module():

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from latentbeam import fs, outputs, paths
+from latentbeam.config import check_seed
 from latentbeam.errors import ConfigError
 from latentbeam.pipeline.layout import PARTIAL_SUFFIX
 from latentbeam.pipeline.parquet_out import ParquetOutput
@@ -48,6 +49,7 @@ def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int =
 
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1. Received: {num_samples}")
+    check_seed(seed, "--seed")
     paths.check_output(output, [("bundle", bundle_path)])
     replace = outputs.check_output_dir(output, overwrite)
     bundle = load_bundle(bundle_path)

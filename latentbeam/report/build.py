@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from latentbeam import fs
+from latentbeam.config import check_seed
 from latentbeam.errors import ConfigError
 from latentbeam.model.features import input_names
 from latentbeam.report.bundle_views import calibration_section, generator_section, model_section
@@ -66,6 +67,7 @@ def build_report(bundle_path: str, output: str, *, scored: Optional[str] = None,
     if top_n < 1 or sample_rows < 1:
         raise ConfigError(f"--top and --sample-rows must be >= 1. Received: top={top_n}, "
                           f"sample_rows={sample_rows}")
+    check_seed(seed, "--seed")
     t0 = time.time()
     _check_output(output, bundle_path, scored)
     summary_info = bundle_summary(bundle_path)
