@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
+
+from latentbeam.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +276,12 @@ def epoch_progress(epochs: int, verbose: int, line: ProgressLine):
 
 def progress_line(args) -> ProgressLine:
     """The ProgressLine of a command's `--quiet` / `--progress-seconds` flags."""
-    return ProgressLine(interval=getattr(args, "progress_seconds", 10.0),
-                        enabled=not getattr(args, "quiet", False))
+    interval = getattr(args, "progress_seconds", 10.0)
+    # 0, a negative or NaN interval would print a line on every poll, many per second.
+    if not (math.isfinite(interval) and interval > 0):
+        raise ConfigError(f"--progress-seconds must be a finite number of seconds > 0 (default "
+                          f"10). Received: {interval}")
+    return ProgressLine(interval=interval, enabled=not getattr(args, "quiet", False))
 
 
 def input_sizes(sources: List[str]) -> Dict[str, int]:

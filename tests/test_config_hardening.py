@@ -120,3 +120,40 @@ def test_stream_time_flags_must_be_finite(tmp_path, capsys, tiny_bundle_dir, fla
                  "--output", str(tmp_path / "out"), flag, value]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--early-firing-seconds", "-1", "--early-firing-seconds must be > 0; leave it out for no "
+                                     "early firings. Received: -1.0"),
+    ("--early-firing-seconds", "0", "--early-firing-seconds must be > 0; leave it out for no "
+                                    "early firings. Received: 0.0"),
+    ("--early-firing-seconds", "inf", "--early-firing-seconds must be a finite number of "
+                                      "seconds. Received: inf"),
+    ("--bundle-poll-seconds", "0", "--bundle-poll-seconds must be > 0; leave it out for a "
+                                   "re-check every --poll-seconds. Received: 0.0"),
+    ("--bundle-poll-seconds", "-2", "--bundle-poll-seconds must be > 0; leave it out for a "
+                                    "re-check every --poll-seconds. Received: -2.0"),
+    ("--bundle-poll-seconds", "nan", "--bundle-poll-seconds must be a finite number of "
+                                     "seconds. Received: nan"),
+])
+def test_stream_firing_and_bundle_poll_intervals_must_be_positive(tmp_path, capsys,
+                                                                  tiny_bundle_dir, flag, value,
+                                                                  message):
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out"), flag, value]) == 2
+    assert capsys.readouterr().err == f"latentbeam stream: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["score", "decode", "stream"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_progress_seconds_must_be_a_positive_finite_interval(tmp_path, capsys, tiny_bundle_dir,
+                                                             digits_glob, command, value):
+    # 0 used to print a progress line on every poll: tens of thousands of lines.
+    source = ["--watch", digits_glob] if command == "stream" else ["--input", digits_glob]
+    assert main([command, "--bundle", tiny_bundle_dir, *source, "--output",
+                 str(tmp_path / "out"), "--progress-seconds", value]) == 2
+    assert capsys.readouterr().err == (
+        f"latentbeam {command}: error: --progress-seconds must be a finite number of seconds "
+        f"> 0 (default 10). Received: {float(value)}\n")
+    assert not (tmp_path / "out").exists()

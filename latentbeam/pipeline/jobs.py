@@ -121,6 +121,12 @@ class StreamJob:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0. Received: "
                                  f"{getattr(self, name)}")
+        for name, unset in (("early_firing_seconds", "no early firings"),
+                            ("bundle_poll_seconds", "a re-check every --poll-seconds")):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0; leave it out for "
+                                 f"{unset}. Received: {value}")
         if self.allowed_lateness_seconds < 0:
             raise ConfigError(f"--allowed-lateness-seconds must be >= 0. Received: "
                              f"{self.allowed_lateness_seconds}")
