@@ -205,6 +205,33 @@ def test_rethreshold_from_the_stored_calibration(copy, tiny_bundle):
     assert load_bundle_info(copy).model_version == tiny_bundle.info.model_version
 
 
+@pytest.mark.parametrize("method, keys", [("mad", ("median", "mad")),
+                                          ("mean_std", ("mean", "std"))])
+def test_rethreshold_refuses_a_computed_threshold_beyond_float32(copy, tmp_path, capsys,
+                                                                 tiny_bundle, method, keys):
+    # Sealed, it would be inf in float32 at scoring time: every anomaly_score 0.
+    cal = tiny_bundle.info.calibration
+    computed = cal[keys[0]] + 1e308 * cal[keys[1]]
+    with open(os.path.join(copy, BUNDLE_FILE), "rb") as f:
+        before = f.read()
+    out = str(tmp_path / "big")
+    assert main(["rethreshold", "--bundle", copy, "--method", method, "--value", "1e308",
+                 "--output", out]) == 2
+    assert capsys.readouterr().err == (
+        f"latentbeam rethreshold: error: --method {method} --value 1e+308 gives a threshold of "
+        f"{computed:.6g}, beyond float32's range, the scores' type (at most 3.4e38): every "
+        f"anomaly_score would be 0 and no row flagged. Pass a smaller --value, or an explicit "
+        f"--threshold.\n")
+    assert not os.path.exists(out)
+    with pytest.raises(ValueError, match=r"--method .* gives a threshold of"):
+        rethreshold(copy, method=method, value=1e308)  # in place: refused too
+    with open(os.path.join(copy, BUNDLE_FILE), "rb") as f:
+        assert f.read() == before
+    # Within float32's range it is sealed as before.
+    _, big = rethreshold(copy, method=method, value=1e30, output=out)
+    assert big.threshold.threshold == pytest.approx(cal[keys[0]] + 1e30 * cal[keys[1]])
+
+
 def test_estimated_flagged_fraction_interpolates_the_stored_quantiles():
     cal = {"quantiles": {"0.5": 1.0, "0.9": 2.0, "0.99": 4.0}, "max": 8.0}
     assert estimated_flagged_fraction(cal, 2.0) == pytest.approx(0.1)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from latentbeam.errors import ConfigError
 from latentbeam.model import data as data_mod
 from latentbeam.model import score
 from latentbeam.model.calibration import (MAD_SCALE, QUANTILE_LEVELS, calibration_summary,
@@ -76,6 +77,20 @@ def test_other_errors_and_the_positive_floor():
     # All-zero errors (a perfect fit) still give a positive threshold: score = error / threshold.
     t = fit_threshold(np.zeros(10), "quantile", 0.99)
     assert t.threshold == np.finfo(np.float32).tiny
+
+
+@pytest.mark.parametrize("method", ["mad", "mean_std"])
+def test_a_threshold_beyond_float32_is_refused_before_it_is_sealed(method):
+    # Scores are float32: this threshold would be inf there and every anomaly_score 0.
+    errors = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    with pytest.raises(ConfigError) as e:
+        fit_threshold(errors, method, 1e308)
+    computed = fit_threshold(errors, method, 1.0)
+    center, spread = computed.parameters.values()
+    assert str(e.value) == (
+        f"`threshold.method: {method}` with `threshold.value: 1e+308` gives a threshold of "
+        f"{center + 1e308 * spread:.6g}, beyond float32's range, the scores' type (at most "
+        f"3.4e38): every anomaly_score would be 0 and no row flagged. Lower `threshold.value`.")
 
 
 def test_calibration_summary_quantiles_and_label_metrics():

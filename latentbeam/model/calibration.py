@@ -56,9 +56,26 @@ def fit_threshold(errors: np.ndarray, method: str, value: Optional[float],
     else:
         raise ConfigError(f"Unknown threshold method {method!r}; expected quantile, "
                           f"contamination, mad, mean_std or f1.")
-    # A threshold must be positive for anomaly_score = score / threshold to be defined.
-    t = max(t, float(np.finfo(np.float32).tiny))
+    t = usable_threshold(t, f"`threshold.method: {method}` with `threshold.value: {value}`",
+                         "Lower `threshold.value`.")
     return Threshold(method=method, value=value, threshold=t, parameters=params)
+
+
+def usable_threshold(t: float, how: str, fix: str) -> float:
+    """`t` raised to float32's smallest normal number, or ConfigError when it is not finite
+    or beyond float32's largest.
+
+    Scores are float32 and anomaly_score = score / threshold: a threshold must be > 0 to
+    define it, and past 3.4e38 it is inf in float32, so every anomaly_score would be 0.
+    `how` names what computed `t` and `fix` says what to change (one sentence each).
+    """
+    # A threshold must be positive for anomaly_score = score / threshold to be defined.
+    t = max(float(t), float(np.finfo(np.float32).tiny))  # NaN stays NaN
+    if not t <= float(np.finfo(np.float32).max):
+        raise ConfigError(f"{how} gives a threshold of {t:.6g}, beyond float32's range, the "
+                          f"scores' type (at most 3.4e38): every anomaly_score would be 0 and "
+                          f"no row flagged. {fix}")
+    return t
 
 
 def small_calibration_warning(rows: Optional[int], method: str,

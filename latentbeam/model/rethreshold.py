@@ -25,7 +25,7 @@ from latentbeam.model.bundle import (COMPUTED_KEYS, BundleInfo, Threshold,
                                      load_bundle, model_version, read_verified_files,
                                      scoring_meta)
 from latentbeam.model.bundle_write import write_bundle
-from latentbeam.model.calibration import small_calibration_warning
+from latentbeam.model.calibration import small_calibration_warning, usable_threshold
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
         if value is None or not 0.0 < value < 1.0:
             raise ConfigError(f"--value for {method} must be in (0, 1). Received: {value}")
         level = value if method == "quantile" else 1.0 - value
-        return Threshold(method, value, _positive(quantile(level, f"{method} {value:g}")), {})
+        t = quantile(level, f"{method} {value:g}")
+        return Threshold(method, value, _usable(method, value, t), {})
     if method in ("mad", "mean_std"):
         if value is None or not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--value for {method} is k > 0. Received: {value}")
@@ -72,7 +73,7 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
                  f"(bundles trained before they were stored); {method} needs them. Pass an "
                  f"explicit --threshold, or re-train the bundle.")
         center, spread = params[keys[0]], params[keys[1]]
-        return Threshold(method, value, _positive(center + value * spread),
+        return Threshold(method, value, _usable(method, value, center + value * spread),
                          {keys[0]: center, keys[1]: spread})
     if method == "f1":
         raise BundleError("The f1 threshold needs the labelled calibration rows, which a bundle "
@@ -82,8 +83,10 @@ def threshold_from_calibration(info: BundleInfo, method: str, value: Optional[fl
                       f"mad, mean_std (or an explicit --threshold).")
 
 
-def _positive(t: float) -> float:
-    return max(float(t), float(np.finfo(np.float32).tiny))
+def _usable(method: str, value: float, t: float) -> float:
+    """The computed threshold, checked as an explicit --threshold is (float32's range)."""
+    return usable_threshold(t, f"--method {method} --value {value:g}",
+                            "Pass a smaller --value, or an explicit --threshold.")
 
 
 def estimated_flagged_fraction(calibration: Dict[str, Any], threshold: float) -> float:
