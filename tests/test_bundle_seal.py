@@ -232,6 +232,20 @@ def test_rethreshold_refuses_a_computed_threshold_beyond_float32(copy, tmp_path,
     assert big.threshold.threshold == pytest.approx(cal[keys[0]] + 1e30 * cal[keys[1]])
 
 
+def test_rethreshold_refuses_a_value_beside_an_explicit_threshold(copy, capsys, tiny_bundle):
+    # --value would be dropped silently: the threshold is used as given.
+    with open(os.path.join(copy, BUNDLE_FILE), "rb") as f:
+        before = f.read()
+    assert main(["rethreshold", "--bundle", copy, "--threshold", "1", "--value", "3"]) == 2
+    assert capsys.readouterr().err == (
+        "latentbeam rethreshold: error: --value is the parameter of --method; --threshold "
+        "takes none. Received: --threshold 1.0 --value 3.0. Drop --value, or pass --method M "
+        "--value V instead of --threshold.\n")
+    with open(os.path.join(copy, BUNDLE_FILE), "rb") as f:
+        assert f.read() == before
+    assert sorted(os.listdir(os.path.dirname(copy))) == ["b"]  # no staging left
+
+
 def test_estimated_flagged_fraction_interpolates_the_stored_quantiles():
     cal = {"quantiles": {"0.5": 1.0, "0.9": 2.0, "0.99": 4.0}, "max": 8.0}
     assert estimated_flagged_fraction(cal, 2.0) == pytest.approx(0.1)

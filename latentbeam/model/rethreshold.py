@@ -132,6 +132,11 @@ def rethreshold(bundle_path: str, *, threshold: Optional[float] = None,
     if (threshold is None) == (method is None):
         raise ConfigError("Expected exactly one of --threshold T or --method M [--value V]. "
                           f"Received: threshold={threshold!r}, method={method!r}")
+    if threshold is not None and value is not None:
+        # It would be ignored: the threshold is used as given.
+        raise ConfigError(f"--value is the parameter of --method; --threshold takes none. "
+                          f"Received: --threshold {threshold!r} --value {value!r}. Drop --value, "
+                          f"or pass --method M --value V instead of --threshold.")
     f32 = np.finfo(np.float32)
     if threshold is not None and not float(f32.tiny) <= threshold <= float(f32.max):
         # Scores are divided by the threshold in float32: 1e40 would flag nothing, 1e-40
