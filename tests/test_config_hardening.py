@@ -157,3 +157,21 @@ def test_progress_seconds_must_be_a_positive_finite_interval(tmp_path, capsys, t
         f"latentbeam {command}: error: --progress-seconds must be a finite number of seconds "
         f"> 0 (default 10). Received: {float(value)}\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    # The warm-up was left at its default: only the window is named.
+    (["--adaptive-window-rows", "0"], "--adaptive-window-rows must be >= 1. Received: 0"),
+    (["--adaptive-window-rows", "-5", "--adaptive-warmup-rows", "0"],
+     "--adaptive-window-rows must be >= 1. Received: -5; --adaptive-warmup-rows must be >= 1. "
+     "Received: 0"),
+    (["--adaptive-warmup-rows", "0"], "--adaptive-warmup-rows must be >= 1. Received: 0"),
+    (["--adaptive-quantile", "1.5"], "--adaptive-quantile must be a level in (0, 1). "
+                                     "Received: 1.5"),
+])
+def test_adaptive_flags_at_fault_are_named_as_typed(tmp_path, capsys, tiny_bundle_dir, flags,
+                                                    message):
+    assert main(["stream", "--bundle", tiny_bundle_dir, "--watch", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out"), "--adaptive-threshold", *flags]) == 2
+    assert capsys.readouterr().err == f"latentbeam stream: error: {message}\n"
+    assert not (tmp_path / "out").exists()

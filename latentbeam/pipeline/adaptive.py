@@ -66,13 +66,20 @@ class AdaptiveConfig:
     key_column: Optional[str] = None  # keep one window per value of this input column
 
     def __post_init__(self):
+        # Messages name the `latentbeam stream` flags, and only the ones at fault.
         if not 0.0 < self.quantile < 1.0:
-            raise ConfigError(f"Received an invalid adaptive quantile, expected a level in (0, 1). "
-                             f"Received: quantile={self.quantile}")
-        if self.window_rows < 1 or not 1 <= self.warmup_rows <= self.window_rows:
-            raise ConfigError(
-                f"Expected 1 <= warmup_rows <= window_rows. Received: warmup_rows="
-                f"{self.warmup_rows}, window_rows={self.window_rows}")
+            raise ConfigError(f"--adaptive-quantile must be a level in (0, 1). "
+                             f"Received: {self.quantile}")
+        faults = []
+        if self.window_rows < 1:
+            faults.append(f"--adaptive-window-rows must be >= 1. Received: {self.window_rows}")
+        if self.warmup_rows < 1:
+            faults.append(f"--adaptive-warmup-rows must be >= 1. Received: {self.warmup_rows}")
+        elif self.window_rows >= 1 and self.warmup_rows > self.window_rows:
+            faults.append(f"--adaptive-warmup-rows ({self.warmup_rows}) must be at most "
+                          f"--adaptive-window-rows ({self.window_rows})")
+        if faults:
+            raise ConfigError("; ".join(faults))
 
 
 def scores(batch: pa.RecordBatch, threshold: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream as _TestStream
 
 from latentbeam.demo import digits_table
+from latentbeam.errors import ConfigError
 from latentbeam.pipeline.adaptive import AdaptiveConfig, AdaptiveState
 from latentbeam.pipeline.records import ScoringOptions
 from latentbeam.pipeline.streaming import (StreamJob, build_stream, event_micros,
@@ -134,6 +135,16 @@ def test_adaptive_threshold_follows_drift_and_ignores_anomalies():
     assert static.mean() == pytest.approx(0.279, abs=0.001)  # the fixed threshold: 28% ...
     assert static[-1000:].mean() == pytest.approx(0.529, abs=0.001)  # ... half at the end
     assert thresholds[-1] / threshold == pytest.approx(3.0, abs=0.05)  # tracked the level
+
+
+def test_adaptive_config_names_the_stream_flags_at_fault():
+    with pytest.raises(ConfigError) as e:
+        AdaptiveConfig(window_rows=20, warmup_rows=50)
+    assert str(e.value) == ("--adaptive-warmup-rows (50) must be at most --adaptive-window-rows "
+                            "(20)")
+    with pytest.raises(ConfigError) as e:
+        AdaptiveConfig(window_rows=0, warmup_rows=50)  # the window alone is at fault
+    assert str(e.value) == "--adaptive-window-rows must be >= 1. Received: 0"
 
 
 def test_adaptive_threshold_keeps_one_window_per_key():
