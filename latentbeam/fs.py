@@ -234,20 +234,38 @@ def no_parquet_hint(pattern: str) -> str:
     and the glob that reads them. "" when the pattern is not a directory's or DIR holds no
     visible file.
     """
-    directory = directory_of(pattern)
-    if directory is None:
-        return ""
-    everything = directory + "**"
-    try:
-        visible = Visible(everything)
-        others = [p for p in match(everything) if visible(p)]
-    except (IOError, OSError, ValueError):
-        return ""
+    others = _unmatched_files(pattern)
     if not others:
         return ""
     return (f" It holds {len(others)} other file(s), none named *.parquet (e.g. "
             f"{others[0]}); if they are Parquet (Hive and Impala write names such as "
-            f"000000_0), give the glob {everything!r}.")
+            f"000000_0), give the glob {directory_of(pattern) + '**'!r}.")
+
+
+def warn_unread_files(pattern: str) -> None:
+    """Logs a warning when a directory input (`DIR/**.parquet`) also holds visible files
+    not named *.parquet: the job does not read them, and they may be Parquet files that
+    Hive or Impala named without an extension. Called once per job, beside the files it
+    does read."""
+    others = _unmatched_files(pattern)
+    if others:
+        log.warning("%s holds %d file(s) not named *.parquet, which are not read (e.g. %s). "
+                    "If they are Parquet (Hive and Impala write names such as 000000_0), "
+                    "give the glob %r.", directory_of(pattern), len(others), others[0],
+                    directory_of(pattern) + "**")
+
+
+def _unmatched_files(pattern: str) -> List[str]:
+    """The visible files below a directory pattern's DIR not named *.parquet ([] for a glob)."""
+    directory = directory_of(pattern)
+    if directory is None:
+        return []
+    everything = directory + "**"
+    try:
+        visible = Visible(everything)
+        return [p for p in match(everything) if visible(p) and not p.endswith(".parquet")]
+    except (IOError, OSError, ValueError):
+        return []
 
 
 def match(pattern: str) -> List[str]:

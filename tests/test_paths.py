@@ -194,3 +194,27 @@ def test_a_directory_of_extensionless_parquet_files_names_the_glob_that_reads_th
     with pytest.raises(InputError) as e:
         resolve_inputs(str(tmp_path / "empty"))
     assert "other file" not in str(e.value)
+
+
+def test_files_a_directory_input_does_not_read_are_named_in_a_warning(tmp_path, caplog):
+    from latentbeam.model.data import ParquetSource
+    from latentbeam.pipeline.batch import resolve_inputs
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "table"
+    (table / "day=1").mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0]}), table / "day=1" / "a.parquet")
+    (table / "day=1" / "000000_0").write_bytes(b"x")
+    (table / "_SUCCESS").write_bytes(b"")  # hidden: not data, not worth a word
+    with caplog.at_level("WARNING", logger="latentbeam.fs"):
+        assert resolve_inputs(str(table)) == [str(table / "day=1" / "a.parquet")]
+        assert ParquetSource(str(table)).files == [str(table / "day=1" / "a.parquet")]
+    expected = (f"{table}/ holds 1 file(s) not named *.parquet, which are not read (e.g. "
+                f"{table}/day=1/000000_0). If they are Parquet (Hive and Impala write names "
+                f"such as 000000_0), give the glob '{table}/**'.")
+    assert [r.getMessage() for r in caplog.records] == [expected, expected]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="latentbeam.fs"):
+        resolve_inputs(str(table / "day=1" / "*.parquet"))  # a glob says what it wants
+    assert caplog.records == []

@@ -97,6 +97,7 @@ class ParquetSource:
             raise InputError(f"No non-empty Parquet files match {pattern!r}."
                              f"{fs.no_parquet_hint(pattern)} Check `data.path` (a glob such as "
                              f"data/*.parquet or gs://bucket/prefix/*.parquet).")
+        fs.warn_unread_files(pattern)
         first = self.files[0]
         with fs.open_read(first) as f:
             pf = pq.ParquetFile(f)

@@ -95,6 +95,7 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None,
         raise InputError(f"No files match --input {pattern!r}.{fs.no_parquet_hint(glob)} "
                          f"Expected a Parquet glob such as data/*.parquet or "
                          f"gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
+    fs.warn_unread_files(glob)
     return files
 
 
