@@ -16,6 +16,7 @@ import pytest
 from latentbeam.cli import main
 from latentbeam.demo import digits_table, pixel_columns
 from latentbeam.model import decode, score
+from latentbeam.errors import BundleError
 from latentbeam.pipeline.batch import FileJob, run_file_job
 from latentbeam.pipeline.records import ScoringOptions
 
@@ -204,11 +205,12 @@ def test_failed_job_leaves_no_output(tmp_path, tiny_bundle_dir, digits_glob):
     broken = str(tmp_path / "broken")
     shutil.copytree(tiny_bundle_dir, broken)
     with open(os.path.join(broken, "model.keras"), "ab") as f:
-        f.write(b"tampered")  # sha256 no longer matches: workers refuse to load it
+        f.write(b"tampered")  # sha256 no longer matches bundle.json
     out = str(tmp_path / "out")
-    with pytest.raises(Exception, match="does not match bundle.json"):
+    # Refused before the job starts (workers would refuse to load it): no output directory.
+    with pytest.raises(BundleError, match="does not match bundle.json"):
         run_file_job(FileJob(broken, digits_glob, out))
-    assert os.listdir(out) == []
+    assert not os.path.exists(out)
 
 
 def test_tfds_split_input(tmp_path_factory, tmp_path):
