@@ -235,6 +235,16 @@ def _validate_data(d: DataConfig) -> None:
                           "(e.g. data/*.parquet or gs://bucket/table/*.parquet).")
     if d.source == "tfds" and not d.name:
         raise ConfigError("`data.source: tfds` needs `data.name`, the TFDS dataset name.")
+    # A key of the other source would be ignored without a word: refused instead.
+    other = {"parquet": (("data.name", d.name is not None), ("data.split", d.split != "train"),
+                         ("data.data_dir", d.data_dir is not None)),
+             "tfds": (("data.path", d.path is not None),)}[d.source]
+    for key, given in other:
+        if given:
+            raise ConfigError(f"`{key}` does not apply to `data.source: {d.source}` (it is "
+                              f"read with `data.source: "
+                              f"{'tfds' if d.source == 'parquet' else 'parquet'}`). Remove it, "
+                              f"or set the source it belongs to.")
     for key, names in (("data.features", d.features or ()), ("data.key_columns", d.key_columns)):
         twice = first_repeated(names)
         if twice is not None:

@@ -118,6 +118,14 @@ def test_a_non_mapping_section_or_file_is_rejected():
      "Received an invalid value for `threshold.method`, expected one of quantile, contamination, "
      "mad, mean_std, f1. Received: threshold.method='iqr'"),
     (DATA, ["data.source=csv"], "expected one of parquet, tfds. Received: data.source='csv'"),
+    (DATA, ["data.split=test"], "`data.split` does not apply to `data.source: parquet` (it is "
+                                "read with `data.source: tfds`). Remove it, or set the source "
+                                "it belongs to."),
+    (DATA, ["data.data_dir=/tfds"], "`data.data_dir` does not apply to `data.source: parquet`"),
+    (DATA, ["data.name=mnist"], "`data.name` does not apply to `data.source: parquet`"),
+    ({"data": {"source": "tfds", "name": "mnist", "path": "x/*.parquet"}}, [],
+     "`data.path` does not apply to `data.source: tfds` (it is read with `data.source: "
+     "parquet`)"),
     (DATA, ["model.kind=lstm"], "expected one of dense, conv2d. Received: model.kind='lstm'"),
     (DATA, ["model.latent_dim=0"], "expected a positive integer. Received: model.latent_dim=0"),
     (DATA, ["model.hidden_units=[8, 0]"], "Received: model.hidden_units=[8, 0]"),
