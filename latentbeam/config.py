@@ -284,7 +284,9 @@ def _check_activation(name: str) -> None:
     import keras  # here, not at import: reading a config needs no TensorFlow otherwise
 
     try:
-        keras.activations.get(name)
+        # Applied once: some names need arguments (threshold) or change a layer's width (glu).
+        if tuple(keras.activations.get(name)(keras.ops.zeros((1, 4))).shape) != (1, 4):
+            raise ValueError("changes the width of a layer")
     except (ValueError, TypeError) as e:
         raise ConfigError(
              f"Received an invalid value for `model.activation`, expected the name of a Keras "

@@ -134,6 +134,8 @@ def test_a_non_mapping_section_or_file_is_rejected():
      "such as relu, elu, gelu, selu, silu, tanh, sigmoid, softplus, leaky_relu, linear. "
      "Received: model.activation='relux'"),
     (DATA, ["model.activation=''"], "Received: model.activation=''"),
+    (DATA, ["model.activation=threshold"], "Received: model.activation='threshold'"),
+    (DATA, ["model.activation=glu"], "Received: model.activation='glu'"),
     (DATA, ["model.dropout=1.0"], "`model.dropout` must be in [0, 1). Received: 1.0"),
     (DATA, ["train.cache_mb=-1"], "`train.patience` and `train.cache_mb` >= 0"),
     (DATA, ["train.validation_fraction=0.5"],
