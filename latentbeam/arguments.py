@@ -155,6 +155,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier latentbeam run wrote to --output")
+    _add_output_flags(p)
 
 
 def _add_rethreshold(sub) -> None:

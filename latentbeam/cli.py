@@ -160,10 +160,12 @@ def cmd_stream(args, beam_args: List[str]) -> int:
 
 
 def cmd_generate(args, beam_args: List[str]) -> int:
+    from latentbeam.console import progress_line
     from latentbeam.pipeline.generate import run_generate
 
     path, rows = run_generate(args.bundle, args.output, num_samples=args.num_samples,
-                              seed=args.seed, overwrite=args.overwrite)
+                              seed=args.seed, overwrite=args.overwrite,
+                              progress=progress_line(args))
     print(f"wrote {rows} samples to {path}")
     return 0
 

@@ -109,13 +109,18 @@ def test_user_errors_in_process_return_2(tmp_path, capsys):
     assert "unrecognized arguments: --runner DirectRunner" in capsys.readouterr().err
 
 
-def test_generate_writes_num_samples_decoded_rows(tmp_path, tiny_bundle_dir, tiny_bundle, capsys):
+def test_generate_writes_num_samples_decoded_rows(tmp_path, tiny_bundle_dir, tiny_bundle, capfd):
     out = str(tmp_path / "generated")
     assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "25",
                  "--output", out, "--seed", "3"]) == 0
     assert sorted(os.listdir(out)) == ["_SUCCESS", "generated-00000-of-00001.parquet"]
     path = os.path.join(out, "generated-00000-of-00001.parquet")
-    assert capsys.readouterr().out.strip() == f"wrote 25 samples to {path}"
+    captured = capfd.readouterr()
+    assert captured.out.strip() == f"wrote 25 samples to {path}"
+    assert "generate: 25 / 25 rows (100%)" in captured.err.splitlines()  # progress on stderr
+    assert main(["generate", "--bundle", tiny_bundle_dir, "--num-samples", "25", "--quiet",
+                 "--output", str(tmp_path / "quiet")]) == 0
+    assert "generate:" not in capfd.readouterr().err
     table = pq.read_table(path)
     assert table.num_rows == 25
     assert table.column_names == (["sample", "latent"] + [f"pixel_{i:02d}" for i in range(64)]

@@ -43,8 +43,12 @@ def generated_batches(bundle, num_samples: int, seed: int,
 
 
 def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int = 0,
-                 overwrite: bool = False) -> Tuple[str, int]:
-    """Writes the generated rows under `output`; returns (file path, rows)."""
+                 overwrite: bool = False, progress=None) -> Tuple[str, int]:
+    """Writes the generated rows under `output`; returns (file path, rows).
+
+    `progress` (a `latentbeam.console.ProgressLine`, optional) shows rows written of
+    `num_samples` while it runs.
+    """
     from latentbeam.model import load_bundle
 
     if num_samples < 1:
@@ -61,7 +65,12 @@ def run_generate(bundle_path: str, output: str, *, num_samples: int, seed: int =
         for batch in generated_batches(bundle, num_samples, seed):
             writer.write(batch)
             rows += batch.num_rows
+            if progress is not None:
+                progress.update(f"generate: {rows:,} / {num_samples:,} rows "
+                                f"({rows / num_samples:.0%})")
         writer.close()
+        if progress is not None:
+            progress.finish()
         outputs.commit(output, [(staged, GENERATED_FILE)],
                        {"job": "generate", "model_version": bundle.info.model_version,
                         "num_samples": rows, "seed": seed}, replace, staging)
