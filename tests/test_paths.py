@@ -103,14 +103,25 @@ def test_file_urls_are_the_local_paths_they_name_and_unknown_schemes_name_the_ex
     with pytest.raises(InputError, match=r"zz://b/x: no Beam filesystem handles zz://.*"
                                          r"apache-beam\[gcp\]"):
         fs.exists("zz://b/x")
+
+
+def test_cloud_paths_without_their_client_library_name_the_extra(monkeypatch):
+    from latentbeam import fs
+    from latentbeam.errors import InputError
+
     # Beam registers gs:// and s3:// without their client libraries, which then fail deep
-    # inside a job; this test environment installs neither extra.
+    # inside a job. Whatever this environment has installed, the clients are missing here.
+    importable = []
+    monkeypatch.setattr(fs, "_importable", lambda module: importable.append(module) or False)
     for path, client in (("gs://b/x/*.parquet", "google.cloud.storage"), ("s3://b/x", "boto3")):
         with pytest.raises(InputError, match=rf"^{re.escape(path)}: Beam's .*:// filesystem "
                                              rf"needs {client}, which this Python does not "
                                              rf"have\. Install .*apache-beam\[aws\]"):
             fs.native(path)
         assert fs.join(path.rsplit("/", 1)[0], "y") == path.rsplit("/", 1)[0] + "/y"
+    assert importable == ["google.cloud.storage", "boto3"]  # joining asked for no client
+    monkeypatch.undo()
+    assert fs._importable("json") and not fs._importable("no_such_package.client")
 
 
 @pytest.mark.parametrize("pattern, path, visible", [

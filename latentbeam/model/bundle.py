@@ -29,6 +29,7 @@ import numpy as np
 from latentbeam import fs
 from latentbeam.errors import BundleError
 from latentbeam.model.features import Feature, n_inputs
+from latentbeam.model.scoring import COMBINE_RSS
 from latentbeam.text import echo
 
 # 2: `files` and `seal` (format 1 had neither; `latentbeam rethreshold` re-seals one).
@@ -245,16 +246,23 @@ def _medians(path: str, imputation: Any, width: int) -> Optional[List[float]]:
     return medians
 
 
-def load_bundle_info(path: str, *, allow_unsealed: bool = False) -> BundleInfo:
+def load_bundle_info(path: str, *, allow_unsealed: bool = False,
+                     verify_files: bool = False) -> BundleInfo:
     """Reads and validates `path/bundle.json` (local or remote) and checks its seal.
 
     No model loading; `allow_unsealed` (format_version 1) is for re-sealing only.
+    `verify_files` also checks every listed file against its sha256 (`read_verified_files`):
+    what a pipeline does when it is built, so that a truncated model.keras is refused once,
+    in one line, not in every worker's setup.
     """
     json_path = fs.join(path, BUNDLE_FILE)
     if not fs.exists(json_path):
         raise BundleError(f"No bundle at {path}: {BUNDLE_FILE} is missing. Expected a directory "
                           f"written by `latentbeam train --output {path}`.")
-    return parse_bundle_json(path, fs.read_bytes(json_path), allow_unsealed=allow_unsealed)
+    info = parse_bundle_json(path, fs.read_bytes(json_path), allow_unsealed=allow_unsealed)
+    if verify_files:
+        read_verified_files(info)
+    return info
 
 
 class Bundle:
@@ -364,7 +372,7 @@ def load_bundle(path: str, *, allow_unsealed: bool = False) -> Bundle:
 def format_version_of(doc: Dict[str, Any]) -> int:
     """The format a bundle.json document is written in: the oldest that can load its model."""
     score = doc.get("score") if isinstance(doc.get("score"), dict) else {}
-    return FORMAT_VERSION if score.get("combine") == "root_sum_squares" else 2
+    return FORMAT_VERSION if score.get("combine") == COMBINE_RSS else 2
 
 
 def scoring_meta(doc: Dict[str, Any]) -> Dict[str, Any]:

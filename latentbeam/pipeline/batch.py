@@ -35,7 +35,6 @@ import numpy as np
 from latentbeam import fs, outputs, paths
 from latentbeam.errors import InputError
 from latentbeam.model import load_bundle_info
-from latentbeam.model.bundle import read_verified_files
 from latentbeam.model.features import SchemaMismatch
 from latentbeam.model.scoring import check_missing_mode
 from latentbeam.model.sources import parse_tfds as _parse_tfds
@@ -218,9 +217,7 @@ def run_file_job(job: FileJob, beam_args: Sequence[str] = (), progress=None) -> 
         job option the input cannot satisfy, or (after the run, nothing committed) more
         dead letters than `job.max_dead_letter_fraction` allows.
     """
-    info = load_bundle_info(job.bundle)  # fail fast; the model loads on the workers
-    # Its files too: a truncated model.keras would otherwise fail in every worker's setup.
-    read_verified_files(info)
+    info = load_bundle_info(job.bundle, verify_files=True)  # the model loads on the workers
     if job.mode == MODE_SCORE:
         check_missing_mode(info, job.opts.missing)
     written = output_schema(info, job.opts) if job.mode == MODE_SCORE \

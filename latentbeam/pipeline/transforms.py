@@ -247,8 +247,9 @@ class _BundleTransform(beam.PTransform):
         if max_batch_rows < 1:
             raise ConfigError(f"max_batch_rows must be a positive integer. Received: "
                              f"max_batch_rows={max_batch_rows}")
-        # Reads bundle.json only: fails fast on a wrong path, never loads the model here.
-        self._info = load_bundle_info(bundle_path)
+        # bundle.json and its files' hashes: fails fast on a wrong path or a damaged model,
+        # never loads the model here.
+        self._info = load_bundle_info(bundle_path, verify_files=True)
         self._bundle_path = bundle_path
         self._opts = _opts or ScoringOptions(key_columns=tuple(key_columns))
         check_key_columns(self._opts.key_columns, self.output_columns().names)

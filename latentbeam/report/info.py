@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 
 from latentbeam import fs
 from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE, BundleInfo, load_bundle_info
+from latentbeam.model.scoring import COMBINE_RSS
 
 _HASH_CHUNK = 8 * 2 ** 20
 
@@ -171,7 +172,7 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
     sc = s.get("score")
     if sc:
         terms = " + ".join(sc.get("terms", []))
-        if sc.get("combine") == "root_sum_squares":
+        if sc.get("combine") == COMBINE_RSS:
             terms = "sqrt(" + " + ".join(f"{t}^2" for t in sc.get("terms", [])) + ")"
         detail = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in sc.items() if k not in ("terms", "combine") and v is not None]

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from latentbeam import fs
+from latentbeam.model.scoring import COMBINE_RSS
 from latentbeam.report import plots
 
 INDEX = "index.html"
@@ -143,7 +144,7 @@ def score_label(info) -> str:
     terms = desc.get("terms") or ["reconstruction"]
     if not desc:
         return "reconstruction error (mean squared error, normalized space)"
-    if desc.get("combine") == "root_sum_squares":
+    if desc.get("combine") == COMBINE_RSS:
         if terms == ["reconstruction"]:
             return "score (root mean squared reconstruction error, normalized space)"
         return "score (root of squared reconstruction error + squared latent distance)"

@@ -97,9 +97,9 @@ def draw_sample(files, groups, rows: int, sample_rows: int, seed: int, label_col
     pool = sum(groups[i][2] for i in chosen)
     k = min(sample_rows, pool)
     picks = np.sort(rng.choice(pool, size=k, replace=False)) if k < pool else np.arange(pool)
-    cols = [COL_LATENT, COL_ERROR, COL_SCORE, COL_FLAG]
-    if label_column and label_column not in cols:  # a label may be one of them (is_anomaly)
-        cols.append(label_column)
+    base = [COL_LATENT, COL_ERROR, COL_SCORE, COL_FLAG]
+    # A label may be one of them (is_anomaly): read once, kept under both names.
+    cols = base + ([label_column] if label_column and label_column not in base else [])
     parts: Dict[str, list] = {c: [] for c in cols}
     positions: List[np.ndarray] = []
     start = 0
@@ -133,7 +133,7 @@ def draw_sample(files, groups, rows: int, sample_rows: int, seed: int, label_col
         else:
             sample[c] = col.to_numpy(zero_copy_only=False)
     if label_column:
-        sample["label"] = sample[label_column] if label_column in (
-            COL_LATENT, COL_ERROR, COL_SCORE, COL_FLAG) else sample.pop(label_column)
+        sample["label"] = sample[label_column] if label_column in base \
+            else sample.pop(label_column)
     pos = np.concatenate(positions).astype(np.int64) if positions else np.zeros((0, 3), np.int64)
     return sample, pos, pool

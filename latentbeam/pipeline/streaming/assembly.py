@@ -81,7 +81,6 @@ def validate(job: StreamJob) -> None:
     """Cheap checks before the job starts (bundle.json and its files' hashes; the model is
     loaded on the workers)."""
     from latentbeam.model import load_bundle_info
-    from latentbeam.model.bundle import read_verified_files
     from latentbeam.model.scoring import check_missing_mode
     from latentbeam.pipeline.adaptive import ADAPTIVE_FIELDS, adaptive_scale
     from latentbeam.pipeline.bundles import is_watched, newest_bundle_dir
@@ -92,8 +91,7 @@ def validate(job: StreamJob) -> None:
     if path is None:
         raise BundleError(f"--bundle {job.bundle}: no bundle.json found there or in its "
                          f"subdirectories. Expected a directory written by `latentbeam train`.")
-    info = load_bundle_info(path)
-    read_verified_files(info)  # before the stream starts, not in every worker's setup
+    info = load_bundle_info(path, verify_files=True)
     if job.adaptive is not None:
         adaptive_scale(info, job.adaptive.quantile)
     check_missing_mode(info, job.scoring.missing)
