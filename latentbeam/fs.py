@@ -120,7 +120,8 @@ def open_read(path: str):
 
 GLOB_CHARS = frozenset("*?[")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # a null partition value in Hive / Spark paths
-ANY_DEPTH = "**.parquet"  # what a directory input means: its Parquet files at any depth
+PARQUET_SUFFIX = ".parquet"
+ANY_DEPTH = "**" + PARQUET_SUFFIX  # what a directory input means: its Parquet files at any depth
 DELTA_LOG = "_delta_log/"  # the transaction log directory of a Delta Lake table
 
 
@@ -242,17 +243,24 @@ def no_parquet_hint(pattern: str) -> str:
             f"000000_0), give the glob {directory_of(pattern) + '**'!r}.")
 
 
-def warn_unread_files(pattern: str) -> None:
-    """Logs a warning when a directory input (`DIR/**.parquet`) also holds visible files
-    not named *.parquet: the job does not read them, and they may be Parquet files that
-    Hive or Impala named without an extension. Called once per job, beside the files it
-    does read."""
-    others = _unmatched_files(pattern)
-    if others:
+def match_input(pattern: str) -> List[tuple]:
+    """`match_parquet(pattern)` for a job's input, listed once: for a directory input
+    (`DIR/**.parquet`) it lists DIR/** and logs a warning naming the visible files not named
+    *.parquet, which are not read (they may be Parquet files that Hive or Impala named
+    without an extension). Call it once per job, not per poll."""
+    directory = directory_of(pattern)
+    if directory is None:
+        return match_parquet(pattern)
+    everything = directory + "**"
+    visible = Visible(everything)
+    listed = [(p, size) for p, size in match_with_sizes(everything) if visible(p)]
+    files = [(p, size) for p, size in listed if p.endswith(PARQUET_SUFFIX)]
+    others = [p for p, _ in listed if not p.endswith(PARQUET_SUFFIX)]
+    if files and others:
         log.warning("%s holds %d file(s) not named *.parquet, which are not read (e.g. %s). "
                     "If they are Parquet (Hive and Impala write names such as 000000_0), "
-                    "give the glob %r.", directory_of(pattern), len(others), others[0],
-                    directory_of(pattern) + "**")
+                    "give the glob %r.", directory, len(others), others[0], everything)
+    return files
 
 
 def _unmatched_files(pattern: str) -> List[str]:
@@ -263,7 +271,7 @@ def _unmatched_files(pattern: str) -> List[str]:
     everything = directory + "**"
     try:
         visible = Visible(everything)
-        return [p for p in match(everything) if visible(p) and not p.endswith(".parquet")]
+        return [p for p in match(everything) if visible(p) and not p.endswith(PARQUET_SUFFIX)]
     except (IOError, OSError, ValueError):
         return []
 

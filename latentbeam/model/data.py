@@ -91,13 +91,12 @@ class ParquetSource:
         self.pattern = pattern = fs.parquet_pattern(pattern)
         self.label = label
         self.batch_rows = batch_rows
-        self.files = [p for p, size in fs.match_parquet(pattern) if size > 0]
+        self.files = [p for p, size in fs.match_input(pattern) if size > 0]
         fs.warn_if_delta_table(pattern)
         if not self.files:
             raise InputError(f"No non-empty Parquet files match {pattern!r}."
                              f"{fs.no_parquet_hint(pattern)} Check `data.path` (a glob such as "
                              f"data/*.parquet or gs://bucket/prefix/*.parquet).")
-        fs.warn_unread_files(pattern)
         first = self.files[0]
         with fs.open_read(first) as f:
             pf = pq.ParquetFile(f)

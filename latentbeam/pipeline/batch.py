@@ -88,13 +88,12 @@ def resolve_inputs(pattern: str, data_dir: Optional[str] = None,
                              f"{data_dir!r}. Available: {', '.join(builder.info.splits)}.")
         return [pattern]
     glob = glob or fs.parquet_pattern(pattern)
-    files = [p for p, _ in fs.match_parquet(glob)]
+    files = [p for p, _ in fs.match_input(glob)]
     fs.warn_if_delta_table(glob)
     if not files:
         raise InputError(f"No files match --input {pattern!r}.{fs.no_parquet_hint(glob)} "
                          f"Expected a Parquet glob such as data/*.parquet or "
                          f"gs://bucket/prefix/*.parquet, or tfds:NAME/SPLIT.")
-    fs.warn_unread_files(glob)
     return files
 
 
