@@ -36,6 +36,7 @@ REASON_UNREADABLE = "unreadable_file"
 REASON_MODEL_ERROR = "model_error"  # finite inputs, non-finite reconstruction error
 REASON_WRONG_TYPE = "wrong_type"  # a column's Arrow type cannot be used (whole file)
 REASON_OUT_OF_RANGE = "out_of_range"  # a finite number beyond float32's range
+BEYOND_FLOAT32 = f"beyond float32's range (|x| <= {float(np.finfo(np.float32).max):.4g})"
 REASON_CONVERSION_ERROR = "conversion_error"  # any other failure on a file's data (whole file)
 REASON_NO_OBSERVED = "no_observed_values"  # imputing or masking: every feature value missing
 REASON_DUPLICATE_COLUMN = "duplicate_column"  # a column the job uses appears twice (whole file)
@@ -276,8 +277,7 @@ def _text_column(column, name: str, n: int, bad: Dict[int, Tuple[str, str]],
         if np.isinf(values[i]) and s.strip().lstrip("+-").lower() not in ("inf", "infinity"):
             # "1e400": a finite number written out, beyond even float64's range.
             _fault(bad, hard, i, REASON_OUT_OF_RANGE,
-                   f"column {name!r} value {echo(s)} is beyond float32's range "
-                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
+                   f"column {name!r} value {echo(s)} is {BEYOND_FLOAT32}")
     return values.reshape(n, 1)
 
 
@@ -414,8 +414,7 @@ def _fill_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[Feature],
             j = int(np.flatnonzero(overflow[i])[0])
             _fault(bad, hard, int(i), REASON_OUT_OF_RANGE,
                    f"column {f.name!r}{f'[{j}]' if f.shape else ''} value "
-                   f"{float(values[i, j])!r} is beyond float32's range "
-                   f"(|x| <= {float(np.finfo(np.float32).max):.4g})")
+                   f"{float(values[i, j])!r} is {BEYOND_FLOAT32}")
         offset += f.size
     return matrix
 
