@@ -252,8 +252,9 @@ def load_bundle_info(path: str, *, allow_unsealed: bool = False,
 
     No model loading; `allow_unsealed` (format_version 1) is for re-sealing only.
     `verify_files` also checks every listed file against its sha256 (`read_verified_files`):
-    what a pipeline does when it is built, so that a truncated model.keras is refused once,
-    in one line, not in every worker's setup.
+    what the `score`, `decode` and `stream` jobs do before they start, so that a truncated
+    model.keras is refused once, in one line, not in every worker's setup. (The transforms
+    read bundle.json alone when a pipeline is built, and check the files where they load.)
     """
     json_path = fs.join(path, BUNDLE_FILE)
     if not fs.exists(json_path):

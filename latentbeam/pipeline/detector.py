@@ -62,7 +62,7 @@ def bundle_detector(bundle_path: str, *, features: Optional[Sequence[str]] = Non
     Returns:
       A detector for `apache_beam.ml.anomaly.transforms.AnomalyDetection`.
     """
-    info = load_bundle_info(bundle_path, verify_files=True)
+    info = load_bundle_info(bundle_path)
     handler = KeyedModelHandler(BundleModelHandler(bundle_path, max_batch_size=max_batch_size)
                                 ).with_postprocess_fn(to_anomaly_prediction)
     return OfflineDetector(handler, model_id=model_id or f"latentbeam:{info.model_version}",

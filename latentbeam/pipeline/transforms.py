@@ -247,9 +247,9 @@ class _BundleTransform(beam.PTransform):
         if max_batch_rows < 1:
             raise ConfigError(f"max_batch_rows must be a positive integer. Received: "
                              f"max_batch_rows={max_batch_rows}")
-        # bundle.json and its files' hashes: fails fast on a wrong path or a damaged model,
-        # never loads the model here.
-        self._info = load_bundle_info(bundle_path, verify_files=True)
+        # Reads bundle.json only: fails fast on a wrong path, never loads the model here (the
+        # schema is known from it alone; a launcher need not fetch the model).
+        self._info = load_bundle_info(bundle_path)
         self._bundle_path = bundle_path
         self._opts = _opts or ScoringOptions(key_columns=tuple(key_columns))
         check_key_columns(self._opts.key_columns, self.output_columns().names)
