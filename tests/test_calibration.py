@@ -182,8 +182,13 @@ def test_score_adds_residual_and_decoded_distance_as_squares(tiny_bundle, digits
     # residual its 2 numbers leave, and far below a made-up row's distance.
     assert 0.01 < np.median(s.latent_distance) < 0.1
     assert np.median(s.latent_distance) < 0.2 * np.median(np.sqrt(s.reconstruction_error))
-    far = score(tiny_bundle, np.full((1, 64), 16.0, np.float32))
+    # A made-up row of pixels twice as bright as any training pixel decodes far from
+    # every training row; one of the brightest training value (16) everywhere is mapped
+    # onto the decoder's surface near them (0.08, the 2-number code of a 3-epoch model)
+    # and flagged by its residual (score 2.3 against 1.1 for the 99th percentile).
+    far = score(tiny_bundle, np.full((2, 64), [[32.0], [16.0]], np.float32))
     assert far.latent_distance[0] > 3 * np.quantile(s.latent_distance, 0.99)
+    assert far.score[1] > 1.5 * np.quantile(s.score, 0.99)
 
 
 @pytest.mark.parametrize("n_train, layout", [
@@ -204,43 +209,46 @@ def test_reference_groups_keep_their_size_when_training_rows_are_few(n_train, la
 
 def test_an_image_shares_one_input_scale_and_one_error_scale(tiny_image_bundle_dir, tiny_bundle):
     """Trained on an 8x8 `image` column, every pixel has the same normalization; trained
-    on 64 pixel columns, each has its own."""
+    on 64 integer pixel columns, `auto` finds one range (0 to 16) and does the same."""
     from latentbeam.model import load_bundle
 
     tiny_image_bundle = load_bundle(tiny_image_bundle_dir)
     info = tiny_image_bundle.info.raw["training"]
-    assert info["shared_scale_features"] == ["image"]
-    assert tiny_bundle.info.raw["training"]["shared_scale_features"] == []
-    for bundle, shared in ((tiny_image_bundle, True), (tiny_bundle, False)):
-        norm = bundle.model.get_layer("normalize")
-        variance = np.asarray(norm.variance).ravel()
-        mean = np.asarray(norm.mean).ravel()
-        assert variance.shape == mean.shape == (64,)
-        for values in (variance, mean):
-            assert (np.ptp(values) == 0) == shared
-        if shared:
-            # The std of every pixel value of the training rows (the digits' quartiles,
-            # 0 and 10, are wider than it) and their median.
-            assert np.sqrt(variance[0]) == pytest.approx(6.0, abs=0.1)
-            assert mean[0] in (0.0, 1.0)
+    assert info["shared_scale_features"] == ["image"] and info["one_unit_range"] is None
+    columns = tiny_bundle.info.raw["training"]
+    assert columns["shared_scale_features"] == [f"pixel_{i:02d}" for i in range(64)]
+    assert columns["one_unit_range"] == [0.0, 16.0]
+    for name in ("mean", "variance"):
+        got = np.asarray(getattr(tiny_bundle.model.get_layer("normalize"), name)).ravel()
+        want = np.asarray(getattr(tiny_image_bundle.model.get_layer("normalize"),
+                                  name)).ravel()
+        assert got.shape == (64,) and np.ptp(got) == 0
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The std of every pixel value of the training rows (the digits' quartiles, 0 and
+    # 10, are wider than it) and their median.
+    norm = tiny_image_bundle.model.get_layer("normalize")
+    assert np.sqrt(np.asarray(norm.variance).ravel()[0]) == pytest.approx(6.0, abs=0.1)
+    assert np.asarray(norm.mean).ravel()[0] in (0.0, 1.0)
 
 
-def test_shared_normalization_scales_pixel_columns_as_one_image(tmp_path, digits_glob,
-                                                                tiny_image_bundle_dir):
-    """`model.normalization: shared` on the 64 pixel columns gives every input the centre
-    and scale the 8x8 image column gets by default."""
-    from latentbeam.model import load_bundle, train
+def test_per_input_normalization_scales_each_pixel_column_alone(tmp_path, digits_glob,
+                                                                tiny_bundle):
+    """`model.normalization: per_input` overrides what `auto` finds: each of the 64 pixel
+    columns gets its own centre and scale, and the bundle records no shared range."""
+    from latentbeam.model import train
     from tiny import tiny_config
 
-    columns = train(tiny_config(digits_glob, "model.normalization=shared", "train.epochs=2"),
-                    str(tmp_path / "shared"))
-    image = load_bundle(tiny_image_bundle_dir)
-    assert columns.info.raw["training"]["shared_scale_features"] == \
-        [f"pixel_{i:02d}" for i in range(64)]
-    for name in ("mean", "variance"):
-        got = np.asarray(getattr(columns.model.get_layer("normalize"), name)).ravel()
-        want = np.asarray(getattr(image.model.get_layer("normalize"), name)).ravel()
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    alone = train(tiny_config(digits_glob, "model.normalization=per_input", "train.epochs=1"),
+                  str(tmp_path / "alone"))
+    info = alone.info.raw["training"]
+    assert info["shared_scale_features"] == [] and info["one_unit_range"] is None
+    norm = alone.model.get_layer("normalize")
+    variance = np.asarray(norm.variance).ravel()
+    assert variance.shape == (64,) and np.ptp(variance) > 1.0
+    shared = np.asarray(tiny_bundle.model.get_layer("normalize").variance).ravel()
+    # The busiest pixel's own scale is wider than the shared one, a border pixel's far
+    # narrower.
+    assert variance.max() > shared[0] > 100 * variance[variance != 1.0].min()
 
 
 @pytest.mark.parametrize("rows, method, value, needed", [

@@ -218,7 +218,6 @@ def hostile_dir(tmp_path_factory):
 
 
 EXPECTED_LETTERS = [
-    ("b-ints.parquet", 5, "model_error"),  # uint64 max overflows inside the model
     ("c-decimal.parquet", 2, "out_of_range"),
     ("d-edge.parquet", 0, "null_value"),
     ("e-text.parquet", 6, "non_numeric"),
@@ -226,8 +225,10 @@ EXPECTED_LETTERS = [
     ("g-missing.parquet", None, "missing_column"),
     ("h-overflow.parquet", 8, "model_error"),
 ]
-# Rows read = 40 + 10 * 5 (the two whole-file faults read none) = 90; 5 row letters.
-EXPECTED_IDS = sorted(list(range(0, 40)) + [i for i in range(100, 110) if i != 105] + [200, 201] +
+# Rows read = 40 + 10 * 5 (the two whole-file faults read none) = 90; 4 row letters.
+# The int64 2**62 and the uint64 maximum (1.8e19) of b-ints are finite in float32 and
+# inside the model (the pixels' shared scale is 6), so they are scored and flagged.
+EXPECTED_IDS = sorted(list(range(0, 40)) + list(range(100, 110)) + [200, 201] +
                       list(range(203, 210)) + list(range(301, 310)) +
                       [i for i in range(400, 410) if i != 406] +
                       [i for i in range(700, 710) if i != 708])
@@ -244,7 +245,7 @@ def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
     summary = run_file_job(FileJob(tiny_bundle_dir, hostile_dir, out,
                                    opts=ScoringOptions(key_columns=("id",))))
     assert (summary.rows_read, summary.rows_scored, summary.rows_dead_lettered,
-            summary.files_dead_lettered) == (90, 85, 5, 2)
+            summary.files_dead_lettered) == (90, 86, 4, 2)
     assert summary.rows_read == summary.rows_scored + summary.rows_dead_lettered
     scored = pq.read_table(out)
     assert sorted(scored.column("id").to_pylist()) == EXPECTED_IDS
@@ -259,21 +260,26 @@ def test_the_batch_job_scores_every_good_row_and_dead_letters_the_rest(
     assert ("feature column 'pixel_06' is missing (columns present: id, label, pixel_00, "
             "pixel_01") in by["g-missing.parquet"]["detail"]
     assert max(len(d["detail"]) for d in dead.to_pylist()) < 600  # clipped, not the input's size
-    # The int64 2**62 row is scored (finite) and flagged; its score matches the core.
-    ints = scored.filter(pa.compute.is_in(scored.column("id"), pa.array([103]))).to_pylist()[0]
-    assert ints["is_anomaly"] is True
-    x = np.stack([_digits(103, 1).column(c).to_numpy() for c in pixel_columns()], axis=1)
-    x[0, 0] = 2.0 ** 62
-    assert ints["reconstruction_error"] == pytest.approx(
-        float(score(tiny_bundle, x).reconstruction_error[0]), rel=1e-6)
-    # The summary's error distribution: that row's ~1e37 error counts as the cap (in
-    # millionths it would wrap an int64 to a negative value); the other 84 are exact.
+    # The int64 2**62 and uint64 maximum rows are scored (finite) and flagged; their
+    # scores match the core.
+    ints = {r["id"]: r for r in scored.filter(pa.compute.is_in(
+        scored.column("id"), pa.array([103, 105]))).to_pylist()}
+    x = np.stack([_digits(100, 10).column(c).to_numpy() for c in pixel_columns()],
+                 axis=1)[[3, 5]].astype(np.float32)
+    x[:, :2] = [[2.0 ** 62, 0], [0, 2.0 ** 64 - 1]]  # b-ints' pixel_00 and pixel_01
+    want = score(tiny_bundle, x).reconstruction_error
+    for i, row in enumerate((103, 105)):
+        assert ints[row]["is_anomaly"] is True
+        assert ints[row]["reconstruction_error"] == pytest.approx(float(want[i]), rel=1e-6)
+    # The summary's error distribution: those rows' ~1e35 errors count as the cap (in
+    # millionths they would wrap an int64 to a negative value); the other 84 are exact.
     errors = np.sort(scored.column("reconstruction_error").to_numpy().astype(np.float64))
-    assert errors[-1] > 1e30 and errors[-2] < MAX_RECORDED_ERROR
+    assert errors[-2] > 1e30 and errors[-3] < MAX_RECORDED_ERROR
     dist = summary.metrics["reconstruction_error_micros"]
-    assert (dist.count, dist.max, dist.capped) == (85, MAX_RECORDED_ERROR, True)
+    assert (dist.count, dist.max, dist.capped) == (86, MAX_RECORDED_ERROR, True)
     assert dist.min == pytest.approx(errors[0], abs=1e-6)
-    assert dist.mean == pytest.approx((errors[:-1].sum() + MAX_RECORDED_ERROR) / 85, rel=1e-6)
+    assert dist.mean == pytest.approx((errors[:-2].sum() + 2 * MAX_RECORDED_ERROR) / 86,
+                                      rel=1e-6)
     assert "errors above 1e+06 count as 1e+06 here" in format_summary(summary)
 
 
@@ -283,10 +289,10 @@ def test_the_stream_scores_the_same_rows_and_never_crashes(tmp_path, hostile_dir
     assert cli.main(["stream", "--bundle", tiny_bundle_dir, "--watch", hostile_dir,
                      "--output", out, "--window-seconds", "60", "--poll-seconds", "0.5",
                      "--stop-after-seconds", "2", "--key-columns", "id"]) == 0
-    # Rows and whole files apart, as the batch job counts them: 90 = 85 + 5.
+    # Rows and whole files apart, as the batch job counts them: 90 = 86 + 4.
     summary = capsys.readouterr().out
-    for line in ("rows read:            90", "rows scored:          85",
-                 "rows dead-lettered:   5", "files dead-lettered:  2"):
+    for line in ("rows read:            90", "rows scored:          86",
+                 "rows dead-lettered:   4", "files dead-lettered:  2"):
         assert line in summary, summary
     assert sorted(pd.read_parquet(out)["id"].tolist()) == EXPECTED_IDS
     assert sorted(r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{out}')")
@@ -297,7 +303,7 @@ def test_the_stream_scores_the_same_rows_and_never_crashes(tmp_path, hostile_dir
                 for f in os.listdir(os.path.join(out, "_manifest"))]
     assert len(manifest) == 8
     assert sum(m["rows"] for m in manifest) == 90
-    assert sum(m["scored"] for m in manifest) == 85
+    assert sum(m["scored"] for m in manifest) == 86
 
 
 def test_the_stream_dead_letters_unusable_event_times(tmp_path, tiny_bundle_dir):

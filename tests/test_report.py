@@ -445,6 +445,11 @@ def test_info_normalization_line_says_what_the_bundle_recorded():
         constant_inputs=2)) == ("shared; one scale for all 70 inputs; 70 of 70 inputs by "
                                 "median and quartiles; 2 constant")
     assert _normalization_text(summary(
+        config={"model": {"normalization": "auto"}}, one_unit_range=[0.0, 255.0],
+        shared_scale_features=[f"p{i}" for i in range(70)], robust_scaled_inputs=0)) == \
+        ("auto; one scale for all 70 inputs (integer values within 0 to 255); 0 of 70 "
+         "inputs by median and quartiles")
+    assert _normalization_text(summary(
         config={"model": {"normalization": "per_feature"}},
         shared_scale_features=[f"v{i}" for i in range(5)], robust_scaled_inputs=0)) == \
         ("per_feature; one scale within each of v0, v1, v2 and 2 more; 0 of 70 inputs by "

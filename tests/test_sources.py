@@ -1,4 +1,5 @@
 """Training sources: a Parquet glob and a prepared TFDS split, streamed in chunks."""
+import glob
 import os
 
 import numpy as np
@@ -303,6 +304,61 @@ def test_scan_pools_the_given_inputs_and_scales_the_others_alone(digits_glob, di
     np.testing.assert_array_equal(pooled.center[rest], alone.center[rest])
     # The medians that fill missing values stay per input.
     np.testing.assert_array_equal(pooled.medians, alone.medians)
+
+
+def test_one_unit_range_tells_a_table_of_one_measurement_from_a_table_of_quantities():
+    """Integers that every column draws from one range (pixels, bands, ratings) are one
+    measurement in one unit; fractions (a table rescaled column by column) or columns of
+    very different ranges are not."""
+    rule = data_mod.one_unit_range
+    varying = np.zeros(6, dtype=bool)
+    pixels_low, pixels_high = np.zeros(6), np.array([16, 16, 16, 16, 8, 1.0])
+    assert rule(True, pixels_low, pixels_high, varying) == (0.0, 16.0)
+    # The same columns min-max scaled to [0, 1] hold fractions: scaled one by one.
+    assert rule(False, pixels_low, pixels_high / 16, varying) is None
+    # Four spectral bands' readings: ranges 27..131 to 39..157 (median 104 of 130).
+    assert rule(True, np.array([27, 29, 33, 39.0]), np.array([131, 137, 140, 157.0]),
+                np.zeros(4, dtype=bool)) == (27.0, 157.0)
+    # Counts of 0..3 and 0..40 beside amounts of 0..99999: the median range is 40.
+    assert rule(True, np.zeros(5), np.array([3, 40, 20, 99999, 50000.0]),
+                np.zeros(5, dtype=bool)) is None
+    # The median range just at / just under half of the whole range.
+    assert rule(True, np.zeros(4), np.array([100, 50, 50, 10.0]), np.zeros(4, bool)) \
+        == (0.0, 100.0)
+    assert rule(True, np.zeros(4), np.array([100, 49, 49, 10.0]), np.zeros(4, bool)) is None
+    # Three varying inputs are too few to tell; a constant input neither counts nor
+    # widens the range (it never varies, whatever its value).
+    constant = np.array([False, False, False, True])
+    assert rule(True, np.array([0, 0, 0, 1000.0]), np.array([9, 9, 9, 1000.0]), constant) \
+        is None
+    constant = np.array([False] * 4 + [True])
+    assert rule(True, np.array([1, 1, 1, 1, 1000.0]), np.array([10, 10, 9, 10, 1000.0]),
+                constant) == (1.0, 10.0)
+
+
+def test_scan_pools_a_table_of_pixel_columns_when_asked_to_look(digits_glob, tmp_path):
+    """`pool_one_unit` (model.normalization: auto) scales the 64 integer pixel columns of
+    the digits as one image; the same columns as fractions are scaled one by one."""
+    source = ParquetSource(digits_glob, label="label", key_columns=["id"])
+    found = data_mod.scan(source, 0.1, 0.1, pool_one_unit=True)
+    given = data_mod.scan(source, 0.1, 0.1, pooled=[slice(0, 64)])
+    alone = data_mod.scan(source, 0.1, 0.1)
+    assert found.one_unit_range == (0.0, 16.0) and found.pooled == (slice(0, 64),)
+    assert given.one_unit_range is None and alone.pooled == ()
+    np.testing.assert_array_equal(found.scale, given.scale)
+    np.testing.assert_array_equal(found.center, given.center)
+    assert np.all(found.scale == found.scale[0]) and np.ptp(alone.scale) > 1.0
+    # Groups given by the features (an image column) are kept as they are.
+    assert data_mod.scan(source, 0.1, 0.1, pooled=[slice(8, 16)],
+                         pool_one_unit=True).pooled == (slice(8, 16),)
+
+    table = pq.read_table(sorted(glob.glob(digits_glob))[0])
+    scaled = table.set_column(table.schema.get_field_index("pixel_10"), "pixel_10",
+                              pa.array(table.column("pixel_10").to_numpy() / 16.0))
+    pq.write_table(scaled, str(tmp_path / "part.parquet"))
+    fractions = data_mod.scan(ParquetSource(str(tmp_path / "*.parquet"), label="label",
+                                            key_columns=["id"]), 0.1, 0.1, pool_one_unit=True)
+    assert fractions.one_unit_range is None and fractions.pooled == ()
 
 
 def test_tfds_default_features_are_in_a_stable_sorted_order(tmp_path):

@@ -122,9 +122,12 @@ def test_tiny_bundle_records_what_it_was_trained_on(tiny_bundle, digits_glob):
     assert 0 < t["fit_seconds"] <= t["seconds"]
     assert t["constant_inputs"] == 3  # digits pixels that are always 0 in the training rows
     assert from_dict(t["config"]) == tiny_config(digits_glob)
-    stats = data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data), 0.1, 0.1)
+    stats = data_mod.scan(data_mod.make_source(tiny_config(digits_glob).data), 0.1, 0.1,
+                          pool_one_unit=True)
     assert t["data_fingerprint"] == stats.fingerprint
-    # The model normalizes by the scan's median / quartile scaling, not by mean and std.
+    # The model normalizes by the scan's median / quartile scaling, not by mean and std;
+    # the 64 integer pixel columns of 0..16 share one (model.normalization: auto).
+    assert stats.one_unit_range == (0.0, 16.0) and t["one_unit_range"] == [0.0, 16.0]
     norm = tiny_bundle.model.get_layer("normalize")
     np.testing.assert_allclose(np.asarray(norm.mean).ravel(), stats.center, rtol=1e-6)
     np.testing.assert_allclose(np.sqrt(np.asarray(norm.variance).ravel()), stats.scale,

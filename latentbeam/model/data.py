@@ -220,6 +220,11 @@ class DataStats:
     # Inputs scaled alone whose std a few extreme values stretch past STRETCHED_RATIO x
     # the spread of their middle half: (input name, an extreme value, std, quartile scale).
     stretched: Tuple[Tuple[str, float, float, float], ...] = ()
+    # The groups of inputs that share one centre and scale (`pool_inputs`), in model order.
+    pooled: Tuple[slice, ...] = ()
+    # (low, high) when `scan` found every input to take integer values in one shared
+    # range (`one_unit_range`) and pooled them all; None otherwise.
+    one_unit_range: Optional[Tuple[float, float]] = None
 
 
 class Reservoir:
@@ -348,6 +353,41 @@ def pool_inputs(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
     return np.full(k, center[0]), np.full(k, scale[0]), np.full(k, bool(robust[0]))
 
 
+# `one_unit_range`: at least this many inputs, and the median input's range covering at
+# least this share of the range of all of them.
+ONE_UNIT_MIN_INPUTS = 4
+ONE_UNIT_RANGE_SHARE = 0.5
+
+
+def one_unit_range(integral: bool, low: np.ndarray, high: np.ndarray,
+                   constant: np.ndarray) -> Optional[Tuple[float, float]]:
+    """The shared range when the inputs look like one measurement in one unit, else None.
+
+    Pixel intensities, the readings of one sensor's bands and answers on one rating scale
+    arrive as integers that every column draws from one range (0..255, 1..10). Tables
+    of different quantities differ in range (a count of 0..3 beside an amount of
+    0..99999), and a table rescaled column by column (min-max to [0, 1], z-scores) holds
+    fractions. So: at least ONE_UNIT_MIN_INPUTS varying inputs, every training value an
+    integer, and the median varying input spanning at least ONE_UNIT_RANGE_SHARE of the
+    range all of them span together. Scaled one by one, the almost-empty columns of such
+    a table (an image's border, a rating almost nobody gives) would weigh like the busy
+    ones (see `pool_inputs`).
+
+    Args:
+      integral: whether every training value of every input is an integer.
+      low, high: (n_inputs,) the training minimum and maximum per input.
+      constant: (n_inputs,) the inputs that never vary in training rows.
+    """
+    varying = ~np.asarray(constant, dtype=bool)
+    if not integral or varying.sum() < ONE_UNIT_MIN_INPUTS:
+        return None
+    low, high = np.asarray(low, np.float64)[varying], np.asarray(high, np.float64)[varying]
+    lo, hi = float(low.min()), float(high.max())
+    if np.median(high - low) < ONE_UNIT_RANGE_SHARE * (hi - lo):
+        return None
+    return lo, hi
+
+
 def _moments(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int):
     """(mean, variance with zeros replaced by 1, constant mask) from sums shifted by `shift`."""
     mean_d = s1 / n
@@ -358,7 +398,7 @@ def _moments(shift: np.ndarray, s1: np.ndarray, s2: np.ndarray, n: int):
 
 
 def scan(source, validation_fraction: float, calibration_fraction: float,
-         seed: int = 0, pooled: Sequence[slice] = ()) -> DataStats:
+         seed: int = 0, pooled: Sequence[slice] = (), pool_one_unit: bool = False) -> DataStats:
     """One pass: row counts per split, normalization statistics, medians, data fingerprint.
 
     mean and variance are exact over the training rows. The medians (which fill missing
@@ -367,6 +407,8 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     training rows: exact when there are no more training rows than that, an estimate
     with bounded memory otherwise. The inputs of each slice in `pooled` (the elements of
     one image) share one centre and scale, taken over all their values (`pool_inputs`).
+    With `pool_one_unit` all inputs share one when the training rows show them to be one
+    measurement in one unit (`one_unit_range`).
     """
     digest = hashlib.sha256()
     total = 0
@@ -375,6 +417,7 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     shift = None
     reservoir = None
     low = high = None
+    integral = True
     for matrix, labels in source.chunks():
         digest.update(np.ascontiguousarray(matrix).tobytes())
         if labels is not None:
@@ -391,6 +434,7 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         reservoir.add(rows)
         low = rows.min(axis=0) if low is None else np.minimum(low, rows.min(axis=0))
         high = rows.max(axis=0) if high is None else np.maximum(high, rows.max(axis=0))
+        integral = integral and bool(np.all(rows == np.rint(rows)))
         train = rows.astype(np.float64)
         if shift is None:
             # Shifted sums keep the variance accurate for large-offset features.
@@ -425,6 +469,11 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     sample = reservoir.sample().astype(np.float64)
     quartiles = np.quantile(sample, [0.25, 0.5, 0.75], axis=0)
     center, scale, robust = robust_scaling(quartiles, mean, variance)
+    shared_range = None
+    if pool_one_unit and not pooled:
+        shared_range = one_unit_range(integral, low, high, constant)
+        if shared_range is not None:
+            pooled = [slice(0, len(mean))]
     for inputs in pooled:
         # Constant inputs (variance stored as 1) add no spread to the group's values.
         center[inputs], scale[inputs], robust[inputs] = pool_inputs(
@@ -441,4 +490,5 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         robust_inputs=int(robust.sum()),
         stretched=stretched_inputs(quartiles, variance, low.astype(np.float64),
-                                   high.astype(np.float64), names, skip=pooled))
+                                   high.astype(np.float64), names, skip=pooled),
+        pooled=tuple(pooled), one_unit_range=shared_range)

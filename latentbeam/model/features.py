@@ -84,9 +84,9 @@ def shared_scale_inputs(features: Sequence[Feature], normalization: str) -> List
     return out
 
 
-def shared_scale_features(features: Sequence[Feature], normalization: str) -> List[str]:
-    """Names of the features whose inputs share a scale (with each other or with others)."""
-    groups = shared_scale_inputs(features, normalization)
+def shared_scale_features(features: Sequence[Feature], groups: Sequence[slice]) -> List[str]:
+    """Names of the features whose inputs share a scale (with each other or with others)
+    in `groups` (`shared_scale_inputs`, or the groups training settled on)."""
     names, start = [], 0
     for f in features:
         if any(g.start <= start and start + f.size <= g.stop for g in groups):

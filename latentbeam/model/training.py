@@ -156,10 +156,17 @@ def _scan(config: Config, source) -> data_mod.DataStats:
     log.info("Scanning %s", source.describe())
     stats = data_mod.scan(source, tc.validation_fraction, config.threshold.calibration_fraction,
                           seed=tc.seed, pooled=shared_scale_inputs(source.features,
-                                                                   config.model.normalization))
+                                                                   config.model.normalization),
+                          pool_one_unit=config.model.normalization == "auto")
     if source.skipped.total:
         log.warning("Skipped %d unusable rows (%s); e.g. %s", source.skipped.total,
                     source.skipped.by_reason, source.skipped.examples[:2])
+    if stats.one_unit_range is not None:
+        log.info("Every input of %s takes integer values within one range (%g to %g), as "
+                 "an image's pixels or answers on one rating scale do: they share one "
+                 "scale, so almost-empty columns do not weigh like busy ones. Set "
+                 "model.normalization: per_input to scale each input alone.",
+                 source.describe(), *stats.one_unit_range)
     for name, extreme, std, spread in stats.stretched:
         log.warning(
             "Input %s of %s has extreme values (e.g. %.4g) that stretch its standard "
@@ -203,8 +210,9 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "constant_inputs": stats.constant_inputs,
             "robust_scaled_inputs": stats.robust_inputs,
             "stretched_inputs": [name for name, *_ in stats.stretched],
-            "shared_scale_features": shared_scale_features(source.features,
-                                                           config.model.normalization),
+            "shared_scale_features": shared_scale_features(source.features, stats.pooled),
+            "one_unit_range": (list(stats.one_unit_range) if stats.one_unit_range is not None
+                               else None),
             "epochs": len(hist["loss"]),
             "rows_per_epoch": epoch_rows(config.train, stats.rows_by_split["train"]),
             "best_epoch": best_epoch,

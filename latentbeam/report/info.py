@@ -196,7 +196,11 @@ def _normalization_text(s: Dict[str, Any]) -> str:
     if mode:
         parts.append(mode)
     shared = t.get("shared_scale_features")
-    if mode == "shared" and shared:
+    one_unit = t.get("one_unit_range")
+    if one_unit:
+        parts.append(f"one scale for all {s['n_inputs']} inputs (integer values within "
+                     f"{one_unit[0]:g} to {one_unit[1]:g})")
+    elif mode == "shared" and shared:
         parts.append(f"one scale for all {s['n_inputs']} inputs")
     elif shared:
         names = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
