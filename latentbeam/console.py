@@ -32,6 +32,10 @@ NOISY_WARNINGS = (
     "apitools not found",  # Beam's GCP module probing optional client libraries
     "Could not load ML transform module",  # Beam YAML probing optional ML packages
 )
+# TensorFlow's hint when a process has traced many tf.functions: each Keras model trained
+# or called (the Python API training several models, a test run) traces its own, which
+# is expected and nothing the user of latentbeam can act on.
+NOISY_PHRASES = ("triggered tf.function retracing",)
 # C++ log lines of TensorFlow / absl / XLA: severity letter, MMDD time, thread, file:line].
 _NATIVE_LINE = re.compile(rb"^[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]+\] ")
 _NATIVE_KEEP_ERRORS = re.compile(rb"^E\d{4} ")  # errors pass unless they are known noise
@@ -47,7 +51,8 @@ class _DropNoise(logging.Filter):
         if record.levelno >= logging.ERROR:
             return True
         message = str(record.msg)
-        return not message.startswith(NOISY_WARNINGS)
+        return not (message.startswith(NOISY_WARNINGS)
+                    or any(phrase in message for phrase in NOISY_PHRASES))
 
 
 class _StderrHandler(logging.StreamHandler):

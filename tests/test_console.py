@@ -126,6 +126,34 @@ def test_a_root_handler_that_basicconfig_added_does_not_double_every_line(capsys
         root.setLevel(saved[1])
 
 
+def test_tensorflow_retracing_hints_are_dropped_and_its_other_warnings_pass(capsys):
+    """Each Keras model a process trains traces its own functions; after a few, TensorFlow
+    warns about retracing, which a user of latentbeam cannot act on."""
+    import logging
+
+    from latentbeam.console import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging("WARNING")
+        tf_log = logging.getLogger("tensorflow")
+        tf_log.warning("5 out of the last 29 calls to <function f at 0x7f> triggered "
+                       "tf.function retracing. Tracing is expensive ...")
+        tf_log.warning("a warning of its own")
+        err = capsys.readouterr().err
+        assert "retracing" not in err and "WARNING tensorflow: a warning of its own" in err
+        configure_logging("INFO")  # shown when asked for everything
+        tf_log.warning("6 out of the last 30 calls to <f> triggered tf.function retracing.")
+        assert "triggered tf.function retracing" in capsys.readouterr().err
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+
+
 def test_native_log_lines_are_dropped_and_everything_else_passes(capfd):
     with NativeLogFilter() as native:
         os.write(2, b"I0000 00:00:1795954364.233256   11652 port.cc:153] oneDNN custom ops\n")
