@@ -326,6 +326,12 @@ def test_one_unit_range_tells_a_table_of_one_measurement_from_a_table_of_quantit
     assert rule(True, np.zeros(4), np.array([100, 50, 50, 10.0]), np.zeros(4, bool)) \
         == (0.0, 100.0)
     assert rule(True, np.zeros(4), np.array([100, 49, 49, 10.0]), np.zeros(4, bool)) is None
+    # 0/1 flags (or one-hot categories) share a range but are not a scale; a table of
+    # them with a few columns of 0..2 is still mostly flags.
+    flags = np.zeros(6, dtype=bool)
+    assert rule(True, np.zeros(6), np.ones(6), flags) is None
+    assert rule(True, np.zeros(6), np.array([1, 1, 1, 1, 2, 2.0]), flags) is None
+    assert rule(True, np.zeros(6), np.array([1, 1, 2, 2, 2, 2.0]), flags) == (0.0, 2.0)
     # Three varying inputs are too few to tell; a constant input neither counts nor
     # widens the range (it never varies, whatever its value).
     constant = np.array([False, False, False, True])

@@ -367,11 +367,13 @@ def one_unit_range(integral: bool, low: np.ndarray, high: np.ndarray,
     arrive as integers that every column draws from one range (0..255, 1..10). Tables
     of different quantities differ in range (a count of 0..3 beside an amount of
     0..99999), and a table rescaled column by column (min-max to [0, 1], z-scores) holds
-    fractions. So: at least ONE_UNIT_MIN_INPUTS varying inputs, every training value an
-    integer, and the median varying input spanning at least ONE_UNIT_RANGE_SHARE of the
-    range all of them span together. Scaled one by one, the almost-empty columns of such
-    a table (an image's border, a rating almost nobody gives) would weigh like the busy
-    ones (see `pool_inputs`).
+    fractions. 0/1 indicators (flags, one-hot categories) share a range but are not
+    readings on a scale: a rare category keeps the weight its own scale gives it. So: at
+    least ONE_UNIT_MIN_INPUTS varying inputs, every training value an integer, and the
+    median varying input spanning at least ONE_UNIT_RANGE_SHARE of the range all of them
+    span together, and at least 3 values (a range of 2). Scaled one by one, the
+    almost-empty columns of such a table (an image's border, a rating almost nobody
+    gives) would weigh like the busy ones (see `pool_inputs`).
 
     Args:
       integral: whether every training value of every input is an integer.
@@ -383,7 +385,7 @@ def one_unit_range(integral: bool, low: np.ndarray, high: np.ndarray,
         return None
     low, high = np.asarray(low, np.float64)[varying], np.asarray(high, np.float64)[varying]
     lo, hi = float(low.min()), float(high.max())
-    if np.median(high - low) < ONE_UNIT_RANGE_SHARE * (hi - lo):
+    if np.median(high - low) < max(2.0, ONE_UNIT_RANGE_SHARE * (hi - lo)):
         return None
     return lo, hi
 
