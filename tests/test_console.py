@@ -99,59 +99,58 @@ def test_quiet_has_no_progress_and_log_level_info_brings_beam_info_back(tmp_path
     assert "rows scored:          1797" in captured.out
 
 
-def test_a_root_handler_that_basicconfig_added_does_not_double_every_line(capsys):
+@pytest.fixture
+def root_logger():
+    """The root logger; its handlers and level are restored afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield root
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+def test_a_root_handler_that_basicconfig_added_does_not_double_every_line(root_logger,
+                                                                          capsys):
     import logging
 
     from latentbeam.console import configure_logging
 
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    for handler in saved[0]:
-        root.removeHandler(handler)
-    try:
-        # What Beam's GCP clients do on import without apitools: a root-logger warning
-        # with no handler yet, so logging.basicConfig adds a StreamHandler on stderr.
-        logging.warning("a library's message at import")
-        assert [type(h) for h in root.handlers] == [logging.StreamHandler]
-        configure_logging("WARNING")
-        logging.getLogger("latentbeam.check").warning("said once")
-        err = capsys.readouterr().err
-        assert err.count("said once") == 1, err
-        assert "WARNING latentbeam.check: said once" in err
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    for handler in list(root_logger.handlers):
+        root_logger.removeHandler(handler)
+    # What Beam's GCP clients do on import without apitools: a root-logger warning with
+    # no handler yet, so logging.basicConfig adds a StreamHandler on stderr.
+    logging.warning("a library's message at import")
+    assert [type(h) for h in root_logger.handlers] == [logging.StreamHandler]
+    configure_logging("WARNING")
+    logging.getLogger("latentbeam.check").warning("said once")
+    err = capsys.readouterr().err
+    assert err.count("said once") == 1, err
+    assert "WARNING latentbeam.check: said once" in err
 
 
-def test_tensorflow_retracing_hints_are_dropped_and_its_other_warnings_pass(capsys):
+def test_tensorflow_retracing_hints_are_dropped_and_its_other_warnings_pass(root_logger,
+                                                                           capsys):
     """Each Keras model a process trains traces its own functions; after a few, TensorFlow
     warns about retracing, which a user of latentbeam cannot act on."""
     import logging
 
     from latentbeam.console import configure_logging
 
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        configure_logging("WARNING")
-        tf_log = logging.getLogger("tensorflow")
-        tf_log.warning("5 out of the last 29 calls to <function f at 0x7f> triggered "
-                       "tf.function retracing. Tracing is expensive ...")
-        tf_log.warning("a warning of its own")
-        err = capsys.readouterr().err
-        assert "retracing" not in err and "WARNING tensorflow: a warning of its own" in err
-        configure_logging("INFO")  # shown when asked for everything
-        tf_log.warning("6 out of the last 30 calls to <f> triggered tf.function retracing.")
-        assert "triggered tf.function retracing" in capsys.readouterr().err
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    configure_logging("WARNING")
+    tf_log = logging.getLogger("tensorflow")
+    tf_log.warning("5 out of the last 29 calls to <function f at 0x7f> triggered "
+                   "tf.function retracing. Tracing is expensive ...")
+    tf_log.warning("a warning of its own")
+    err = capsys.readouterr().err
+    assert "retracing" not in err and "WARNING tensorflow: a warning of its own" in err
+    configure_logging("INFO")  # shown when asked for everything
+    tf_log.warning("6 out of the last 30 calls to <f> triggered tf.function retracing.")
+    assert "triggered tf.function retracing" in capsys.readouterr().err
 
 
 def test_native_log_lines_are_dropped_and_everything_else_passes(capfd):
