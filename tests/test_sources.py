@@ -332,6 +332,10 @@ def test_one_unit_range_tells_a_table_of_one_measurement_from_a_table_of_quantit
     assert rule(True, np.zeros(6), np.ones(6), flags) is None
     assert rule(True, np.zeros(6), np.array([1, 1, 1, 1, 2, 2.0]), flags) is None
     assert rule(True, np.zeros(6), np.array([1, 1, 2, 2, 2, 2.0]), flags) == (0.0, 2.0)
+    # Amounts of 1e8 and more are integers in float32 whatever they were: no evidence.
+    assert rule(True, np.full(4, 1e8), np.full(4, 3e8), np.zeros(4, bool)) is None
+    assert rule(True, np.zeros(4), np.full(4, 2.0 ** 24 - 1), np.zeros(4, bool)) == \
+        (0.0, 2.0 ** 24 - 1)
     # Three varying inputs are too few to tell; a constant input neither counts nor
     # widens the range (it never varies, whatever its value).
     constant = np.array([False, False, False, True])

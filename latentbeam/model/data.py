@@ -357,6 +357,8 @@ def pool_inputs(sample: np.ndarray, mean: np.ndarray, variance: np.ndarray):
 # least this share of the range of all of them.
 ONE_UNIT_MIN_INPUTS = 4
 ONE_UNIT_RANGE_SHARE = 0.5
+# From 2**24 on, float32 (the model's input type) holds only integers.
+FLOAT32_EXACT_INTEGERS = 2.0 ** 24
 
 
 def one_unit_range(integral: bool, low: np.ndarray, high: np.ndarray,
@@ -385,6 +387,8 @@ def one_unit_range(integral: bool, low: np.ndarray, high: np.ndarray,
         return None
     low, high = np.asarray(low, np.float64)[varying], np.asarray(high, np.float64)[varying]
     lo, hi = float(low.min()), float(high.max())
+    if max(abs(lo), abs(hi)) >= FLOAT32_EXACT_INTEGERS:
+        return None  # every float32 this large is an integer: it says nothing of the data
     if np.median(high - low) < max(2.0, ONE_UNIT_RANGE_SHARE * (hi - lo)):
         return None
     return lo, hi
