@@ -8,6 +8,7 @@ from __future__ import annotations
 from latentbeam.pipeline.jobs import JobSummary, StreamSummary
 from latentbeam.pipeline.metrics import ERROR_DISTRIBUTION, MAX_RECORDED_ERROR
 from latentbeam.pipeline.records import MODE_SCORE
+from latentbeam.report.info import normalization_text
 
 
 def format_summary(summary: JobSummary) -> str:
@@ -76,6 +77,9 @@ def summarize_bundle(info) -> str:
         f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})",
         f"loss:            {losses.get('loss', [float('nan')])[-1]:.5f} (train, last epoch)",
     ]
+    normalization = normalization_text({"n_inputs": info.n_inputs, "training": t})
+    if normalization:
+        lines.insert(3, f"normalization:   {normalization}")
     if "val_loss" in losses:
         lines.append(f"val_loss:        {min(losses['val_loss']):.5f} (best)")
     th = info.threshold

@@ -39,6 +39,10 @@ def test_train_writes_a_bundle(tmp_path, digits_glob):
     assert f"bundle:          {out}" in result.stdout
     assert "features:        64 (64 inputs) -> latent_dim 3" in result.stdout
     assert f"model_version:   {doc['model_version']}" in result.stdout
+    # What `auto` found in the 64 integer pixel columns, as `latentbeam info` says it.
+    assert doc["training"]["one_unit_range"] == [0.0, 16.0]
+    assert ("normalization:   auto; one scale for all 64 inputs (integer values within 0 "
+            f"to 16); 64 of 64 inputs by median and quartiles; 3 constant\n") in result.stdout
 
 
 def test_train_warns_once_about_an_input_that_one_extreme_value_stretches(tmp_path):

@@ -433,28 +433,28 @@ def test_the_page_renders_in_headless_chromium(tmp_path, batch_report):
 # ----------------------------------------------------------------------------- info
 
 def test_info_normalization_line_says_what_the_bundle_recorded():
-    from latentbeam.report.info import _normalization_text
+    from latentbeam.report.info import normalization_text
 
     def summary(**training):
         return {"n_inputs": 70, "training": training}
 
-    assert _normalization_text(summary()) == ""  # a bundle that recorded none of it
-    assert _normalization_text(summary(
+    assert normalization_text(summary()) == ""  # a bundle that recorded none of it
+    assert normalization_text(summary(
         config={"model": {"normalization": "shared"}},
         shared_scale_features=[f"p{i}" for i in range(5)], robust_scaled_inputs=70,
         constant_inputs=2)) == ("shared; one scale for all 70 inputs; 70 of 70 inputs by "
                                 "median and quartiles; 2 constant")
-    assert _normalization_text(summary(
+    assert normalization_text(summary(
         config={"model": {"normalization": "auto"}}, one_unit_range=[0.0, 255.0],
         shared_scale_features=[f"p{i}" for i in range(70)], robust_scaled_inputs=0)) == \
         ("auto; one scale for all 70 inputs (integer values within 0 to 255); 0 of 70 "
          "inputs by median and quartiles")
-    assert _normalization_text(summary(
+    assert normalization_text(summary(
         config={"model": {"normalization": "per_feature"}},
         shared_scale_features=[f"v{i}" for i in range(5)], robust_scaled_inputs=0)) == \
         ("per_feature; one scale within each of v0, v1, v2 and 2 more; 0 of 70 inputs by "
          "median and quartiles")
-    assert _normalization_text(summary(
+    assert normalization_text(summary(
         config={"model": {"normalization": "per_input"}}, shared_scale_features=[],
         robust_scaled_inputs=9, constant_inputs=0)) == \
         "per_input; every input scaled alone; 9 of 70 inputs by median and quartiles"

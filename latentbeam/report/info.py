@@ -166,7 +166,7 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
     if a.get("variational"):
         extras.insert(0, f"variational (kl_weight={a.get('kl_weight')})")
     out.add("architecture", f"{a['kind']} {a['layers']}" + (f"; {', '.join(extras)}" if extras else ""))
-    normalization = _normalization_text(s)
+    normalization = normalization_text(s)
     if normalization:
         out.add("normalization", normalization)
     sc = s.get("score")
@@ -187,7 +187,7 @@ def _model_lines(out: _Lines, s: Dict[str, Any]) -> None:
             + (f"; {params}" if params else "") + ")")
 
 
-def _normalization_text(s: Dict[str, Any]) -> str:
+def normalization_text(s: Dict[str, Any]) -> str:
     """`model.normalization`, the features sharing a scale and the inputs scaled by quartiles
     ("" for bundles that recorded none of it)."""
     t = s["training"]
