@@ -129,11 +129,12 @@ def _stream_job(args):
     keys = _key_columns(args.key_columns)
     adaptive = None
     if args.adaptive_threshold:
-        # A warm-up longer than a short window is cut to it; a window < 1 is refused by
-        # AdaptiveConfig, which then names that flag alone.
-        window, warmup = args.adaptive_window_rows, args.adaptive_warmup_rows
-        adaptive = AdaptiveConfig(quantile=args.adaptive_quantile, window_rows=window,
-                                  warmup_rows=min(warmup, window) if window >= 1 else warmup,
+        # A warm-up longer than a short window is cut to it (a window < 1 is refused by
+        # AdaptiveConfig, naming that flag).
+        adaptive = AdaptiveConfig(quantile=args.adaptive_quantile,
+                                  window_rows=args.adaptive_window_rows,
+                                  warmup_rows=min(args.adaptive_warmup_rows,
+                                                  max(args.adaptive_window_rows, 1)),
                                   key_column=args.adaptive_key)
         if adaptive.key_column and adaptive.key_column not in keys:
             keys = keys + (adaptive.key_column,)

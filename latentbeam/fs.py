@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from latentbeam.errors import InputError
 
@@ -235,12 +235,17 @@ def no_parquet_hint(pattern: str) -> str:
     and the glob that reads them. "" when the pattern is not a directory's or DIR holds no
     visible file.
     """
-    others = _unmatched_files(pattern)
+    directory = directory_of(pattern)
+    if directory is None:
+        return ""
+    try:
+        _, others = _directory_listing(directory)
+    except (IOError, OSError, ValueError):
+        return ""
     if not others:
         return ""
-    return (f" It holds {len(others)} other file(s), none named *.parquet (e.g. "
-            f"{others[0]}); if they are Parquet (Hive and Impala write names such as "
-            f"000000_0), give the glob {directory_of(pattern) + '**'!r}.")
+    return (f" It holds {len(others)} other file(s), none named *.parquet "
+            f"{_unnamed_parquet(directory, others)}.")
 
 
 def match_input(pattern: str) -> List[tuple]:
@@ -251,29 +256,27 @@ def match_input(pattern: str) -> List[tuple]:
     directory = directory_of(pattern)
     if directory is None:
         return match_parquet(pattern)
-    everything = directory + "**"
-    visible = Visible(everything)
-    listed = [(p, size) for p, size in match_with_sizes(everything) if visible(p)]
-    files = [(p, size) for p, size in listed if p.endswith(PARQUET_SUFFIX)]
-    others = [p for p, _ in listed if not p.endswith(PARQUET_SUFFIX)]
+    files, others = _directory_listing(directory)
     if files and others:
-        log.warning("%s holds %d file(s) not named *.parquet, which are not read (e.g. %s). "
-                    "If they are Parquet (Hive and Impala write names such as 000000_0), "
-                    "give the glob %r.", directory, len(others), others[0], everything)
+        log.warning("%s holds %d file(s) not named *.parquet, which are not read %s.",
+                    directory, len(others), _unnamed_parquet(directory, others))
     return files
 
 
-def _unmatched_files(pattern: str) -> List[str]:
-    """The visible files below a directory pattern's DIR not named *.parquet ([] for a glob)."""
-    directory = directory_of(pattern)
-    if directory is None:
-        return []
+def _directory_listing(directory: str) -> Tuple[List[tuple], List[str]]:
+    """The visible files at any depth below `directory`: ((path, size) of those named
+    *.parquet, paths of the others)."""
     everything = directory + "**"
-    try:
-        visible = Visible(everything)
-        return [p for p in match(everything) if visible(p) and not p.endswith(PARQUET_SUFFIX)]
-    except (IOError, OSError, ValueError):
-        return []
+    visible = Visible(everything)
+    listed = [(p, size) for p, size in match_with_sizes(everything) if visible(p)]
+    return ([(p, size) for p, size in listed if p.endswith(PARQUET_SUFFIX)],
+            [p for p, _ in listed if not p.endswith(PARQUET_SUFFIX)])
+
+
+def _unnamed_parquet(directory: str, others: List[str]) -> str:
+    """What may be Parquet among `others`, and the glob that reads it."""
+    return (f"(e.g. {others[0]}); if they are Parquet (Hive and Impala write names such as "
+            f"000000_0), give the glob {directory + '**'!r}")
 
 
 def match(pattern: str) -> List[str]:

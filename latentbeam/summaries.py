@@ -69,17 +69,16 @@ def summarize_bundle(info) -> str:
     """A trained bundle (`model.BundleInfo`): data, training, threshold and calibration."""
     t = info.training
     losses = t.get("losses", {})
+    normalization = normalization_text({"n_inputs": info.n_inputs, "training": t})
     lines = [
         f"bundle:          {info.path}",
         f"model_version:   {info.model_version}",
         f"features:        {len(info.features)} ({info.n_inputs} inputs) -> latent_dim {info.latent_dim}",
+        *([f"normalization:   {normalization}"] if normalization else []),
         f"rows:            {t.get('rows')} {t.get('rows_by_split')} (skipped {t.get('rows_skipped')})",
         f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})",
         f"loss:            {losses.get('loss', [float('nan')])[-1]:.5f} (train, last epoch)",
     ]
-    normalization = normalization_text({"n_inputs": info.n_inputs, "training": t})
-    if normalization:
-        lines.insert(3, f"normalization:   {normalization}")
     if "val_loss" in losses:
         lines.append(f"val_loss:        {min(losses['val_loss']):.5f} (best)")
     th = info.threshold

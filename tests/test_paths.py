@@ -222,7 +222,7 @@ def test_files_a_directory_input_does_not_read_are_named_in_a_warning(tmp_path, 
         assert resolve_inputs(str(table)) == [str(table / "day=1" / "a.parquet")]
         assert ParquetSource(str(table)).files == [str(table / "day=1" / "a.parquet")]
     expected = (f"{table}/ holds 1 file(s) not named *.parquet, which are not read (e.g. "
-                f"{table}/day=1/000000_0). If they are Parquet (Hive and Impala write names "
+                f"{table}/day=1/000000_0); if they are Parquet (Hive and Impala write names "
                 f"such as 000000_0), give the glob '{table}/**'.")
     assert [r.getMessage() for r in caplog.records] == [expected, expected]
     caplog.clear()

@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from latentbeam import paths
 from latentbeam.config import Config
 from latentbeam.errors import ConfigError, InputError
 from latentbeam.model import data as data_mod
@@ -55,7 +56,6 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
         check_bundle_output(output, reads)
     if tc.tensorboard_dir:
         # TensorBoard's event files must land neither among the data nor in the bundle.
-        from latentbeam import paths
         paths.check_output(tc.tensorboard_dir,
                            reads + ([("bundle output", output)] if output else []),
                            flag="train.tensorboard_dir", cwd=False)
@@ -80,7 +80,7 @@ def train(config: Config, output: Optional[str] = None, *, source=None) -> Bundl
 
 def _data_locations(config: Config) -> List[tuple]:
     """(what, path) of everything training reads, for the output check."""
-    from latentbeam import fs, paths
+    from latentbeam import fs
 
     d = config.data
     if d.source == "tfds":
