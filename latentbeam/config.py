@@ -103,6 +103,10 @@ class TrainConfig:
     # Training rows per epoch: a full pass, at most this many rows of the ongoing shuffled
     # stream, so epochs (and early stopping) bound the cost on any data size; null: full passes.
     epoch_rows: Optional[int] = 50_000
+    # Whole passes per epoch when a pass is fewer batches than this (a table of a few
+    # hundred rows), so an epoch, and the patience counted in epochs, is a number of
+    # updates that does not shrink with the data; 1: one pass per epoch.
+    min_epoch_batches: int = 16
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,9 @@ def _validate_train(t: TrainConfig, th: ThresholdConfig) -> None:
     if t.epoch_rows is not None and t.epoch_rows < 1:
         raise ConfigError(f"`train.epoch_rows` must be >= 1, or null for a full pass per epoch. "
                           f"Received: {t.epoch_rows}")
+    if t.min_epoch_batches < 1:
+        raise ConfigError(f"`train.min_epoch_batches` must be >= 1 (1: one pass per epoch). "
+                          f"Received: {t.min_epoch_batches}")
     if t.shuffle_buffer < 0:
         raise ConfigError(f"`train.shuffle_buffer` must be >= 0 (0: rows are shuffled within "
                           f"each record batch read). Received: {t.shuffle_buffer}")

@@ -142,6 +142,8 @@ def test_a_non_mapping_section_or_file_is_rejected():
      "`train.validation_fraction` must be in (0, 0.5). Received: 0.5"),
     (DATA, ["train.epoch_rows=0"],
      "`train.epoch_rows` must be >= 1, or null for a full pass per epoch. Received: 0"),
+    (DATA, ["train.min_epoch_batches=0"],
+     "`train.min_epoch_batches` must be >= 1 (1: one pass per epoch). Received: 0"),
     (DATA, ["train.shuffle_buffer=-5"], "`train.shuffle_buffer` must be >= 0 (0: rows are "
                                         "shuffled within each record batch read). Received: -5"),
     (DATA, ["train.seed=-1"], "`train.seed` must be an integer in [0, 2**32 - 1]. Received: -1"),

@@ -10,6 +10,7 @@ import pytest
 from latentbeam.config import from_dict
 from latentbeam.demo import DIGITS_TFDS_NAME, write_digits_tfds
 from latentbeam.model import data as data_mod
+from latentbeam.model import training as training_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
 from latentbeam.model.batching import CachedSource
 from latentbeam.report.info import bundle_summary, format_info
@@ -190,9 +191,34 @@ def test_epoch_rows_cuts_epochs_from_one_running_shuffled_stream(tmp_path, digit
         min(val_loss), rel=1e-3)
 
 
-def test_validation_rows_are_read_once_when_they_fit_in_cache_mb(digits_glob, monkeypatch):
-    import latentbeam.model.training as training_mod
+def test_a_small_table_trains_whole_passes_up_to_min_epoch_batches(tmp_path):
+    # 100 rows: 80 train rows are 2 batches of 64 a pass, so an epoch is 8 passes (16
+    # Adam steps) by default; the same 8 passes as 8 one-pass epochs give the same batches.
+    from latentbeam.demo import digits_table
 
+    (tmp_path / "data").mkdir()
+    glob = str(tmp_path / "data" / "small.parquet")
+    pq.write_table(digits_table().slice(0, 100), glob)
+    passes = train(tiny_config(glob, "train.epochs=1"), str(tmp_path / "passes"))
+    single = train(tiny_config(glob, "train.epochs=8", "train.patience=100",
+                               "train.min_epoch_batches=1"), str(tmp_path / "single"))
+    assert passes.info.training["rows_by_split"]["train"] == 80
+    assert passes.info.training["rows_per_epoch"] == 640
+    assert single.info.training["rows_per_epoch"] == 80
+    assert int(passes.model.optimizer.iterations) == int(single.model.optimizer.iterations) == 16
+    losses = single.info.training["losses"]["loss"]
+    assert len(losses) == 8 and len(set(losses)) == 8  # 8 differently shuffled passes
+    assert np.mean(losses) == pytest.approx(passes.info.training["losses"]["loss"][0], rel=1e-5)
+    assert "epochs 1 (best 1) of 8 passes, loss" in format_info(
+        bundle_summary(str(tmp_path / "passes")))
+    # A pass of 16 batches or more is one epoch, as before (the digits: 23 batches).
+    tc = tiny_config(glob).train
+    assert training_mod.passes_per_epoch(tc, 1437) == 1
+    assert training_mod.passes_per_epoch(tc, 80) == 8
+    assert training_mod.passes_per_epoch(tc, 48) == 16
+
+
+def test_validation_rows_are_read_once_when_they_fit_in_cache_mb(digits_glob, monkeypatch):
     starts = []
     original = training_mod._validation_pass
 

@@ -214,7 +214,8 @@ def _metadata(config: Config, source, stats, model, history, scores, labels, thr
             "one_unit_range": (list(stats.one_unit_range) if stats.one_unit_range is not None
                                else None),
             "epochs": len(hist["loss"]),
-            "rows_per_epoch": epoch_rows(config.train, stats.rows_by_split["train"]),
+            "rows_per_epoch": (epoch_rows(config.train, stats.rows_by_split["train"])
+                               * passes_per_epoch(config.train, stats.rows_by_split["train"])),
             "best_epoch": best_epoch,
             "losses": hist,
             "seed": config.train.seed,
@@ -351,7 +352,8 @@ def _fit(model, config: Config, source, stats):
     else:
         val_data = make_dataset(val_pass, width, repeat=True)
     # Each pass yields exactly ceil(rows / batch) batches, so explicit step counts give
-    # whole passes per epoch (up to `epoch_rows`) and a progress bar with a total.
+    # whole passes per epoch (up to `epoch_rows`; several when a pass is only a few
+    # batches) and a progress bar with a total.
     return model.fit(
         train_data, steps_per_epoch=steps_per_epoch(tc, stats.rows_by_split["train"]),
         validation_data=val_data,
@@ -360,16 +362,33 @@ def _fit(model, config: Config, source, stats):
 
 
 def epoch_rows(tc, n_rows: int) -> int:
-    """Rows per epoch of a split of `n_rows`: all of them, at most `train.epoch_rows`."""
+    """Rows of a split of `n_rows` per epoch: a pass of all of them, at most
+    `train.epoch_rows`. (Validation always; training when a pass is at least
+    `train.min_epoch_batches` batches, see `passes_per_epoch`.)"""
     return n_rows if tc.epoch_rows is None else min(n_rows, tc.epoch_rows)
+
+
+def passes_per_epoch(tc, n_train: int) -> int:
+    """Whole passes over the training rows per epoch: as many as make at least
+    `train.min_epoch_batches` batches when every training row fits in an epoch, else 1.
+
+    Adam takes one step per batch and early stopping counts epochs: at one pass per
+    epoch, 50 training rows would give one step per epoch, and a patience of 10 epochs
+    would stop training after ten noisy steps without improvement.
+    """
+    if n_train < 1 or epoch_rows(tc, n_train) < n_train:
+        return 1
+    return max(1, math.ceil(tc.min_epoch_batches / math.ceil(n_train / tc.batch_size)))
 
 
 def steps_per_epoch(tc, n_train: int) -> int:
     """Batches per epoch. Past `train.epoch_rows` an epoch is that many rows of the
     shuffled stream, which runs on across epochs (every row is seen, pass after pass):
     the number of epochs, patience included, then bounds the cost on any data size.
+    Below `train.min_epoch_batches` batches a pass, an epoch is several whole passes.
     """
-    return math.ceil(epoch_rows(tc, n_train) / tc.batch_size)
+    return (passes_per_epoch(tc, n_train)
+            * math.ceil(epoch_rows(tc, n_train) / tc.batch_size))
 
 
 def _set_reference_points(bundle: Bundle, source, config: Config, n_train: int) -> None:

@@ -241,8 +241,11 @@ def _training_lines(out: _Lines, s: Dict[str, Any]) -> None:
             + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
     hist = f"epochs {h['epochs']} (best {h['best_epoch']})"
     per_epoch = h.get("rows_per_epoch")
-    if per_epoch is not None and per_epoch < (t.get("rows_by_split") or {}).get("train", 0):
+    n_train = (t.get("rows_by_split") or {}).get("train", 0)
+    if per_epoch is not None and per_epoch < n_train:
         hist += f" of {per_epoch:,} rows"
+    elif per_epoch is not None and n_train and per_epoch > n_train:
+        hist += f" of {per_epoch // n_train} passes"
     if "final_loss" in h:
         hist += f", loss {h['losses']['loss'][0]:.5g} -> {h['final_loss']:.5g}"
     if "best_val_loss" in h:
