@@ -1,5 +1,6 @@
 """Writes small anomaly-detection sets built from scikit-learn's bundled data (no
-download) in the ODDS layout (`X`, `y` in NAME.npz) for `bench_quality.py --data-dir`.
+download), and one synthetic set, in the ODDS layout (`X`, `y` in NAME.npz) for
+`bench_quality.py --data-dir`.
 
     python scripts/small_sets.py DIR
     python scripts/bench_quality.py --data-dir DIR [--protocol semi|unsup]
@@ -9,6 +10,9 @@ Tables of a few hundred rows, the size at which a training epoch is a few batche
   wine    classes 0 and 1 normal, 10 rows of class 2 anomalies (13 inputs)
   iris    setosa and versicolor normal, 10 virginica anomalies (4 inputs)
   digits  digits 0-4 normal, 45 eights anomalies (64 integer pixels 0..16)
+  densities  two clusters of 1,500 rows in 8 inputs, one of spread 0.2 at 0 and one of
+          spread 3 at 10; 40 anomalies of spread 0.2 at 1.2, just outside the tight one
+          and nearer to it than the loose cluster's rows are to each other
 The anomalies are drawn with a fixed seed, so the files are the same on every run.
 """
 import argparse
@@ -35,6 +39,13 @@ def write_sets(out_dir: str) -> list:
         path = os.path.join(out_dir, f"{name}.npz")
         np.savez(path, X=d.data[rows].astype(np.float64), y=y)
         written.append((path, len(rows), d.data.shape[1], n_anomalies))
+    gen = np.random.RandomState(0)
+    x = np.concatenate([gen.normal(0.0, 0.2, (1500, 8)), gen.normal(10.0, 3.0, (1500, 8)),
+                        gen.normal(1.2, 0.2, (40, 8))])
+    y = np.r_[np.zeros(3000), np.ones(40)].astype(int)
+    path = os.path.join(out_dir, "94_densities.npz")
+    np.savez(path, X=x, y=y)
+    written.append((path, len(x), 8, 40))
     return written
 
 

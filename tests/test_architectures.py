@@ -9,6 +9,7 @@ from latentbeam.config import ModelConfig
 from latentbeam.model.architectures import (OUTPUT_FEATURE_ERRORS, OUTPUT_LATENT,
                                             OUTPUT_LATENT_DISTANCE, OUTPUT_RECONSTRUCTION,
                                             OUTPUT_SCORE, AnomalyScore, LatentDistance,
+                                            local_weights,
                                             Sampling, SquaredError, build_autoencoder,
                                             default_latent_dim, image_shape, output_basis)
 
@@ -239,6 +240,78 @@ def test_latent_distance_is_exact_far_from_the_origin_and_the_same_in_any_batch(
         # Without the snap, a reference row's own-group term would be the square root of
         # that rounding: its distance 4e-5 apart between these batchings instead of 2e-7.
         np.testing.assert_allclose(np.concatenate(parts), whole[:n], rtol=1e-6)
+
+
+def test_local_weights_are_the_squared_ratio_of_mean_to_own_spacing_at_least_1():
+    # On a line: 0, 1, 3, 3 (a repeated row), 10. Nearest distinct other point: 1, 1, 2,
+    # 2, 7 (the repeat does not count); mean spacing 2.6; weights (2.6 / s)^2, and 1 for
+    # the sparse point 10 ((2.6 / 7)^2 = 0.14 would make its surroundings look dense).
+    points = np.array([[0.0], [1.0], [3.0], [3.0], [10.0]], np.float32)
+    np.testing.assert_allclose(local_weights(points), [6.76, 6.76, 1.69, 1.69, 1.0], rtol=1e-5)
+    # Far from the origin (as decoded codes can be) the same.
+    np.testing.assert_allclose(local_weights(points + 1000.0), [6.76, 6.76, 1.69, 1.69, 1.0],
+                               rtol=1e-4)
+    # All points one point: nothing to weigh.
+    np.testing.assert_array_equal(local_weights(np.ones((4, 3), np.float32)), np.ones(4))
+
+
+def test_local_latent_distance_counts_in_units_of_the_nearest_reference_spacing():
+    # Group 1: a tight pair (spacing 0.1) at the origin; group 2: a loose pair (spacing 1)
+    # at x = 10. Mean spacing 0.55: weights (0.55 / 0.1)^2 and 1 (not (0.55 / 1)^2).
+    ref = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [11.0, 0.0]], np.float32)
+    layer = LatentDistance(4, 2, groups=2, local=True)
+    layer.set_reference(ref)
+    np.testing.assert_allclose(np.asarray(layer.reference_weight), [30.25, 30.25, 1.0, 1.0],
+                               rtol=1e-5)
+    # [0.1, 0.2]: 0.2 from r1 (x 5.5 = 1.1) and hypot(9.9, 0.2) from r2; [12, 0]: 1 from
+    # r3 and 11.9 from r1 (x 5.5 = 65.45); [10, 0]: r2 itself, and 9.9 from r1 (x 5.5).
+    z = np.array([[0.1, 0.2], [12.0, 0.0], [10.0, 0.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(layer(z)),
+                               [(1.1 + np.hypot(9.9, 0.2)) / 2, (1.0 + 65.45) / 2,
+                                (54.45 + 0.0) / 2], rtol=5e-4)  # less the floor: see below
+    # A row 2 tight spacings (0.2) out of the tight pair scores as a row 2 mean spacings
+    # (1.1) out of the loose pair.
+    near = LatentDistance(4, 2, groups=1, local=True)
+    near.set_reference(ref)
+    out = np.asarray(near(np.array([[0.0, 0.2], [10.0, 1.1]], np.float32)))
+    # (The floor, 2^-19 x (|p|^2 + max |r|^2) = 1.2e-4 about the centre x = 5.275, is
+    # 0.3% of the first row's square 0.04: 0.15% of its distance.)
+    np.testing.assert_allclose(out, [1.1, 1.1], rtol=2e-3)
+    # Without `local` the same layer measures plain distances (0.2 and 1.1), and the flag
+    # is left out of its config, so earlier bundles' configs (and model_version) are
+    # unchanged.
+    plain = LatentDistance(4, 2, groups=1)
+    plain.set_reference(ref)
+    np.testing.assert_allclose(np.asarray(plain(np.array([[0.0, 0.2], [10.0, 1.1]],
+                                                         np.float32))), [0.2, 1.1], rtol=1e-4)
+    assert "local" not in plain.get_config()
+    assert LatentDistance.from_config(near.get_config()).local is True
+
+
+def test_local_latent_distance_is_zero_for_a_reference_and_the_same_in_any_batch():
+    rng = np.random.default_rng(0)
+    ref = (500.0 + rng.normal(size=(512, 8)) * rng.uniform(0.1, 2.0, size=(512, 1)))
+    z = np.concatenate([ref[:64], 500.0 + rng.normal(size=(936, 8))]).astype(np.float32)
+    layer = LatentDistance(512, 8, k=1, groups=32, local=True)
+    layer.set_reference(ref.astype(np.float32))
+    w = local_weights(ref.astype(np.float32)).astype(np.float64)
+    r = ref.astype(np.float32).astype(np.float64)
+    squared = ((z[:, None, :].astype(np.float64) - r[None]) ** 2).sum(-1)
+    # Each square less the plain path's rounding floor, SNAP (|p|^2 + max |r|^2) about the
+    # references' centre, and at least 0 (2^-19 of the codes' squared spread).
+    centre = r.mean(axis=0)
+    floor = 2.0 ** -19 * (((z - centre) ** 2).sum(-1)[:, None]
+                          + ((r - centre) ** 2).sum(-1).max())
+    exact = np.sqrt(np.maximum(squared - floor, 0) * w[None]).reshape(len(z), 32, 16)
+    exact = exact.min(axis=2)
+    assert np.all(exact[np.arange(64), np.arange(64) // 16] == 0)
+    whole = np.asarray(layer(z))
+    np.testing.assert_allclose(whole, exact.mean(axis=1), rtol=1e-5)
+    # The floor moves a distance by ~1e-4 of itself here, the rounding's own size.
+    plain = np.sqrt(squared * w[None]).reshape(len(z), 32, 16).min(axis=2).mean(axis=1)
+    np.testing.assert_allclose(whole, plain, rtol=5e-4)
+    parts = [np.asarray(layer(z[i:i + 7])) for i in range(0, len(z), 7)]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-6)
 
 
 def test_anomaly_score_adds_mean_squared_error_and_distance_as_squares():

@@ -140,7 +140,7 @@ class LatentDistance(layers.Layer):
     """
 
     def __init__(self, num_reference: int, dim: int, k: int = 1, groups: int = 1,
-                 per_input: bool = False, basis_dim: int = 0, **kwargs):
+                 per_input: bool = False, basis_dim: int = 0, local: bool = False, **kwargs):
         super().__init__(**kwargs)
         if groups < 1 or num_reference % groups:
             raise ConfigError(f"Received an invalid value for `groups`, expected a positive "
@@ -160,6 +160,11 @@ class LatentDistance(layers.Layer):
                                          trainable=False, name="basis")
         self.reference = self.add_weight(shape=(self.num_reference, self.basis_dim or self.dim),
                                          initializer="zeros", trainable=False, name="reference")
+        self.local = bool(local)
+        if self.local:
+            self.reference_weight = self.add_weight(shape=(self.num_reference,),
+                                                    initializer="ones", trainable=False,
+                                                    name="reference_weight")
 
     def set_reference(self, points: np.ndarray, basis: Optional[np.ndarray] = None) -> None:
         """Stores (num_reference, dim) reference points, and with `basis_dim` the
@@ -170,6 +175,8 @@ class LatentDistance(layers.Layer):
             self.basis.assign(basis)
             points = points @ basis
         self.reference.assign(points)
+        if self.local:
+            self.reference_weight.assign(local_weights(points))
 
     def call(self, points):
         if self.basis_dim:
@@ -181,6 +188,8 @@ class LatentDistance(layers.Layer):
         centre = ops.mean(ref, axis=0, keepdims=True)
         ref = ref - centre
         points = points - centre
+        if self.local:
+            return self._local_distance(points, ref, size)
         # |p - r_i|^2 = |p|^2 + (|r_i|^2 - 2 p.r_i): one matmul of [p, 1] with
         # [-2 r_i, |r_i|^2] gives the second part for every reference, and a min (or the
         # k smallest) per group needs neither an argmin nor a gather, which cost 3x the
@@ -189,19 +198,45 @@ class LatentDistance(layers.Layer):
             ops.concatenate([points, ops.ones_like(points[:, :1])], axis=-1),
             ops.transpose(ops.concatenate(
                 [-2.0 * ref, ops.sum(ops.square(ref), axis=-1, keepdims=True)], axis=-1)))
+        length = ops.sum(ops.square(points), axis=-1)[:, None, None]
+        # The expansion's float32 rounding (~1e-7 of |p|^2 + |r|^2, and it depends on the
+        # batch's size) is all that separates a code that is a reference from it: below
+        # SNAP of that scale the distance is 0, so such a row scores the same in any batch.
+        floor = SNAP * (length + ops.max(ops.sum(ops.square(ref), axis=-1)))
         partial = ops.reshape(partial, (-1, self.groups, size))
         if self.k == 1:
             nearest = ops.min(partial, axis=-1, keepdims=True)
         else:
             nearest = -ops.top_k(-partial, self.k, sorted=False)[0]
-        length = ops.sum(ops.square(points), axis=-1)[:, None, None]
         squared = length + nearest
-        # The expansion's float32 rounding (~1e-7 of |p|^2 + |r|^2, and it depends on the
-        # batch's size) is all that separates a code that is a reference from it: below
-        # SNAP of that scale the distance is 0, so such a row scores the same in any batch.
-        floor = SNAP * (length + ops.max(ops.sum(ops.square(ref), axis=-1)))
         squared = ops.where(squared < floor, 0.0, squared)
         distance = ops.mean(ops.sqrt(squared), axis=(1, 2))
+        return distance / math.sqrt(self.dim) if self.per_input else distance
+
+    def _local_distance(self, points, ref, size):
+        """`call` with each reference's squared distances weighed (`local_weights`).
+
+        The weight has to apply before each group's minimum, so the whole square comes
+        from the one matmul: [p, 1, |p|^2] against [-2 w r, w (|r|^2 - SNAP m),
+        w (1 - SNAP)] gives w (|p - r|^2 - SNAP (|p|^2 + m)), m the largest |r|^2, i.e.
+        the weighted square less the rounding floor of the plain path; below 0 it is 0 (a
+        row that is a reference), and a square the floor's size or more loses ~1e-6 of
+        itself. No pass over the (rows, references) matrix beyond the minimum.
+        """
+        w = ops.convert_to_tensor(self.reference_weight)[:, None]
+        ref_sq = ops.sum(ops.square(ref), axis=-1, keepdims=True)
+        top = ops.max(ref_sq)
+        right = ops.concatenate([-2.0 * w * ref, w * (ref_sq - SNAP * top),
+                                 w * (1.0 - SNAP)], axis=-1)
+        ones = ops.ones_like(points[:, :1])
+        left = ops.concatenate(
+            [points, ones, ops.sum(ops.square(points), axis=-1, keepdims=True)], axis=-1)
+        squared = ops.reshape(ops.matmul(left, ops.transpose(right)), (-1, self.groups, size))
+        if self.k == 1:
+            nearest = ops.min(squared, axis=-1, keepdims=True)
+        else:
+            nearest = -ops.top_k(-squared, self.k, sorted=False)[0]
+        distance = ops.mean(ops.sqrt(ops.maximum(nearest, 0.0)), axis=(1, 2))
         return distance / math.sqrt(self.dim) if self.per_input else distance
 
     def compute_output_shape(self, input_shape):
@@ -216,7 +251,40 @@ class LatentDistance(layers.Layer):
             config["per_input"] = True
         if self.basis_dim:
             config["basis_dim"] = self.basis_dim
+        if self.local:
+            config["local"] = True
         return config
+
+
+def local_weights(points: np.ndarray) -> np.ndarray:
+    """(n,) weights of n reference points' squared distances: max(1, (s / s_i)^2), s_i
+    the distance from point i to its nearest distinct other point and s the mean of s_i.
+
+    A reference's nearest-neighbour spacing measures how densely training rows lie
+    around it. Where they lie more densely than on average, its distances count in units
+    of its own spacing (the ratio the local outlier factor takes), scaled by the mean
+    spacing s to stay in the input's units: a row just outside a tight cluster is as far
+    out as a row that far outside the loosest. A sparse reference keeps plain distances
+    (weight 1): in dirty training data the sparsest references are the anomalies
+    themselves, and their isolation must not make their surroundings look normal. Points
+    closer than a thousandth of the median spacing count as one point (a table of
+    integers repeats rows), so a repeat does not make its spacing 0.
+    """
+    p = np.asarray(points, np.float64)
+    p = p - p.mean(axis=0)
+    sq = np.sum(p * p, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (p @ p.T), 0.0)
+    np.fill_diagonal(d2, np.inf)
+    finite = d2[np.isfinite(d2)]
+    if finite.size == 0 or not np.any(finite > 0):
+        return np.ones(len(p), np.float32)
+    tiny = 1e-6 * np.median(finite[finite > 0])  # (1e-3 of the median spacing)^2
+    spacing = np.sqrt(np.min(np.where(d2 > tiny, d2, np.inf), axis=1))
+    spacing = np.where(np.isfinite(spacing), spacing, np.nan)
+    if np.all(np.isnan(spacing)):
+        return np.ones(len(p), np.float32)
+    spacing = np.where(np.isnan(spacing), np.nanmax(spacing), spacing)
+    return np.maximum(1.0, np.square(np.mean(spacing) / spacing)).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -387,7 +455,7 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
                       image_feature_shape: Optional[Sequence[int]] = None,
                       seed: Optional[int] = None, trim_fraction: float = 0.0,
                       latent_neighbors: int = 0, reference_rows: int = 1,
-                      reference_groups: int = 1,
+                      reference_groups: int = 1, local_scale: bool = False,
                       reconstruction_weight: float = 1.0) -> keras.Model:
     """Builds the full scoring/training model (see the module docstring for its outputs).
 
@@ -404,6 +472,8 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         against (set after training).
       reference_groups: disjoint groups the references are split into (a divisor of
         reference_rows).
+      local_scale: weigh each reference's distances by its local spacing
+        (`local_weights`).
       reconstruction_weight: weight of the squared reconstruction error in the score.
 
     Returns:
@@ -431,7 +501,7 @@ def build_autoencoder(cfg: ModelConfig, *, n_inputs: int, mean: np.ndarray, vari
         distance = LatentDistance(reference_rows, n_inputs, k=latent_neighbors,
                                   groups=reference_groups, per_input=True,
                                   basis_dim=_output_basis_dim(cfg, n_inputs, latent_dim),
-                                  name=OUTPUT_LATENT_DISTANCE)(x_hat_norm)
+                                  local=local_scale, name=OUTPUT_LATENT_DISTANCE)(x_hat_norm)
         outputs[OUTPUT_LATENT_DISTANCE] = distance
         outputs[OUTPUT_SCORE] = AnomalyScore(
             n_inputs, reconstruction_weight=reconstruction_weight, combine=COMBINE_RSS,

@@ -255,6 +255,7 @@ def _build_model(config: Config, source, stats):
                               trim_fraction=tc.trim_fraction,
                               latent_neighbors=min(sc.latent_neighbors, group_size),
                               reference_rows=reference_rows, reference_groups=groups,
+                              local_scale=sc.local_scale,
                               reconstruction_weight=sc.reconstruction_weight)
     model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate))
     return model
@@ -446,6 +447,7 @@ def _score_description(model, config: Config) -> dict:
         "latent_neighbors": distance.k if distance is not None else 0,
         "reference_rows": distance.num_reference if distance is not None else 0,
         "reference_groups": distance.groups if distance is not None else 0,
+        "local_scale": bool(getattr(distance, "local", False)),
         "reconstruction_weight": layer.reconstruction_weight if distance is not None else 1.0,
         "trim_fraction": config.train.trim_fraction,
     }
