@@ -416,3 +416,15 @@ def test_a_model_with_a_latent_distance_round_trips_through_a_keras_file(tmp_pat
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).per_input is True
     assert loaded.get_layer(OUTPUT_LATENT_DISTANCE).basis_dim == 4
     assert loaded.get_layer(OUTPUT_SCORE).combine == "root_sum_squares"
+
+
+def test_local_weights_in_blocks_equal_the_whole_matrix():
+    # 2500 points: three blocks of the distance matrix, the same spacings as at once.
+    rng = np.random.default_rng(3)
+    points = (rng.normal(size=(2500, 5)) * rng.uniform(0.2, 3.0, size=(2500, 1))).astype(np.float32)
+    p = points.astype(np.float64)
+    d2 = ((p[:, None] - p[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    spacing = np.sqrt(d2.min(axis=1))
+    np.testing.assert_allclose(local_weights(points),
+                               np.maximum(1.0, (spacing.mean() / spacing) ** 2), rtol=1e-4)

@@ -198,17 +198,17 @@ class LatentDistance(layers.Layer):
             ops.concatenate([points, ops.ones_like(points[:, :1])], axis=-1),
             ops.transpose(ops.concatenate(
                 [-2.0 * ref, ops.sum(ops.square(ref), axis=-1, keepdims=True)], axis=-1)))
-        length = ops.sum(ops.square(points), axis=-1)[:, None, None]
-        # The expansion's float32 rounding (~1e-7 of |p|^2 + |r|^2, and it depends on the
-        # batch's size) is all that separates a code that is a reference from it: below
-        # SNAP of that scale the distance is 0, so such a row scores the same in any batch.
-        floor = SNAP * (length + ops.max(ops.sum(ops.square(ref), axis=-1)))
         partial = ops.reshape(partial, (-1, self.groups, size))
         if self.k == 1:
             nearest = ops.min(partial, axis=-1, keepdims=True)
         else:
             nearest = -ops.top_k(-partial, self.k, sorted=False)[0]
+        length = ops.sum(ops.square(points), axis=-1)[:, None, None]
         squared = length + nearest
+        # The expansion's float32 rounding (~1e-7 of |p|^2 + |r|^2, and it depends on the
+        # batch's size) is all that separates a code that is a reference from it: below
+        # SNAP of that scale the distance is 0, so such a row scores the same in any batch.
+        floor = SNAP * (length + ops.max(ops.sum(ops.square(ref), axis=-1)))
         squared = ops.where(squared < floor, 0.0, squared)
         distance = ops.mean(ops.sqrt(squared), axis=(1, 2))
         return distance / math.sqrt(self.dim) if self.per_input else distance
@@ -267,23 +267,35 @@ def local_weights(points: np.ndarray) -> np.ndarray:
     out as a row that far outside the loosest. A sparse reference keeps plain distances
     (weight 1): in dirty training data the sparsest references are the anomalies
     themselves, and their isolation must not make their surroundings look normal. Points
-    closer than a thousandth of the median spacing count as one point (a table of
-    integers repeats rows), so a repeat does not make its spacing 0.
+    closer than a thousandth of the median distance between points count as one point
+    (a table of integers repeats rows), so a repeat does not make its spacing 0. Memory:
+    1024 rows of the distance matrix at a time.
     """
     p = np.asarray(points, np.float64)
     p = p - p.mean(axis=0)
     sq = np.sum(p * p, axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (p @ p.T), 0.0)
-    np.fill_diagonal(d2, np.inf)
-    finite = d2[np.isfinite(d2)]
-    if finite.size == 0 or not np.any(finite > 0):
+
+    def squared_block(start):  # (rows start.., all points), a point to itself at inf
+        block = sq[start:start + 1024, None] + sq[None, :] - 2.0 * (p[start:start + 1024] @ p.T)
+        block = np.maximum(block, 0.0)
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+        return block
+
+    # The references are a shuffled sample: the first block's pairs show their spacing.
+    first = squared_block(0)
+    positive = first[np.isfinite(first) & (first > 0)]
+    if positive.size == 0:
         return np.ones(len(p), np.float32)
-    tiny = 1e-6 * np.median(finite[finite > 0])  # (1e-3 of the median spacing)^2
-    spacing = np.sqrt(np.min(np.where(d2 > tiny, d2, np.inf), axis=1))
-    spacing = np.where(np.isfinite(spacing), spacing, np.nan)
-    if np.all(np.isnan(spacing)):
+    tiny = 1e-6 * np.median(positive)  # (1e-3 of the median distance)^2
+    nearest = [np.min(np.where(first > tiny, first, np.inf), axis=1)]
+    for start in range(1024, len(p), 1024):
+        block = squared_block(start)
+        nearest.append(np.min(np.where(block > tiny, block, np.inf), axis=1))
+    spacing = np.sqrt(np.concatenate(nearest))
+    finite = np.isfinite(spacing)
+    if not finite.any():
         return np.ones(len(p), np.float32)
-    spacing = np.where(np.isnan(spacing), np.nanmax(spacing), spacing)
+    spacing = np.where(finite, spacing, spacing[finite].max())
     return np.maximum(1.0, np.square(np.mean(spacing) / spacing)).astype(np.float32)
 
 
