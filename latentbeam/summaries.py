@@ -8,7 +8,7 @@ from __future__ import annotations
 from latentbeam.pipeline.jobs import JobSummary, StreamSummary
 from latentbeam.pipeline.metrics import ERROR_DISTRIBUTION, MAX_RECORDED_ERROR
 from latentbeam.pipeline.records import MODE_SCORE
-from latentbeam.report.info import normalization_text
+from latentbeam.report.info import epoch_span, normalization_text
 
 
 def format_summary(summary: JobSummary) -> str:
@@ -76,7 +76,8 @@ def summarize_bundle(info) -> str:
         f"features:        {len(info.features)} ({info.n_inputs} inputs) -> latent_dim {info.latent_dim}",
         *([f"normalization:   {normalization}"] if normalization else []),
         f"rows:            {t.get('rows')} {t.get('rows_by_split')} (skipped {t.get('rows_skipped')})",
-        f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})",
+        f"epochs:          {t.get('epochs')} (best {t.get('best_epoch')})"
+        + epoch_span(t.get("rows_per_epoch"), (t.get("rows_by_split") or {}).get("train", 0)),
         f"loss:            {losses.get('loss', [float('nan')])[-1]:.5f} (train, last epoch)",
     ]
     if "val_loss" in losses:

@@ -14,6 +14,7 @@ from latentbeam.model import training as training_mod
 from latentbeam.model import load_bundle, load_bundle_info, score, train
 from latentbeam.model.batching import CachedSource
 from latentbeam.report.info import bundle_summary, format_info
+from latentbeam.summaries import summarize_bundle
 from tiny import tiny_config
 
 TINY = ["model.hidden_units=[16]", "train.verbose=0"]
@@ -211,6 +212,10 @@ def test_a_small_table_trains_whole_passes_up_to_min_epoch_batches(tmp_path):
     assert np.mean(losses) == pytest.approx(passes.info.training["losses"]["loss"][0], rel=1e-5)
     assert "epochs 1 (best 1) of 8 passes, loss" in format_info(
         bundle_summary(str(tmp_path / "passes")))
+    # train's summary says it too; a one-pass epoch says nothing more.
+    assert "epochs:          1 (best 1) of 8 passes\n" in summarize_bundle(passes.info)
+    assert "epochs:          8 (best " in summarize_bundle(single.info)
+    assert " passes" not in summarize_bundle(single.info)
     # A pass of 16 batches or more is one epoch, as before (the digits: 23 batches).
     tc = tiny_config(glob).train
     assert training_mod.passes_per_epoch(tc, 1437) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from latentbeam import fs
 from latentbeam.model.bundle import BUNDLE_FILE, MODEL_FILE, BundleInfo, load_bundle_info
@@ -233,19 +233,24 @@ def _calibration_lines(out: _Lines, s: Dict[str, Any]) -> None:
                  f"{cal['average_precision']:.4f}, positives {cal['label_positive_fraction']:.2%}")
 
 
+def epoch_span(rows_per_epoch: Optional[int], n_train: int) -> str:
+    """What an epoch covered when not one pass: " of 50,000 rows" (`train.epoch_rows`
+    cut the passes) or " of 8 passes" (`train.min_epoch_batches` repeated them)."""
+    if rows_per_epoch is None or not n_train or rows_per_epoch == n_train:
+        return ""
+    if rows_per_epoch < n_train:
+        return f" of {rows_per_epoch:,} rows"
+    return f" of {rows_per_epoch // n_train} passes"
+
+
 def _training_lines(out: _Lines, s: Dict[str, Any]) -> None:
     t = s["training"]
     h = t["history"]
     out.add("training", f"{t.get('rows')} rows {t.get('rows_by_split')}, "
             f"skipped {t.get('rows_skipped')}"
             + (f" {t.get('rows_skipped_by_reason')}" if t.get("rows_skipped") else ""))
-    hist = f"epochs {h['epochs']} (best {h['best_epoch']})"
-    per_epoch = h.get("rows_per_epoch")
-    n_train = (t.get("rows_by_split") or {}).get("train", 0)
-    if per_epoch is not None and per_epoch < n_train:
-        hist += f" of {per_epoch:,} rows"
-    elif per_epoch is not None and n_train and per_epoch > n_train:
-        hist += f" of {per_epoch // n_train} passes"
+    hist = f"epochs {h['epochs']} (best {h['best_epoch']})" + epoch_span(
+        h.get("rows_per_epoch"), (t.get("rows_by_split") or {}).get("train", 0))
     if "final_loss" in h:
         hist += f", loss {h['losses']['loss'][0]:.5g} -> {h['final_loss']:.5g}"
     if "best_val_loss" in h:
