@@ -121,7 +121,7 @@ class ScoreConfig:
     latent_neighbors: int = 1  # k nearest references per group; 0 scores reconstruction only
     reference_rows: int = 512  # decoded training codes kept in the model for the latent distance
     reference_groups: int = 32  # disjoint groups the references are split into
-    local_scale: bool = True  # distances in units of the training rows' local spacing
+    local_scale: bool = True  # near references denser than average: distances in units of their spacing
     reconstruction_weight: float = 1.0  # weight of the squared reconstruction error in the score
 
 

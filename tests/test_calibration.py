@@ -203,6 +203,34 @@ def test_score_adds_residual_and_decoded_distance_as_squares(tiny_bundle, digits
     assert far.score[1] > 1.5 * np.quantile(s.score, 0.99)
 
 
+def test_local_scale_false_trains_plain_distances(tiny_bundle, digits_glob, tmp_path):
+    """`score.local_scale: false` reaches the layer: the same data and seed give the same
+    model and references, with plain distances, which the local ones never undercut
+    (every weight is at least 1) and exceed where a reference is among dense rows."""
+    from latentbeam.model import train
+    from tiny import tiny_config
+
+    plain = train(tiny_config(digits_glob, "score.local_scale=false"), str(tmp_path / "plain"))
+    assert plain.info.raw["score"]["local_scale"] is False
+    layer = plain.model.get_layer("latent_distance")
+    assert layer.local is False and not hasattr(layer, "reference_weight")
+    np.testing.assert_array_equal(np.asarray(layer.reference),
+                                  np.asarray(tiny_bundle.model.get_layer("latent_distance").reference))
+    rows = _calibration_rows(digits_glob)
+    a, b = score(plain, rows), score(tiny_bundle, rows)
+    np.testing.assert_allclose(a.reconstruction_error, b.reconstruction_error, rtol=1e-6)
+    ref = np.asarray(layer.reference, np.float64)
+    projected = np.asarray(plain.model.get_layer("decoder")(a.latent), np.float64) @ np.asarray(
+        layer.basis, np.float64)
+    dist = np.sqrt(((projected[:, None, :] - ref[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(a.latent_distance,
+                               dist.reshape(len(dist), 32, 16).min(axis=2).mean(axis=1) / 8.0,
+                               rtol=1e-3, atol=1e-5)
+    assert np.all(b.latent_distance >= a.latent_distance * (1 - 1e-3))
+    # Calibration rows lie among dense training rows: every one scores further out.
+    assert np.all(b.latent_distance > 1.05 * a.latent_distance)
+
+
 @pytest.mark.parametrize("n_train, layout", [
     (100_000, (32, 16)),  # the default: 512 reference codes in 32 groups of 16
     (1_000, (32, 16)),

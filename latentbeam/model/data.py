@@ -423,7 +423,7 @@ def scan(source, validation_fraction: float, calibration_fraction: float,
     shift = None
     reservoir = None
     low = high = None
-    integral = True
+    integral = pool_one_unit  # only looked at when `one_unit_range` may pool
     for matrix, labels in source.chunks():
         digest.update(np.ascontiguousarray(matrix).tobytes())
         if labels is not None:
